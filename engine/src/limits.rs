@@ -1,0 +1,48 @@
+//! Every bound that client input can push against, in one documented place.
+//!
+//! The defaults are deliberately tight; the server exposes each as a flag.
+//! Related limits are checked against each other at compile time.
+
+use serde::{Deserialize, Serialize};
+
+/// Most ops in one transaction's write set.
+pub const PATCH_OPS_MAX: usize = 1_000;
+/// Most pointers in one transaction's read set.
+pub const READ_SET_POINTERS_MAX: usize = 1_000;
+/// Deepest nesting a document may reach (root members are depth 1).
+pub const JSON_DEPTH_MAX: usize = 64;
+/// Largest a document may grow to after a patch, as approximate encoded bytes.
+pub const DOC_SIZE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Most transaction ids the store remembers for duplicate detection.
+pub const TX_DEDUP_ENTRIES_MAX: usize = 100_000;
+/// Most nodes one document's version index keeps before it is compacted.
+pub const INDEX_NODES_MAX: usize = 200_000;
+
+// serde_json refuses input nested deeper than 128 levels; our own depth limit
+// must sit below that so the limit, not the parser, gives the answer.
+const _: () = assert!(JSON_DEPTH_MAX < 128);
+const _: () = assert!(PATCH_OPS_MAX >= 100 && READ_SET_POINTERS_MAX >= 100);
+
+/// The limits a store enforces. `Limits::default()` gives the constants above.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub patch_ops_max: usize,
+    pub read_set_pointers_max: usize,
+    pub json_depth_max: usize,
+    pub doc_size_bytes_max: usize,
+    pub tx_dedup_entries_max: usize,
+    pub index_nodes_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            patch_ops_max: PATCH_OPS_MAX,
+            read_set_pointers_max: READ_SET_POINTERS_MAX,
+            json_depth_max: JSON_DEPTH_MAX,
+            doc_size_bytes_max: DOC_SIZE_BYTES_MAX,
+            tx_dedup_entries_max: TX_DEDUP_ENTRIES_MAX,
+            index_nodes_max: INDEX_NODES_MAX,
+        }
+    }
+}

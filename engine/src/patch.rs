@@ -1,0 +1,639 @@
+//! RFC 6902 JSON Patch plus `incr`, applied atomically in place.
+//!
+//! We apply patches ourselves rather than through the `json-patch` crate
+//! because the engine needs three things that crate does not give: the `incr`
+//! op, the list of written locations under Concord's array rule (for the
+//! version index), and limits checked *before* memory is spent (a chain of
+//! `copy` ops doubling a value must fail, not allocate). Cost is proportional
+//! to the patch and the values it touches, never to the document: each op
+//! records how to undo itself, and a failure replays that log backwards.
+//!
+//! ## Written locations (the array rule)
+//! Each op reports the locations it wrote, which the version index stamps:
+//! - `add`/`replace`/`copy`/`incr` of an object member write that member;
+//! - appending to an array (index = length, or `-`) writes the new index only,
+//!   and removing its last element writes that index only: no other index moves;
+//! - inserting or removing anywhere else shifts later elements, so it counts
+//!   as a write to the *whole array*;
+//! - `move` is a `remove` then an `add`; `test` writes nothing.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Number, Value};
+
+use crate::error::{PatchError, PatchOpError};
+use crate::limits::Limits;
+use crate::pointer::{parse_array_index, Pointer};
+
+/// One patch operation: the six of RFC 6902 and Concord's `incr`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum PatchOp {
+    Add {
+        path: Pointer,
+        value: Value,
+    },
+    Remove {
+        path: Pointer,
+    },
+    Replace {
+        path: Pointer,
+        value: Value,
+    },
+    Move {
+        from: Pointer,
+        path: Pointer,
+    },
+    Copy {
+        from: Pointer,
+        path: Pointer,
+    },
+    Test {
+        path: Pointer,
+        value: Value,
+    },
+    /// Adds `value` to the number at `path` (creating it when absent). It
+    /// reads nothing, so concurrent increments commute and never conflict.
+    Incr {
+        path: Pointer,
+        value: Number,
+    },
+}
+
+impl PatchOp {
+    /// The op's target path.
+    pub fn path(&self) -> &Pointer {
+        match self {
+            PatchOp::Add { path, .. }
+            | PatchOp::Remove { path }
+            | PatchOp::Replace { path, .. }
+            | PatchOp::Move { path, .. }
+            | PatchOp::Copy { path, .. }
+            | PatchOp::Test { path, .. }
+            | PatchOp::Incr { path, .. } => path,
+        }
+    }
+}
+
+/// A write set: ops applied in order, all or none.
+pub type Patch = Vec<PatchOp>;
+
+/// What a successful application leaves behind: how to undo it, where it
+/// wrote, and how much it changed the document's size estimate.
+#[derive(Debug, Default)]
+pub struct Applied {
+    undo: Vec<Undo>,
+    /// Locations written, under the array rule in the module docs.
+    pub writes: Vec<Pointer>,
+    /// Change in `encoded_size_estimate` of the document.
+    pub size_delta_bytes: i64,
+}
+
+impl Applied {
+    /// Reverts the patch this came from. `doc` must be exactly as the patch
+    /// left it.
+    pub fn undo(self, doc: &mut Value) {
+        undo_all(doc, self.undo);
+    }
+}
+
+#[derive(Debug)]
+enum Undo {
+    /// Put the old value back at an existing location.
+    Restore(Pointer, Value),
+    /// Remove what an `add` inserted.
+    Remove(Pointer),
+    /// Re-insert what a `remove` took out.
+    Insert(Pointer, Value),
+}
+
+/// Applies `patch` to `doc`, whose size estimate is `doc_size_bytes`.
+///
+/// On success the document holds the result; on failure it is unchanged and
+/// the error names the failing op.
+pub fn apply(
+    doc: &mut Value,
+    doc_size_bytes: usize,
+    patch: &[PatchOp],
+    limits: &Limits,
+) -> Result<Applied, PatchError> {
+    let mut run = Run {
+        doc,
+        applied: Applied::default(),
+        size_bytes: doc_size_bytes,
+        limits,
+    };
+    for (op_index, op) in patch.iter().enumerate() {
+        if let Err(error) = run.op(op) {
+            let Run { doc, applied, .. } = run;
+            undo_all(doc, applied.undo);
+            return Err(PatchError { op_index, error });
+        }
+    }
+    let size_delta_bytes = run.size_bytes as i64 - doc_size_bytes as i64;
+    run.applied.size_delta_bytes = size_delta_bytes;
+    Ok(run.applied)
+}
+
+struct Run<'a> {
+    doc: &'a mut Value,
+    applied: Applied,
+    size_bytes: usize,
+    limits: &'a Limits,
+}
+
+impl Run<'_> {
+    fn op(&mut self, op: &PatchOp) -> Result<(), PatchOpError> {
+        match op {
+            PatchOp::Add { path, value } => self.add(path, value.clone()),
+            PatchOp::Remove { path } => self.remove(path).map(drop),
+            PatchOp::Replace { path, value } => self.replace(path, value.clone()),
+            PatchOp::Move { from, path } => {
+                if from == path {
+                    return resolve(self.doc, from)
+                        .map(drop)
+                        .ok_or_else(|| PatchOpError::PathNotFound { path: from.clone() });
+                }
+                if from.is_prefix_of(path) {
+                    return Err(PatchOpError::MoveIntoChild {
+                        from: from.clone(),
+                        path: path.clone(),
+                    });
+                }
+                let value = self.remove(from)?;
+                self.add(path, value)
+            }
+            PatchOp::Copy { from, path } => {
+                let source = resolve(self.doc, from)
+                    .ok_or_else(|| PatchOpError::PathNotFound { path: from.clone() })?;
+                // Measure before cloning: the size check must come before the memory.
+                let budget = self
+                    .limits
+                    .doc_size_bytes_max
+                    .saturating_sub(self.size_bytes);
+                let source_bytes = encoded_size_estimate(source, budget);
+                if source_bytes > budget {
+                    return Err(self.size_error(source_bytes));
+                }
+                let value = source.clone();
+                self.add(path, value)
+            }
+            PatchOp::Test { path, value } => match resolve(self.doc, path) {
+                Some(current) if json_equal(current, value) => Ok(()),
+                Some(_) => Err(PatchOpError::TestFailed { path: path.clone() }),
+                None => Err(PatchOpError::PathNotFound { path: path.clone() }),
+            },
+            PatchOp::Incr { path, value } => self.incr(path, value),
+        }
+    }
+
+    fn size_error(&self, added_bytes: usize) -> PatchOpError {
+        PatchOpError::SizeExceeded {
+            size_bytes: self.size_bytes.saturating_add(added_bytes),
+            max_bytes: self.limits.doc_size_bytes_max,
+        }
+    }
+
+    /// Checks depth and size of a value about to be placed at `path`, and
+    /// books its size.
+    fn admit(&mut self, path: &Pointer, value: &Value) -> Result<(), PatchOpError> {
+        let depth = path.depth() + value_depth(value);
+        if depth > self.limits.json_depth_max {
+            return Err(PatchOpError::DepthExceeded {
+                path: path.clone(),
+                depth,
+                max: self.limits.json_depth_max,
+            });
+        }
+        let budget = self
+            .limits
+            .doc_size_bytes_max
+            .saturating_sub(self.size_bytes);
+        let bytes = encoded_size_estimate(value, budget) + path.last().map_or(0, |k| k.len() + 4);
+        if bytes > budget {
+            return Err(self.size_error(bytes));
+        }
+        self.size_bytes += bytes;
+        Ok(())
+    }
+
+    fn release(&mut self, path: &Pointer, value: &Value) {
+        let bytes =
+            encoded_size_estimate(value, usize::MAX) + path.last().map_or(0, |k| k.len() + 4);
+        self.size_bytes = self.size_bytes.saturating_sub(bytes);
+    }
+
+    fn add(&mut self, path: &Pointer, value: Value) -> Result<(), PatchOpError> {
+        let Some(last) = path.last() else {
+            self.admit(path, &value)?;
+            let old = std::mem::replace(self.doc, value);
+            self.release(path, &old);
+            self.applied.undo.push(Undo::Restore(path.clone(), old));
+            self.applied.writes.push(path.clone());
+            return Ok(());
+        };
+        let parent = parent_mut(self.doc, path)?;
+        match parent {
+            Value::Object(map) => {
+                let _ = map;
+                self.admit(path, &value)?;
+                let map = object_at(self.doc, path);
+                match map.insert(last.to_owned(), value) {
+                    Some(old) => {
+                        self.release(path, &old);
+                        self.applied.undo.push(Undo::Restore(path.clone(), old));
+                    }
+                    None => self.applied.undo.push(Undo::Remove(path.clone())),
+                }
+                self.applied.writes.push(path.clone());
+                Ok(())
+            }
+            Value::Array(items) => {
+                let len = items.len();
+                let index = if last == "-" {
+                    Some(len)
+                } else {
+                    parse_array_index(last)
+                };
+                let index = index
+                    .filter(|i| *i <= len)
+                    .ok_or_else(|| PatchOpError::BadArrayIndex { path: path.clone() })?;
+                let at = sibling(path, index);
+                self.admit(&at, &value)?;
+                array_at(self.doc, path).insert(index, value);
+                self.applied.writes.push(if index == len {
+                    at.clone()
+                } else {
+                    parent_of(path)
+                });
+                self.applied.undo.push(Undo::Remove(at));
+                Ok(())
+            }
+            _ => Err(PatchOpError::ParentNotContainer { path: path.clone() }),
+        }
+    }
+
+    fn remove(&mut self, path: &Pointer) -> Result<Value, PatchOpError> {
+        let Some(last) = path.last() else {
+            return Err(PatchOpError::RemoveRoot);
+        };
+        let not_found = || PatchOpError::PathNotFound { path: path.clone() };
+        let parent = parent_mut(self.doc, path)?;
+        let (removed, at, write) = match parent {
+            Value::Object(map) => {
+                let removed = map.remove(last).ok_or_else(not_found)?;
+                (removed, path.clone(), path.clone())
+            }
+            Value::Array(items) => {
+                let len = items.len();
+                let index = parse_array_index(last)
+                    .filter(|i| *i < len)
+                    .ok_or_else(|| PatchOpError::BadArrayIndex { path: path.clone() })?;
+                let removed = items.remove(index);
+                let at = sibling(path, index);
+                let write = if index + 1 == len {
+                    at.clone()
+                } else {
+                    parent_of(path)
+                };
+                (removed, at, write)
+            }
+            _ => return Err(not_found()),
+        };
+        self.release(&at, &removed);
+        self.applied.undo.push(Undo::Insert(at, removed.clone()));
+        self.applied.writes.push(write);
+        Ok(removed)
+    }
+
+    fn replace(&mut self, path: &Pointer, value: Value) -> Result<(), PatchOpError> {
+        if resolve(self.doc, path).is_none() {
+            return Err(PatchOpError::PathNotFound { path: path.clone() });
+        }
+        let at = path.clone();
+        self.admit(&at, &value)?;
+        let Some(slot) = resolve_mut(self.doc, &at) else {
+            unreachable!("resolved just above");
+        };
+        let old = std::mem::replace(slot, value);
+        self.release(&at, &old);
+        self.applied.undo.push(Undo::Restore(at.clone(), old));
+        self.applied.writes.push(at);
+        Ok(())
+    }
+
+    fn incr(&mut self, path: &Pointer, delta: &Number) -> Result<(), PatchOpError> {
+        match resolve(self.doc, path) {
+            None => self.add(path, Value::Number(delta.clone())),
+            Some(Value::Number(current)) => {
+                let sum = add_numbers(current, delta)
+                    .ok_or_else(|| PatchOpError::NumberOverflow { path: path.clone() })?;
+                self.replace(path, Value::Number(sum))
+            }
+            Some(_) => Err(PatchOpError::NotANumber { path: path.clone() }),
+        }
+    }
+}
+
+/// Adds two JSON numbers: exactly when both are integers that fit, as `f64`
+/// otherwise; `None` when the result is not a finite number.
+pub fn add_numbers(a: &Number, b: &Number) -> Option<Number> {
+    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
+        if let Some(sum) = x.checked_add(y) {
+            return Some(sum.into());
+        }
+    }
+    if let (Some(x), Some(y)) = (a.as_u64(), b.as_u64()) {
+        if let Some(sum) = x.checked_add(y) {
+            return Some(sum.into());
+        }
+    }
+    Number::from_f64(a.as_f64()? + b.as_f64()?)
+}
+
+/// JSON equality for `test`: numbers compare by value (`1` equals `1.0`).
+pub fn json_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => match (x.as_u64(), y.as_u64()) {
+                (Some(x), Some(y)) => x == y,
+                _ => x.as_f64() == y.as_f64(),
+            },
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_equal(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// The value at `pointer`, if any.
+pub fn resolve<'v>(doc: &'v Value, pointer: &Pointer) -> Option<&'v Value> {
+    pointer
+        .tokens()
+        .iter()
+        .try_fold(doc, |node, token| match node {
+            Value::Object(map) => map.get(token),
+            Value::Array(items) => items.get(parse_array_index(token)?),
+            _ => None,
+        })
+}
+
+fn resolve_mut<'v>(doc: &'v mut Value, pointer: &Pointer) -> Option<&'v mut Value> {
+    pointer
+        .tokens()
+        .iter()
+        .try_fold(doc, |node, token| match node {
+            Value::Object(map) => map.get_mut(token),
+            Value::Array(items) => items.get_mut(parse_array_index(token)?),
+            _ => None,
+        })
+}
+
+fn parent_of(path: &Pointer) -> Pointer {
+    path.parent().unwrap_or_default()
+}
+
+/// The pointer to index `index` in the same array as `path`.
+fn sibling(path: &Pointer, index: usize) -> Pointer {
+    parent_of(path).child(index.to_string())
+}
+
+fn parent_mut<'v>(doc: &'v mut Value, path: &Pointer) -> Result<&'v mut Value, PatchOpError> {
+    let parent = parent_of(path);
+    resolve_mut(doc, &parent).ok_or(PatchOpError::PathNotFound { path: parent })
+}
+
+fn object_at<'v>(doc: &'v mut Value, path: &Pointer) -> &'v mut Map<String, Value> {
+    match resolve_mut(doc, &parent_of(path)) {
+        Some(Value::Object(map)) => map,
+        _ => unreachable!("caller checked the parent is an object"),
+    }
+}
+
+fn array_at<'v>(doc: &'v mut Value, path: &Pointer) -> &'v mut Vec<Value> {
+    match resolve_mut(doc, &parent_of(path)) {
+        Some(Value::Array(items)) => items,
+        _ => unreachable!("caller checked the parent is an array"),
+    }
+}
+
+fn undo_all(doc: &mut Value, undo: Vec<Undo>) {
+    for step in undo.into_iter().rev() {
+        let done = match step {
+            Undo::Restore(path, old) => resolve_mut(doc, &path).map(|slot| *slot = old).is_some(),
+            Undo::Remove(path) => {
+                let last = path.last().unwrap_or_default().to_owned();
+                match resolve_mut(doc, &parent_of(&path)) {
+                    Some(Value::Object(map)) => map.remove(&last).is_some(),
+                    Some(Value::Array(items)) => match parse_array_index(&last) {
+                        Some(i) if i < items.len() => {
+                            items.remove(i);
+                            true
+                        }
+                        _ => false,
+                    },
+                    _ => false,
+                }
+            }
+            Undo::Insert(path, value) => {
+                let last = path.last().unwrap_or_default().to_owned();
+                match resolve_mut(doc, &parent_of(&path)) {
+                    Some(Value::Object(map)) => map.insert(last, value).is_none(),
+                    Some(Value::Array(items)) => match parse_array_index(&last) {
+                        Some(i) if i <= items.len() => {
+                            items.insert(i, value);
+                            true
+                        }
+                        _ => false,
+                    },
+                    _ => false,
+                }
+            }
+        };
+        // The undo log is ours: a step that cannot be replayed is a bug.
+        debug_assert!(done, "undo log out of step with the document");
+    }
+}
+
+/// Nesting depth of a value: 0 for a scalar, 1 for a flat array or object.
+pub fn value_depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(value_depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(value_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Approximate encoded size of `value` in bytes, walking at most until the
+/// count passes `budget_bytes` (then any number over the budget is returned),
+/// so that measuring a huge value costs no more than the budget allows.
+pub fn encoded_size_estimate(value: &Value, budget_bytes: usize) -> usize {
+    let mut total = 0usize;
+    let mut stack = vec![value];
+    while let Some(node) = stack.pop() {
+        total += match node {
+            Value::Null | Value::Bool(_) => 5,
+            Value::Number(_) => 8,
+            Value::String(s) => s.len() + 2,
+            Value::Array(items) => {
+                stack.extend(items.iter());
+                2 + items.len()
+            }
+            Value::Object(map) => {
+                for (key, child) in map {
+                    total += key.len() + 4;
+                    stack.push(child);
+                }
+                2
+            }
+        };
+        if total > budget_bytes {
+            return total;
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn patch(ops: Value) -> Patch {
+        serde_json::from_value(ops).unwrap()
+    }
+
+    fn writes(doc: Value, ops: Value) -> Vec<String> {
+        let mut doc = doc;
+        let applied = apply(&mut doc, 0, &patch(ops), &Limits::default()).unwrap();
+        applied.writes.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn array_rule_appends_and_last_removals_write_one_index() {
+        assert_eq!(
+            writes(
+                json!({"a": [1, 2]}),
+                json!([{"op": "add", "path": "/a/-", "value": 3}])
+            ),
+            ["/a/2"]
+        );
+        assert_eq!(
+            writes(
+                json!({"a": [1, 2]}),
+                json!([{"op": "add", "path": "/a/2", "value": 3}])
+            ),
+            ["/a/2"]
+        );
+        assert_eq!(
+            writes(
+                json!({"a": [1, 2]}),
+                json!([{"op": "remove", "path": "/a/1"}])
+            ),
+            ["/a/1"]
+        );
+    }
+
+    #[test]
+    fn array_rule_shifts_write_the_whole_array() {
+        assert_eq!(
+            writes(
+                json!({"a": [1, 2]}),
+                json!([{"op": "add", "path": "/a/0", "value": 0}])
+            ),
+            ["/a"]
+        );
+        assert_eq!(
+            writes(
+                json!({"a": [1, 2]}),
+                json!([{"op": "remove", "path": "/a/0"}])
+            ),
+            ["/a"]
+        );
+    }
+
+    #[test]
+    fn incr_creates_adds_and_refuses_non_numbers() {
+        let mut doc = json!({"n": 1, "s": "x"});
+        let ops = patch(
+            json!([{"op": "incr", "path": "/n", "value": 2}, {"op": "incr", "path": "/m", "value": 1.5}]),
+        );
+        apply(&mut doc, 0, &ops, &Limits::default()).unwrap();
+        assert_eq!(doc, json!({"n": 3, "m": 1.5, "s": "x"}));
+        let bad = patch(json!([{"op": "incr", "path": "/s", "value": 1}]));
+        let error = apply(&mut doc, 0, &bad, &Limits::default()).unwrap_err();
+        assert!(matches!(error.error, PatchOpError::NotANumber { .. }));
+        let overflow = patch(
+            json!([{"op": "incr", "path": "/n", "value": i64::MAX}, {"op": "incr", "path": "/n", "value": u64::MAX}]),
+        );
+        assert!(
+            apply(&mut doc, 0, &overflow, &Limits::default()).is_ok(),
+            "falls back to f64"
+        );
+    }
+
+    #[test]
+    fn a_failing_op_undoes_everything_before_it() {
+        let original = json!({"a": {"b": [1, 2, 3]}, "c": "d"});
+        let mut doc = original.clone();
+        let ops = patch(json!([
+            {"op": "remove", "path": "/a/b/0"},
+            {"op": "move", "from": "/c", "path": "/a/e"},
+            {"op": "add", "path": "/a/b/-", "value": {"x": 1}},
+            {"op": "replace", "path": "", "value": 7},
+            {"op": "test", "path": "", "value": 8},
+        ]));
+        let error = apply(&mut doc, 0, &ops, &Limits::default()).unwrap_err();
+        assert_eq!(error.op_index, 4);
+        assert_eq!(doc, original);
+    }
+
+    #[test]
+    fn copy_chains_hit_the_size_limit_before_allocating() {
+        let limits = Limits {
+            doc_size_bytes_max: 10_000,
+            ..Limits::default()
+        };
+        let mut doc = json!({"a": "x".repeat(1000)});
+        let size = encoded_size_estimate(&doc, usize::MAX);
+        let mut ops = vec![];
+        for i in 0..20 {
+            ops.push(PatchOp::Copy {
+                from: Pointer::root(),
+                path: Pointer::from_tokens([format!("k{i}")]),
+            });
+        }
+        let error = apply(&mut doc, size, &ops, &limits).unwrap_err();
+        assert!(matches!(error.error, PatchOpError::SizeExceeded { .. }));
+        assert_eq!(doc, json!({"a": "x".repeat(1000)}));
+    }
+
+    #[test]
+    fn depth_limit_counts_path_and_value() {
+        let limits = Limits {
+            json_depth_max: 3,
+            ..Limits::default()
+        };
+        let mut doc = json!({"a": {}});
+        let deep = patch(json!([{"op": "add", "path": "/a/b", "value": {"c": {"d": 1}}}]));
+        assert!(matches!(
+            apply(&mut doc, 0, &deep, &limits).unwrap_err().error,
+            PatchOpError::DepthExceeded { depth: 4, .. }
+        ));
+        let ok = patch(json!([{"op": "add", "path": "/a/b", "value": {"c": 1}}]));
+        assert!(apply(&mut doc, 0, &ok, &limits).is_ok());
+    }
+
+    #[test]
+    fn test_compares_numbers_by_value() {
+        assert!(json_equal(&json!({"a": [1]}), &json!({"a": [1.0]})));
+        assert!(!json_equal(&json!(1), &json!("1")));
+    }
+}

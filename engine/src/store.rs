@@ -1,0 +1,369 @@
+//! The authoritative store: many documents, each with its value, version and
+//! version index. `Store::commit` is the single place where a transaction is
+//! validated, applied and sequenced.
+//!
+//! The store is a plain value with no locks; the server gives each shard of
+//! documents to one task that owns it (ARCHITECTURE.md, "one owner").
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::PatchError;
+use crate::ids::{DocId, TxId, Version};
+use crate::index::{ReadCheck, VersionIndex};
+use crate::limits::Limits;
+use crate::patch::{self, Patch};
+use crate::pointer::Pointer;
+
+/// Most conflicts one rejection lists; `conflicts_total` counts them all.
+pub const CONFLICTS_REPORTED_MAX: usize = 16;
+/// How many recent commit tx ids each document keeps to name the writer in a
+/// conflict explanation.
+pub const COMMIT_AUTHORS_KEPT_MAX: usize = 4_096;
+
+/// A transaction as submitted: reads taken at `base`, writes as a patch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub doc: DocId,
+    pub tx_id: TxId,
+    pub base: Version,
+    #[serde(default)]
+    pub reads: Vec<Pointer>,
+    #[serde(default)]
+    pub writes: Patch,
+}
+
+/// A committed change: what is logged and broadcast.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub doc: DocId,
+    pub version: Version,
+    pub tx_id: TxId,
+    pub patch: Patch,
+}
+
+/// One read that a later commit invalidated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// The read pointer.
+    pub pointer: Pointer,
+    /// The commit that overwrote it (or an ancestor or descendant of it).
+    pub version: Version,
+    /// That commit's transaction id, when still remembered.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tx_id: Option<TxId>,
+}
+
+/// Why a transaction did not commit. Every variant explains itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Rejection {
+    /// Reads were overwritten after the base: resync and re-run.
+    #[error("read conflict on {conflicts_total} pointer(s)")]
+    Conflict {
+        conflicts: Vec<Conflict>,
+        conflicts_total: usize,
+    },
+    /// The base is older than the history kept for validation: resync and
+    /// re-run.
+    #[error("base {base} is older than the validation horizon {horizon}")]
+    Stale { base: Version, horizon: Version },
+    /// The base is newer than the document: the client is confused.
+    #[error("base {base} is ahead of the document at {current}")]
+    BaseAhead { base: Version, current: Version },
+    /// The patch did not apply cleanly; the document is unchanged.
+    #[error("{0}")]
+    Patch(PatchError),
+    /// The transaction is larger than the limits allow.
+    #[error("{what} is {len}, over the limit of {max}")]
+    TooLarge {
+        what: TooLargePart,
+        len: usize,
+        max: usize,
+    },
+}
+
+impl Rejection {
+    /// True when re-running the transaction on a fresh replica may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Rejection::Conflict { .. } | Rejection::Stale { .. } | Rejection::Patch(_)
+        )
+    }
+}
+
+/// Which part of a transaction broke a size limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TooLargePart {
+    ReadSet,
+    Patch,
+}
+
+impl std::fmt::Display for TooLargePart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TooLargePart::ReadSet => "read set",
+            TooLargePart::Patch => "patch",
+        })
+    }
+}
+
+/// The final word on a transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Committed { version: Version },
+    Rejected { rejection: Rejection },
+}
+
+/// What `Store::commit` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Commit {
+    /// Committed now; the change is to be logged and broadcast. A transaction
+    /// that writes nothing (only `test` ops) commits at the current version
+    /// without creating a new one, and has no change.
+    Applied {
+        version: Version,
+        change: Option<Change>,
+    },
+    /// Rejected now; nothing changed.
+    Rejected(Rejection),
+    /// This tx id was seen before: here is its original outcome, and nothing
+    /// changed this time.
+    Duplicate(Outcome),
+}
+
+impl Commit {
+    /// The outcome to report to the submitter.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Commit::Applied { version, .. } => Outcome::Committed { version: *version },
+            Commit::Rejected(rejection) => Outcome::Rejected {
+                rejection: rejection.clone(),
+            },
+            Commit::Duplicate(outcome) => outcome.clone(),
+        }
+    }
+}
+
+/// One document's authoritative state.
+#[derive(Debug)]
+struct Document {
+    value: Value,
+    version: Version,
+    size_bytes: usize,
+    index: VersionIndex,
+    /// Tx ids of the most recent commits; `authors[i]` committed version
+    /// `authors_first + i`.
+    authors: VecDeque<TxId>,
+    authors_first: Version,
+}
+
+impl Document {
+    fn new(value: Value, version: Version, limits: &Limits) -> Self {
+        let size_bytes = patch::encoded_size_estimate(&value, usize::MAX);
+        Self {
+            value,
+            version,
+            size_bytes,
+            index: VersionIndex::new(version, limits.index_nodes_max),
+            authors: VecDeque::new(),
+            authors_first: version.next(),
+        }
+    }
+
+    fn author_of(&self, version: Version) -> Option<TxId> {
+        let offset = version.0.checked_sub(self.authors_first.0)?;
+        self.authors.get(usize::try_from(offset).ok()?).cloned()
+    }
+}
+
+/// Many documents and the recent transaction ids.
+#[derive(Debug, Default)]
+pub struct Store {
+    limits: Limits,
+    docs: HashMap<DocId, Document>,
+    outcomes: HashMap<TxId, Outcome>,
+    /// Tx ids in the order they were decided, for evicting the oldest.
+    outcome_order: VecDeque<TxId>,
+}
+
+impl Store {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The current value and version of `doc` (`{}` at version 0 if never
+    /// written).
+    pub fn get(&self, doc: &DocId) -> (Value, Version) {
+        match self.docs.get(doc) {
+            Some(d) => (d.value.clone(), d.version),
+            None => (Value::Object(Default::default()), Version::ZERO),
+        }
+    }
+
+    /// A borrowed view of `doc`'s value, if it was ever written.
+    pub fn value(&self, doc: &DocId) -> Option<&Value> {
+        self.docs.get(doc).map(|d| &d.value)
+    }
+
+    pub fn version(&self, doc: &DocId) -> Version {
+        self.docs.get(doc).map_or(Version::ZERO, |d| d.version)
+    }
+
+    /// Ids of every document ever written.
+    pub fn doc_ids(&self) -> impl Iterator<Item = &DocId> {
+        self.docs.keys()
+    }
+
+    /// Installs a document at a version (restoring from a snapshot). History
+    /// before `version` is unknown, so older bases get `Stale`.
+    pub fn restore(&mut self, doc: DocId, value: Value, version: Version) {
+        let document = Document::new(value, version, &self.limits);
+        self.docs.insert(doc, document);
+    }
+
+    /// The outcome remembered for `tx_id`, if still in the window.
+    pub fn outcome_of(&self, tx_id: &TxId) -> Option<&Outcome> {
+        self.outcomes.get(tx_id)
+    }
+
+    /// Validates, applies and sequences one transaction.
+    pub fn commit(&mut self, tx: Transaction) -> Commit {
+        if let Some(outcome) = self.outcomes.get(&tx.tx_id) {
+            return Commit::Duplicate(outcome.clone());
+        }
+        let result = self.decide(tx.doc, tx.base, &tx.reads, tx.writes, &tx.tx_id);
+        let outcome = match &result {
+            Commit::Applied { version, .. } => Outcome::Committed { version: *version },
+            Commit::Rejected(rejection) if !rejection.is_retryable() => {
+                // Too-large and confused transactions are not remembered: they
+                // cost nothing to reject again and must not fill the window.
+                return result;
+            }
+            Commit::Rejected(rejection) => Outcome::Rejected {
+                rejection: rejection.clone(),
+            },
+            Commit::Duplicate(_) => unreachable!("decide never reports duplicates"),
+        };
+        self.remember(tx.tx_id, outcome);
+        result
+    }
+
+    fn decide(
+        &mut self,
+        doc_id: DocId,
+        base: Version,
+        reads: &[Pointer],
+        writes: Patch,
+        tx_id: &TxId,
+    ) -> Commit {
+        let limits = self.limits;
+        if reads.len() > limits.read_set_pointers_max {
+            return Commit::Rejected(Rejection::TooLarge {
+                what: TooLargePart::ReadSet,
+                len: reads.len(),
+                max: limits.read_set_pointers_max,
+            });
+        }
+        if writes.len() > limits.patch_ops_max {
+            return Commit::Rejected(Rejection::TooLarge {
+                what: TooLargePart::Patch,
+                len: writes.len(),
+                max: limits.patch_ops_max,
+            });
+        }
+        let doc = self.docs.entry(doc_id.clone()).or_insert_with(|| {
+            Document::new(Value::Object(Default::default()), Version::ZERO, &limits)
+        });
+        if base > doc.version {
+            return Commit::Rejected(Rejection::BaseAhead {
+                base,
+                current: doc.version,
+            });
+        }
+        if let Some(rejection) = validate_reads(doc, reads, base) {
+            return Commit::Rejected(rejection);
+        }
+        let applied = match patch::apply(&mut doc.value, doc.size_bytes, &writes, &limits) {
+            Ok(applied) => applied,
+            Err(error) => return Commit::Rejected(Rejection::Patch(error)),
+        };
+        if applied.writes.is_empty() {
+            return Commit::Applied {
+                version: doc.version,
+                change: None,
+            };
+        }
+        let version = doc.version.next();
+        doc.version = version;
+        doc.size_bytes = doc
+            .size_bytes
+            .saturating_add_signed(applied.size_delta_bytes as isize);
+        for pointer in &applied.writes {
+            doc.index.record_write(pointer, version);
+        }
+        doc.authors.push_back(tx_id.clone());
+        if doc.authors.len() > COMMIT_AUTHORS_KEPT_MAX {
+            doc.authors.pop_front();
+            doc.authors_first = doc.authors_first.next();
+        }
+        let change = Change {
+            doc: doc_id,
+            version,
+            tx_id: tx_id.clone(),
+            patch: writes,
+        };
+        Commit::Applied {
+            version,
+            change: Some(change),
+        }
+    }
+
+    fn remember(&mut self, tx_id: TxId, outcome: Outcome) {
+        self.outcome_order.push_back(tx_id.clone());
+        self.outcomes.insert(tx_id, outcome);
+        while self.outcome_order.len() > self.limits.tx_dedup_entries_max {
+            if let Some(oldest) = self.outcome_order.pop_front() {
+                self.outcomes.remove(&oldest);
+            }
+        }
+    }
+}
+
+fn validate_reads(doc: &Document, reads: &[Pointer], base: Version) -> Option<Rejection> {
+    let mut conflicts = Vec::new();
+    let mut conflicts_total = 0;
+    for pointer in reads {
+        match doc.index.check_read(pointer, base) {
+            ReadCheck::Clean => {}
+            ReadCheck::Stale { horizon } => return Some(Rejection::Stale { base, horizon }),
+            ReadCheck::Overwritten(version) => {
+                conflicts_total += 1;
+                if conflicts.len() < CONFLICTS_REPORTED_MAX {
+                    let tx_id = doc.author_of(version);
+                    conflicts.push(Conflict {
+                        pointer: pointer.clone(),
+                        version,
+                        tx_id,
+                    });
+                }
+            }
+        }
+    }
+    (conflicts_total > 0).then_some(Rejection::Conflict {
+        conflicts,
+        conflicts_total,
+    })
+}
