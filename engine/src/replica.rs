@@ -263,7 +263,8 @@ impl Replica {
                 .map(|p| p.writes)
                 .unwrap_or_default();
             self.version = change.version;
-            return Ok(ChangeEffect { writes: done });
+            let committed = Some(change.tx_id.clone());
+            return Ok(ChangeEffect { writes: done, committed });
         }
         self.hide_pending();
         if let Some(index) = own {
@@ -276,9 +277,8 @@ impl Replica {
                     .size_bytes
                     .saturating_add_signed(applied.size_delta_bytes as isize);
                 self.version = change.version;
-                Ok(ChangeEffect {
-                    writes: applied.writes,
-                })
+                let committed = own.map(|_| change.tx_id.clone());
+                Ok(ChangeEffect { writes: applied.writes, committed })
             }
             Err(error) => Err(ReplicaError::Diverged {
                 version: change.version,
