@@ -264,7 +264,10 @@ impl Replica {
                 .unwrap_or_default();
             self.version = change.version;
             let committed = Some(change.tx_id.clone());
-            return Ok(ChangeEffect { writes: done, committed });
+            return Ok(ChangeEffect {
+                writes: done,
+                committed,
+            });
         }
         self.hide_pending();
         if let Some(index) = own {
@@ -278,7 +281,10 @@ impl Replica {
                     .saturating_add_signed(applied.size_delta_bytes as isize);
                 self.version = change.version;
                 let committed = own.map(|_| change.tx_id.clone());
-                Ok(ChangeEffect { writes: applied.writes, committed })
+                Ok(ChangeEffect {
+                    writes: applied.writes,
+                    committed,
+                })
             }
             Err(error) => Err(ReplicaError::Diverged {
                 version: change.version,
@@ -552,5 +558,214 @@ impl Tx<'_> {
             .parent()
             .and_then(|parent| patch::resolve(self.view, &parent))
             .is_some_and(Value::is_array)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{Commit, Store};
+
+    fn p(raw: &str) -> Pointer {
+        Pointer::parse(raw).unwrap()
+    }
+
+    fn tx_id(raw: &str) -> TxId {
+        TxId::parse(raw).unwrap()
+    }
+
+    fn doc() -> DocId {
+        DocId::parse("d").unwrap()
+    }
+
+    fn replica(value: Value) -> Replica {
+        Replica::new(doc(), value, Version::ZERO, Limits::default())
+    }
+
+    fn submit(
+        replica: &mut Replica,
+        id: &str,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<(), Abort<()>>,
+    ) -> Transaction {
+        match replica.run(tx_id(id), f) {
+            RunOutcome::Submit { tx, .. } => tx,
+            other => panic!("expected a submission, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_are_recorded_unless_the_transaction_wrote_them_first() {
+        let mut r = replica(json!({"a": 1, "b": {"c": 2}}));
+        let tx = submit(&mut r, "t1", |tx| {
+            let a = tx.get_i64(&p("/a")).unwrap();
+            tx.set(&p("/b"), json!({"c": a}))?;
+            assert_eq!(tx.get_i64(&p("/b/c")), Some(1), "reads see own writes");
+            tx.increment(&p("/n"), 5)?;
+            assert_eq!(tx.get_i64(&p("/n")), Some(5));
+            Ok(())
+        });
+        assert_eq!(
+            tx.reads,
+            vec![p("/a"), p("/n")],
+            "/b/c was covered by the write to /b; /n was only incremented"
+        );
+        assert_eq!(tx.base, Version::ZERO);
+        assert_eq!(
+            r.view(),
+            &json!({"a": 1, "b": {"c": 1}, "n": 5}),
+            "optimistic view"
+        );
+        assert_eq!(r.confirmed(), json!({"a": 1, "b": {"c": 2}}));
+    }
+
+    #[test]
+    fn read_only_runs_return_locally_and_retry_reports_its_reads() {
+        let mut r = replica(json!({"a": 1}));
+        let outcome = r.run(tx_id("t"), |tx| Ok::<_, Abort<()>>(tx.get_i64(&p("/a"))));
+        assert!(matches!(outcome, RunOutcome::ReadOnly(Some(1))));
+        let outcome = r.run(tx_id("t"), |tx| {
+            tx.set(&p("/x"), json!(1))?;
+            if tx.get_i64(&p("/a")) < Some(5) {
+                return tx.retry::<(), ()>();
+            }
+            Ok(())
+        });
+        assert!(matches!(outcome, RunOutcome::Retry { reads } if reads == vec![p("/a")]));
+        assert_eq!(r.view(), &json!({"a": 1}), "a retried run leaves no trace");
+    }
+
+    #[test]
+    fn or_else_undoes_the_first_branch() {
+        let mut r = replica(json!({"stock": 0, "backorders": 0}));
+        let tx = submit(&mut r, "t", |tx| {
+            tx.or_else(
+                |tx| {
+                    tx.set(&p("/touched"), json!(true))?;
+                    match tx.get_i64(&p("/stock")) {
+                        Some(n) if n > 0 => tx.set(&p("/stock"), json!(n - 1)).map_err(Abort::from),
+                        _ => tx.retry(),
+                    }
+                },
+                |tx| tx.increment(&p("/backorders"), 1).map_err(Abort::from),
+            )
+        });
+        assert_eq!(r.view(), &json!({"stock": 0, "backorders": 1}));
+        assert_eq!(tx.reads, vec![p("/stock")]);
+        assert_eq!(tx.writes.len(), 1);
+    }
+
+    #[test]
+    fn a_run_that_reads_pending_writes_is_blocked() {
+        let mut r = replica(json!({"a": 1, "b": 1}));
+        submit(&mut r, "t1", |tx| {
+            tx.set(&p("/a"), json!(2)).map_err(Abort::from)
+        });
+        let blocked = r.run(tx_id("t2"), |tx| {
+            let a = tx.get_i64(&p("/a")).unwrap();
+            tx.set(&p("/c"), json!(a)).map_err(Abort::<()>::from)
+        });
+        assert!(matches!(blocked, RunOutcome::Blocked));
+        assert_eq!(
+            r.view(),
+            &json!({"a": 2, "b": 1}),
+            "the blocked run left no trace"
+        );
+        // Reading something independent is fine while t1 is pending.
+        submit(&mut r, "t3", |tx| {
+            let b = tx.get_i64(&p("/b")).unwrap();
+            tx.set(&p("/b"), json!(b + 1)).map_err(Abort::from)
+        });
+        assert_eq!(r.pending().count(), 2);
+    }
+
+    #[test]
+    fn remote_changes_rebase_pending_writes_and_own_commits_confirm_them() {
+        let mut store = Store::new(Limits::default());
+        store.restore(doc(), json!({"list": []}), Version::ZERO);
+        let mut mine = replica(json!({"list": []}));
+        let mut theirs = replica(json!({"list": []}));
+        let own_tx = submit(&mut mine, "mine-1", |tx| {
+            tx.push(&p("/list"), json!("m")).map_err(Abort::from)
+        });
+        let their_tx = submit(&mut theirs, "theirs-1", |tx| {
+            tx.push(&p("/list"), json!("t")).map_err(Abort::from)
+        });
+        let Commit::Applied {
+            change: Some(theirs_change),
+            ..
+        } = store.commit(their_tx)
+        else {
+            panic!()
+        };
+        theirs
+            .on_committed(&theirs_change.tx_id, theirs_change.version)
+            .unwrap();
+        // A blind append commits on top of the other append.
+        let Commit::Applied {
+            version,
+            change: Some(own_change),
+        } = store.commit(own_tx)
+        else {
+            panic!()
+        };
+        assert_eq!(mine.view(), &json!({"list": ["m"]}));
+        mine.apply_change(&theirs_change).unwrap();
+        assert_eq!(
+            mine.view(),
+            &json!({"list": ["t", "m"]}),
+            "rebased: the pending append stays on top"
+        );
+        assert_eq!(mine.confirmed(), json!({"list": ["t"]}));
+        let effect = mine.on_committed(&own_change.tx_id, version).unwrap();
+        assert_eq!(effect.committed, Some(own_change.tx_id.clone()));
+        assert!(!mine.has_pending());
+        assert_eq!(mine.version(), Version(2));
+        theirs.apply_change(&own_change).unwrap();
+        assert_eq!(theirs.view(), mine.view());
+        assert_eq!(store.get(&doc()), (mine.view().clone(), Version(2)));
+    }
+
+    #[test]
+    fn rejection_drops_the_pending_write_and_a_gap_is_an_error() {
+        let mut r = replica(json!({"x": 1}));
+        submit(&mut r, "t1", |tx| {
+            tx.set(&p("/x"), json!(9)).map_err(Abort::from)
+        });
+        let rejection = Rejection::Stale {
+            base: Version::ZERO,
+            horizon: Version(1),
+        };
+        assert!(r.on_rejected(&tx_id("t1"), &rejection).is_some());
+        assert_eq!(r.view(), &json!({"x": 1}));
+        assert!(
+            r.on_rejected(&tx_id("t1"), &rejection).is_none(),
+            "a second answer is ignored"
+        );
+        let gap = Change {
+            doc: doc(),
+            version: Version(2),
+            tx_id: tx_id("z"),
+            patch: vec![],
+        };
+        assert_eq!(
+            r.apply_change(&gap),
+            Err(ReplicaError::Gap {
+                held: Version::ZERO,
+                got: Version(2)
+            })
+        );
+    }
+
+    #[test]
+    fn reset_keeps_pending_writes_on_top_of_the_snapshot() {
+        let mut r = replica(json!({"a": 1}));
+        submit(&mut r, "t1", |tx| {
+            tx.set(&p("/b"), json!(2)).map_err(Abort::from)
+        });
+        r.reset(json!({"a": 5}), Version(7));
+        assert_eq!(r.view(), &json!({"a": 5, "b": 2}));
+        assert_eq!(r.version(), Version(7));
     }
 }
