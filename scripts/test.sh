@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The one test command (README): installs what the suites need, then runs
+# every suite. CI runs exactly this through .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain"
+command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 1; }
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "format"
+cargo fmt --all --check
+
+step "lint"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+cargo test --workspace --locked
+
+step "fuzz targets build"
+cargo build --manifest-path fuzz/Cargo.toml --locked
+
+echo
+echo "all suites passed"
