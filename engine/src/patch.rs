@@ -26,7 +26,7 @@ use crate::pointer::{parse_array_index, Pointer};
 
 /// One patch operation: the six of RFC 6902 and Concord's `incr`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "lowercase")]
 pub enum PatchOp {
     Add {
         path: Pointer,
@@ -116,12 +116,7 @@ pub fn apply(
     patch: &[PatchOp],
     limits: &Limits,
 ) -> Result<Applied, PatchError> {
-    let mut run = Run {
-        doc,
-        applied: Applied::default(),
-        size_bytes: doc_size_bytes,
-        limits,
-    };
+    let mut run = Run { doc, applied: Applied::default(), size_bytes: doc_size_bytes, limits };
     for (op_index, op) in patch.iter().enumerate() {
         if let Err(error) = run.op(op) {
             let Run { doc, applied, .. } = run;
@@ -166,10 +161,7 @@ impl Run<'_> {
                 let source = resolve(self.doc, from)
                     .ok_or_else(|| PatchOpError::PathNotFound { path: from.clone() })?;
                 // Measure before cloning: the size check must come before the memory.
-                let budget = self
-                    .limits
-                    .doc_size_bytes_max
-                    .saturating_sub(self.size_bytes);
+                let budget = self.limits.doc_size_bytes_max.saturating_sub(self.size_bytes);
                 let source_bytes = encoded_size_estimate(source, budget);
                 if source_bytes > budget {
                     return Err(self.size_error(source_bytes));
@@ -204,10 +196,7 @@ impl Run<'_> {
                 max: self.limits.json_depth_max,
             });
         }
-        let budget = self
-            .limits
-            .doc_size_bytes_max
-            .saturating_sub(self.size_bytes);
+        let budget = self.limits.doc_size_bytes_max.saturating_sub(self.size_bytes);
         let bytes = encoded_size_estimate(value, budget) + path.last().map_or(0, |k| k.len() + 4);
         if bytes > budget {
             return Err(self.size_error(bytes));
@@ -249,22 +238,14 @@ impl Run<'_> {
             }
             Value::Array(items) => {
                 let len = items.len();
-                let index = if last == "-" {
-                    Some(len)
-                } else {
-                    parse_array_index(last)
-                };
+                let index = if last == "-" { Some(len) } else { parse_array_index(last) };
                 let index = index
                     .filter(|i| *i <= len)
                     .ok_or_else(|| PatchOpError::BadArrayIndex { path: path.clone() })?;
                 let at = sibling(path, index);
                 self.admit(&at, &value)?;
                 array_at(self.doc, path).insert(index, value);
-                self.applied.writes.push(if index == len {
-                    at.clone()
-                } else {
-                    parent_of(path)
-                });
+                self.applied.writes.push(if index == len { at.clone() } else { parent_of(path) });
                 self.applied.undo.push(Undo::Remove(at));
                 Ok(())
             }
@@ -290,11 +271,7 @@ impl Run<'_> {
                     .ok_or_else(|| PatchOpError::BadArrayIndex { path: path.clone() })?;
                 let removed = items.remove(index);
                 let at = sibling(path, index);
-                let write = if index + 1 == len {
-                    at.clone()
-                } else {
-                    parent_of(path)
-                };
+                let write = if index + 1 == len { at.clone() } else { parent_of(path) };
                 (removed, at, write)
             }
             _ => return Err(not_found()),
@@ -364,9 +341,7 @@ pub fn json_equal(a: &Value, b: &Value) -> bool {
             x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_equal(a, b))
         }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
         }
         _ => a == b,
     }
@@ -374,25 +349,19 @@ pub fn json_equal(a: &Value, b: &Value) -> bool {
 
 /// The value at `pointer`, if any.
 pub fn resolve<'v>(doc: &'v Value, pointer: &Pointer) -> Option<&'v Value> {
-    pointer
-        .tokens()
-        .iter()
-        .try_fold(doc, |node, token| match node {
-            Value::Object(map) => map.get(token),
-            Value::Array(items) => items.get(parse_array_index(token)?),
-            _ => None,
-        })
+    pointer.tokens().iter().try_fold(doc, |node, token| match node {
+        Value::Object(map) => map.get(token),
+        Value::Array(items) => items.get(parse_array_index(token)?),
+        _ => None,
+    })
 }
 
 fn resolve_mut<'v>(doc: &'v mut Value, pointer: &Pointer) -> Option<&'v mut Value> {
-    pointer
-        .tokens()
-        .iter()
-        .try_fold(doc, |node, token| match node {
-            Value::Object(map) => map.get_mut(token),
-            Value::Array(items) => items.get_mut(parse_array_index(token)?),
-            _ => None,
-        })
+    pointer.tokens().iter().try_fold(doc, |node, token| match node {
+        Value::Object(map) => map.get_mut(token),
+        Value::Array(items) => items.get_mut(parse_array_index(token)?),
+        _ => None,
+    })
 }
 
 fn parent_of(path: &Pointer) -> Pointer {
@@ -519,24 +488,15 @@ mod tests {
     #[test]
     fn array_rule_appends_and_last_removals_write_one_index() {
         assert_eq!(
-            writes(
-                json!({"a": [1, 2]}),
-                json!([{"op": "add", "path": "/a/-", "value": 3}])
-            ),
+            writes(json!({"a": [1, 2]}), json!([{"op": "add", "path": "/a/-", "value": 3}])),
             ["/a/2"]
         );
         assert_eq!(
-            writes(
-                json!({"a": [1, 2]}),
-                json!([{"op": "add", "path": "/a/2", "value": 3}])
-            ),
+            writes(json!({"a": [1, 2]}), json!([{"op": "add", "path": "/a/2", "value": 3}])),
             ["/a/2"]
         );
         assert_eq!(
-            writes(
-                json!({"a": [1, 2]}),
-                json!([{"op": "remove", "path": "/a/1"}])
-            ),
+            writes(json!({"a": [1, 2]}), json!([{"op": "remove", "path": "/a/1"}])),
             ["/a/1"]
         );
     }
@@ -544,19 +504,10 @@ mod tests {
     #[test]
     fn array_rule_shifts_write_the_whole_array() {
         assert_eq!(
-            writes(
-                json!({"a": [1, 2]}),
-                json!([{"op": "add", "path": "/a/0", "value": 0}])
-            ),
+            writes(json!({"a": [1, 2]}), json!([{"op": "add", "path": "/a/0", "value": 0}])),
             ["/a"]
         );
-        assert_eq!(
-            writes(
-                json!({"a": [1, 2]}),
-                json!([{"op": "remove", "path": "/a/0"}])
-            ),
-            ["/a"]
-        );
+        assert_eq!(writes(json!({"a": [1, 2]}), json!([{"op": "remove", "path": "/a/0"}])), ["/a"]);
     }
 
     #[test]
@@ -573,10 +524,7 @@ mod tests {
         let overflow = patch(
             json!([{"op": "incr", "path": "/n", "value": i64::MAX}, {"op": "incr", "path": "/n", "value": u64::MAX}]),
         );
-        assert!(
-            apply(&mut doc, 0, &overflow, &Limits::default()).is_ok(),
-            "falls back to f64"
-        );
+        assert!(apply(&mut doc, 0, &overflow, &Limits::default()).is_ok(), "falls back to f64");
     }
 
     #[test]
@@ -597,10 +545,7 @@ mod tests {
 
     #[test]
     fn copy_chains_hit_the_size_limit_before_allocating() {
-        let limits = Limits {
-            doc_size_bytes_max: 10_000,
-            ..Limits::default()
-        };
+        let limits = Limits { doc_size_bytes_max: 10_000, ..Limits::default() };
         let mut doc = json!({"a": "x".repeat(1000)});
         let size = encoded_size_estimate(&doc, usize::MAX);
         let mut ops = vec![];
@@ -617,10 +562,7 @@ mod tests {
 
     #[test]
     fn depth_limit_counts_path_and_value() {
-        let limits = Limits {
-            json_depth_max: 3,
-            ..Limits::default()
-        };
+        let limits = Limits { json_depth_max: 3, ..Limits::default() };
         let mut doc = json!({"a": {}});
         let deep = patch(json!([{"op": "add", "path": "/a/b", "value": {"c": {"d": 1}}}]));
         assert!(matches!(

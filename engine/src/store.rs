@@ -14,7 +14,7 @@ use crate::error::PatchError;
 use crate::ids::{DocId, TxId, Version};
 use crate::index::{ReadCheck, VersionIndex};
 use crate::limits::Limits;
-use crate::patch::{self, Patch};
+use crate::patch::{self, Patch, PatchOp};
 use crate::pointer::Pointer;
 
 /// Most conflicts one rejection lists; `conflicts_total` counts them all.
@@ -62,10 +62,7 @@ pub struct Conflict {
 pub enum Rejection {
     /// Reads were overwritten after the base: resync and re-run.
     #[error("read conflict on {conflicts_total} pointer(s)")]
-    Conflict {
-        conflicts: Vec<Conflict>,
-        conflicts_total: usize,
-    },
+    Conflict { conflicts: Vec<Conflict>, conflicts_total: usize },
     /// The base is older than the history kept for validation: resync and
     /// re-run.
     #[error("base {base} is older than the validation horizon {horizon}")]
@@ -78,20 +75,13 @@ pub enum Rejection {
     Patch(PatchError),
     /// The transaction is larger than the limits allow.
     #[error("{what} is {len}, over the limit of {max}")]
-    TooLarge {
-        what: TooLargePart,
-        len: usize,
-        max: usize,
-    },
+    TooLarge { what: TooLargePart, len: usize, max: usize },
 }
 
 impl Rejection {
     /// True when re-running the transaction on a fresh replica may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Rejection::Conflict { .. } | Rejection::Stale { .. } | Rejection::Patch(_)
-        )
+        matches!(self, Rejection::Conflict { .. } | Rejection::Stale { .. } | Rejection::Patch(_))
     }
 }
 
@@ -126,10 +116,7 @@ pub enum Commit {
     /// Committed now; the change is to be logged and broadcast. A transaction
     /// that writes nothing (only `test` ops) commits at the current version
     /// without creating a new one, and has no change.
-    Applied {
-        version: Version,
-        change: Option<Change>,
-    },
+    Applied { version: Version, change: Option<Change> },
     /// Rejected now; nothing changed.
     Rejected(Rejection),
     /// This tx id was seen before: here is its original outcome, and nothing
@@ -142,12 +129,25 @@ impl Commit {
     pub fn outcome(&self) -> Outcome {
         match self {
             Commit::Applied { version, .. } => Outcome::Committed { version: *version },
-            Commit::Rejected(rejection) => Outcome::Rejected {
-                rejection: rejection.clone(),
-            },
+            Commit::Rejected(rejection) => Outcome::Rejected { rejection: rejection.clone() },
             Commit::Duplicate(outcome) => outcome.clone(),
         }
     }
+}
+
+/// Why a logged change could not be replayed: the log is not the one this
+/// store wrote (or was damaged in a way storage did not catch).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReplayError {
+    /// The change does not follow the document's version.
+    #[error("log entry {got} of {doc} does not follow {held}")]
+    OutOfSequence { doc: DocId, held: Version, got: Version },
+    /// The change's patch no longer applies.
+    #[error("log entry {version} of {doc} does not apply: {error}")]
+    Patch { doc: DocId, version: Version, error: PatchError },
+    /// The change wrote nothing, so it could not have made a version.
+    #[error("log entry {version} of {doc} writes nothing")]
+    WritesNothing { doc: DocId, version: Version },
 }
 
 /// One document's authoritative state.
@@ -176,6 +176,32 @@ impl Document {
         }
     }
 
+    /// Applies an already validated patch; returns the new version, or `None`
+    /// when the patch wrote nothing (and so made no version).
+    fn apply(
+        &mut self,
+        writes: &[PatchOp],
+        tx_id: &TxId,
+        limits: &Limits,
+    ) -> Result<Option<Version>, PatchError> {
+        let applied = patch::apply(&mut self.value, self.size_bytes, writes, limits)?;
+        if applied.writes.is_empty() {
+            return Ok(None);
+        }
+        let version = self.version.next();
+        self.version = version;
+        self.size_bytes = self.size_bytes.saturating_add_signed(applied.size_delta_bytes as isize);
+        for pointer in &applied.writes {
+            self.index.record_write(pointer, version);
+        }
+        self.authors.push_back(tx_id.clone());
+        if self.authors.len() > COMMIT_AUTHORS_KEPT_MAX {
+            self.authors.pop_front();
+            self.authors_first = self.authors_first.next();
+        }
+        Ok(Some(version))
+    }
+
     fn author_of(&self, version: Version) -> Option<TxId> {
         let offset = version.0.checked_sub(self.authors_first.0)?;
         self.authors.get(usize::try_from(offset).ok()?).cloned()
@@ -194,10 +220,7 @@ pub struct Store {
 
 impl Store {
     pub fn new(limits: Limits) -> Self {
-        Self {
-            limits,
-            ..Self::default()
-        }
+        Self { limits, ..Self::default() }
     }
 
     pub fn limits(&self) -> &Limits {
@@ -252,9 +275,7 @@ impl Store {
                 // cost nothing to reject again and must not fill the window.
                 return result;
             }
-            Commit::Rejected(rejection) => Outcome::Rejected {
-                rejection: rejection.clone(),
-            },
+            Commit::Rejected(rejection) => Outcome::Rejected { rejection: rejection.clone() },
             Commit::Duplicate(_) => unreachable!("decide never reports duplicates"),
         };
         self.remember(tx.tx_id, outcome);
@@ -288,47 +309,47 @@ impl Store {
             Document::new(Value::Object(Default::default()), Version::ZERO, &limits)
         });
         if base > doc.version {
-            return Commit::Rejected(Rejection::BaseAhead {
-                base,
-                current: doc.version,
-            });
+            return Commit::Rejected(Rejection::BaseAhead { base, current: doc.version });
         }
         if let Some(rejection) = validate_reads(doc, reads, base) {
             return Commit::Rejected(rejection);
         }
-        let applied = match patch::apply(&mut doc.value, doc.size_bytes, &writes, &limits) {
-            Ok(applied) => applied,
-            Err(error) => return Commit::Rejected(Rejection::Patch(error)),
-        };
-        if applied.writes.is_empty() {
-            return Commit::Applied {
-                version: doc.version,
-                change: None,
-            };
+        match doc.apply(&writes, tx_id, &limits) {
+            Err(error) => Commit::Rejected(Rejection::Patch(error)),
+            Ok(None) => Commit::Applied { version: doc.version, change: None },
+            Ok(Some(version)) => {
+                let change = Change { doc: doc_id, version, tx_id: tx_id.clone(), patch: writes };
+                Commit::Applied { version, change: Some(change) }
+            }
         }
-        let version = doc.version.next();
-        doc.version = version;
-        doc.size_bytes = doc
-            .size_bytes
-            .saturating_add_signed(applied.size_delta_bytes as isize);
-        for pointer in &applied.writes {
-            doc.index.record_write(pointer, version);
+    }
+
+    /// Re-applies a change read back from the commit log (recovery): no
+    /// validation, since it was validated when it committed, but the version
+    /// index and the tx-id window are rebuilt as if it had just committed.
+    pub fn replay(&mut self, change: &Change) -> Result<(), ReplayError> {
+        let limits = self.limits;
+        let doc = self.docs.entry(change.doc.clone()).or_insert_with(|| {
+            Document::new(Value::Object(Default::default()), Version::ZERO, &limits)
+        });
+        let at = |version| (change.doc.clone(), version);
+        if change.version != doc.version.next() {
+            let (doc_id, got) = at(change.version);
+            return Err(ReplayError::OutOfSequence { doc: doc_id, held: doc.version, got });
         }
-        doc.authors.push_back(tx_id.clone());
-        if doc.authors.len() > COMMIT_AUTHORS_KEPT_MAX {
-            doc.authors.pop_front();
-            doc.authors_first = doc.authors_first.next();
+        match doc.apply(&change.patch, &change.tx_id, &limits) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let (doc, version) = at(change.version);
+                return Err(ReplayError::WritesNothing { doc, version });
+            }
+            Err(error) => {
+                let (doc, version) = at(change.version);
+                return Err(ReplayError::Patch { doc, version, error });
+            }
         }
-        let change = Change {
-            doc: doc_id,
-            version,
-            tx_id: tx_id.clone(),
-            patch: writes,
-        };
-        Commit::Applied {
-            version,
-            change: Some(change),
-        }
+        self.remember(change.tx_id.clone(), Outcome::Committed { version: change.version });
+        Ok(())
     }
 
     fn remember(&mut self, tx_id: TxId, outcome: Outcome) {
@@ -353,17 +374,62 @@ fn validate_reads(doc: &Document, reads: &[Pointer], base: Version) -> Option<Re
                 conflicts_total += 1;
                 if conflicts.len() < CONFLICTS_REPORTED_MAX {
                     let tx_id = doc.author_of(version);
-                    conflicts.push(Conflict {
-                        pointer: pointer.clone(),
-                        version,
-                        tx_id,
-                    });
+                    conflicts.push(Conflict { pointer: pointer.clone(), version, tx_id });
                 }
             }
         }
     }
-    (conflicts_total > 0).then_some(Rejection::Conflict {
-        conflicts,
-        conflicts_total,
-    })
+    (conflicts_total > 0).then_some(Rejection::Conflict { conflicts, conflicts_total })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn tx(id: &str, base: u64, reads: &[&str], writes: Value) -> Transaction {
+        Transaction {
+            doc: DocId::parse("d").unwrap(),
+            tx_id: TxId::parse(id).unwrap(),
+            base: Version(base),
+            reads: reads.iter().map(|r| Pointer::parse(r).unwrap()).collect(),
+            writes: serde_json::from_value(writes).unwrap(),
+        }
+    }
+
+    #[test]
+    fn replaying_the_log_rebuilds_documents_index_and_tx_ids() {
+        let mut store = Store::new(Limits::default());
+        let mut log = Vec::new();
+        for (i, path) in ["/a", "/b", "/a"].iter().enumerate() {
+            let writes = json!([{"op": "add", "path": path, "value": i}]);
+            let Commit::Applied { change: Some(change), .. } =
+                store.commit(tx(&format!("t{i}"), i as u64, &[], writes))
+            else {
+                panic!("commit {i}")
+            };
+            log.push(change);
+        }
+        let mut recovered = Store::new(Limits::default());
+        for change in &log {
+            recovered.replay(change).unwrap();
+        }
+        let doc = DocId::parse("d").unwrap();
+        assert_eq!(recovered.get(&doc), store.get(&doc));
+        // The tx-id window survived: a resubmission is a duplicate.
+        let again =
+            recovered.commit(tx("t1", 1, &[], json!([{"op": "add", "path": "/b", "value": 9}])));
+        assert_eq!(again, Commit::Duplicate(Outcome::Committed { version: Version(2) }));
+        // The index survived: a read of /a at version 1 conflicts with commit 3.
+        let stale_read = recovered.commit(tx(
+            "t9",
+            1,
+            &["/a"],
+            json!([{"op": "add", "path": "/c", "value": 0}]),
+        ));
+        assert!(matches!(stale_read, Commit::Rejected(Rejection::Conflict { .. })));
+        // A log entry out of sequence is refused.
+        assert!(matches!(recovered.replay(&log[0]), Err(ReplayError::OutOfSequence { .. })));
+    }
 }
