@@ -257,6 +257,15 @@ impl Store {
         self.docs.insert(doc, document);
     }
 
+    /// Remembers that `tx_id` committed at `version` (recovery: tx ids from
+    /// the log before the newest snapshot), so a resubmission after a restart
+    /// is still answered with its original outcome.
+    pub fn remember_committed(&mut self, tx_id: TxId, version: Version) {
+        if !self.outcomes.contains_key(&tx_id) {
+            self.remember(tx_id, Outcome::Committed { version });
+        }
+    }
+
     /// The outcome remembered for `tx_id`, if still in the window.
     pub fn outcome_of(&self, tx_id: &TxId) -> Option<&Outcome> {
         self.outcomes.get(tx_id)
