@@ -61,11 +61,7 @@ pub enum PatchOpError {
     NumberOverflow { path: Pointer },
     /// The value written would nest deeper than `json_depth_max`.
     #[error("{path} would nest {depth} levels deep, over the limit of {max}")]
-    DepthExceeded {
-        path: Pointer,
-        depth: usize,
-        max: usize,
-    },
+    DepthExceeded { path: Pointer, depth: usize, max: usize },
     /// The document would grow past `doc_size_bytes_max`.
     #[error("document would grow to about {size_bytes} bytes, over the limit of {max_bytes}")]
     SizeExceeded { size_bytes: usize, max_bytes: usize },

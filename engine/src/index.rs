@@ -84,17 +84,8 @@ impl VersionIndex {
     /// An index for a document whose history before `horizon` is unknown
     /// (`Version::ZERO` for a new document; the snapshot version on restore).
     pub fn new(horizon: Version, node_count_max: usize) -> Self {
-        let root = Node {
-            written: horizon,
-            subtree: horizon,
-            children: HashMap::new(),
-        };
-        Self {
-            root,
-            horizon,
-            node_count: 1,
-            node_count_max: node_count_max.max(1),
-        }
+        let root = Node { written: horizon, subtree: horizon, children: HashMap::new() };
+        Self { root, horizon, node_count: 1, node_count_max: node_count_max.max(1) }
     }
 
     pub fn horizon(&self) -> Version {
@@ -108,9 +99,7 @@ impl VersionIndex {
     /// Was `pointer`, an ancestor or a descendant written after `base`?
     pub fn check_read(&self, pointer: &Pointer, base: Version) -> ReadCheck {
         if base < self.horizon {
-            return ReadCheck::Stale {
-                horizon: self.horizon,
-            };
+            return ReadCheck::Stale { horizon: self.horizon };
         }
         let mut node = &self.root;
         let mut newest = Version::ZERO;
@@ -189,49 +178,24 @@ mod tests {
 
     #[test]
     fn siblings_never_conflict() {
-        assert_eq!(
-            check(&[("/shapes/b/x", 5)], "/shapes/a/x", 1),
-            ReadCheck::Clean
-        );
-        assert_eq!(
-            check(&[("/shapes/a/y", 5)], "/shapes/a/x", 1),
-            ReadCheck::Clean
-        );
+        assert_eq!(check(&[("/shapes/b/x", 5)], "/shapes/a/x", 1), ReadCheck::Clean);
+        assert_eq!(check(&[("/shapes/a/y", 5)], "/shapes/a/x", 1), ReadCheck::Clean);
     }
 
     #[test]
     fn ancestors_self_and_descendants_conflict() {
         let writes = [("/shapes/a", 5)];
-        assert_eq!(
-            check(&writes, "/shapes/a/x", 1),
-            ReadCheck::Overwritten(Version(5))
-        );
-        assert_eq!(
-            check(&writes, "/shapes/a", 1),
-            ReadCheck::Overwritten(Version(5))
-        );
-        assert_eq!(
-            check(&writes, "/shapes", 1),
-            ReadCheck::Overwritten(Version(5))
-        );
+        assert_eq!(check(&writes, "/shapes/a/x", 1), ReadCheck::Overwritten(Version(5)));
+        assert_eq!(check(&writes, "/shapes/a", 1), ReadCheck::Overwritten(Version(5)));
+        assert_eq!(check(&writes, "/shapes", 1), ReadCheck::Overwritten(Version(5)));
         assert_eq!(check(&writes, "", 1), ReadCheck::Overwritten(Version(5)));
-        assert_eq!(
-            check(&writes, "/shapes/a/x", 5),
-            ReadCheck::Clean,
-            "base at the write"
-        );
+        assert_eq!(check(&writes, "/shapes/a/x", 5), ReadCheck::Clean, "base at the write");
     }
 
     #[test]
     fn absent_paths_conflict_with_their_creation() {
-        assert_eq!(
-            check(&[("/new", 2)], "/new", 1),
-            ReadCheck::Overwritten(Version(2))
-        );
-        assert_eq!(
-            check(&[("/new", 2)], "/new/deeper", 1),
-            ReadCheck::Overwritten(Version(2))
-        );
+        assert_eq!(check(&[("/new", 2)], "/new", 1), ReadCheck::Overwritten(Version(2)));
+        assert_eq!(check(&[("/new", 2)], "/new/deeper", 1), ReadCheck::Overwritten(Version(2)));
         assert_eq!(check(&[("/new", 2)], "/other", 1), ReadCheck::Clean);
     }
 
@@ -239,10 +203,7 @@ mod tests {
     fn a_write_supersedes_what_lies_below_it() {
         let index = index_with(&[("/a/b/c", 1), ("/a/b/d", 2), ("/a", 3)]);
         assert_eq!(index.node_count(), 2, "root and /a");
-        assert_eq!(
-            index.check_read(&p("/a/b/c"), Version(2)),
-            ReadCheck::Overwritten(Version(3))
-        );
+        assert_eq!(index.check_read(&p("/a/b/c"), Version(2)), ReadCheck::Overwritten(Version(3)));
     }
 
     #[test]
@@ -253,17 +214,11 @@ mod tests {
             assert!(index.node_count() <= 100);
         }
         assert!(index.horizon() > Version(9_000));
-        assert!(matches!(
-            index.check_read(&p("/k1"), Version(1)),
-            ReadCheck::Stale { .. }
-        ));
+        assert!(matches!(index.check_read(&p("/k1"), Version(1)), ReadCheck::Stale { .. }));
         assert_eq!(
             index.check_read(&p("/k10000"), Version(9_999)),
             ReadCheck::Overwritten(Version(10_000))
         );
-        assert_eq!(
-            index.check_read(&p("/k1"), Version(9_999)),
-            ReadCheck::Clean
-        );
+        assert_eq!(index.check_read(&p("/k1"), Version(9_999)), ReadCheck::Clean);
     }
 }

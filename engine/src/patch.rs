@@ -197,7 +197,7 @@ impl Run<'_> {
             });
         }
         let budget = self.limits.doc_size_bytes_max.saturating_sub(self.size_bytes);
-        let bytes = encoded_size_estimate(value, budget) + path.last().map_or(0, |k| k.len() + 4);
+        let bytes = encoded_size_estimate(value, budget) + self.slot_bytes(path);
         if bytes > budget {
             return Err(self.size_error(bytes));
         }
@@ -205,9 +205,21 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// What `encoded_size_estimate` charges for the slot `path` names, beyond
+    /// its value: a member's key, or one byte for an array element. It must
+    /// not depend on an element's index, which shifts.
+    fn slot_bytes(&self, path: &Pointer) -> usize {
+        match path.last() {
+            None => 0,
+            Some(key) => match path.parent().and_then(|parent| resolve(self.doc, &parent)) {
+                Some(Value::Array(_)) => 1,
+                _ => key.len() + 4,
+            },
+        }
+    }
+
     fn release(&mut self, path: &Pointer, value: &Value) {
-        let bytes =
-            encoded_size_estimate(value, usize::MAX) + path.last().map_or(0, |k| k.len() + 4);
+        let bytes = encoded_size_estimate(value, usize::MAX) + self.slot_bytes(path);
         self.size_bytes = self.size_bytes.saturating_sub(bytes);
     }
 
@@ -571,6 +583,26 @@ mod tests {
         ));
         let ok = patch(json!([{"op": "add", "path": "/a/b", "value": {"c": 1}}]));
         assert!(apply(&mut doc, 0, &ok, &limits).is_ok());
+    }
+
+    #[test]
+    fn size_accounting_does_not_drift_when_array_elements_shift() {
+        let mut doc = json!({"q": vec![0; 100], "o": {}});
+        let mut size = encoded_size_estimate(&doc, usize::MAX);
+        let cycle = patch(json!([
+            {"op": "add", "path": "/q/-", "value": 0},
+            {"op": "remove", "path": "/q/0"},
+            {"op": "add", "path": "/q/0", "value": [1, 2]},
+            {"op": "remove", "path": "/q/100"},
+            {"op": "add", "path": "/o/key", "value": "v"},
+            {"op": "replace", "path": "/q/3", "value": {"a": 1}},
+            {"op": "remove", "path": "/o/key"},
+        ]));
+        for _ in 0..10 {
+            let applied = apply(&mut doc, size, &cycle, &Limits::default()).unwrap();
+            size = (size as i64 + applied.size_delta_bytes) as usize;
+            assert_eq!(size, encoded_size_estimate(&doc, usize::MAX));
+        }
     }
 
     #[test]

@@ -29,9 +29,7 @@ impl Pointer {
     /// Parses the string form, e.g. `"/shapes/a~1b/0"`.
     pub fn parse(raw: &str) -> Result<Self, InvalidPointer> {
         if raw.len() > POINTER_LEN_MAX {
-            return Err(InvalidPointer::TooLong {
-                len_bytes: raw.len(),
-            });
+            return Err(InvalidPointer::TooLong { len_bytes: raw.len() });
         }
         if raw.is_empty() {
             return Ok(Self::root());
@@ -49,9 +47,7 @@ impl Pointer {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Self {
-            tokens: tokens.into_iter().map(Into::into).collect(),
-        }
+        Self { tokens: tokens.into_iter().map(Into::into).collect() }
     }
 
     pub fn tokens(&self) -> &[String] {
@@ -70,9 +66,7 @@ impl Pointer {
     /// The pointer to the parent, or `None` for the root.
     pub fn parent(&self) -> Option<Pointer> {
         let (_, init) = self.tokens.split_last()?;
-        Some(Pointer {
-            tokens: init.to_vec(),
-        })
+        Some(Pointer { tokens: init.to_vec() })
     }
 
     /// The last token, or `None` for the root.
@@ -198,17 +192,11 @@ mod tests {
 
     #[test]
     fn rejects_malformed_pointers() {
-        assert_eq!(
-            Pointer::parse("foo"),
-            Err(InvalidPointer::MissingLeadingSlash)
-        );
+        assert_eq!(Pointer::parse("foo"), Err(InvalidPointer::MissingLeadingSlash));
         assert_eq!(Pointer::parse("/a~2"), Err(InvalidPointer::BadEscape));
         assert_eq!(Pointer::parse("/a~"), Err(InvalidPointer::BadEscape));
         let long = "/a".repeat(POINTER_LEN_MAX);
-        assert!(matches!(
-            Pointer::parse(&long),
-            Err(InvalidPointer::TooLong { .. })
-        ));
+        assert!(matches!(Pointer::parse(&long), Err(InvalidPointer::TooLong { .. })));
     }
 
     #[test]

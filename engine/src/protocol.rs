@@ -4,8 +4,8 @@
 //!
 //! Every message is one JSON text frame, an object whose `type` field names
 //! the variant. Unknown types and malformed messages are answered with an
-//! `error` message carrying an [`ErrorCode`]; they never close the session
-//! unless the code says so.
+//! `error` message carrying an [`ErrorCode`]; they never close the session.
+//! The server closes a session only for the reasons in [`close_code`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -63,11 +63,7 @@ pub enum ServerMessage {
     /// First message of a session.
     Welcome { protocol: u32, session: String },
     /// The whole document at a version; replaces whatever the client held.
-    Snapshot {
-        doc: DocId,
-        version: Version,
-        value: Value,
-    },
+    Snapshot { doc: DocId, version: Version, value: Value },
     /// Ends the reply to `open`: the client now holds `version` (through the
     /// snapshot or changes sent before this) and receives changes live.
     Opened { doc: DocId, version: Version },
@@ -75,18 +71,10 @@ pub enum ServerMessage {
     Change(Change),
     /// The client's transaction committed at `version`; every change up to
     /// `version` was sent before this.
-    Committed {
-        doc: DocId,
-        tx_id: TxId,
-        version: Version,
-    },
+    Committed { doc: DocId, tx_id: TxId, version: Version },
     /// The client's transaction did not commit; for conflicts, the changes
     /// that caused it were sent before this.
-    Rejected {
-        doc: DocId,
-        tx_id: TxId,
-        rejection: Rejection,
-    },
+    Rejected { doc: DocId, tx_id: TxId, rejection: Rejection },
     /// A message on a subscribed topic.
     Message { topic: String, data: Value },
     /// Acknowledges a subscription.
@@ -94,20 +82,24 @@ pub enum ServerMessage {
     /// Acknowledges a publish that asked for it.
     Published { ack: u64 },
     /// Presence on an open document.
-    Presence {
-        doc: DocId,
-        session: String,
-        event: PresenceEvent,
-        state: Value,
-    },
+    Presence { doc: DocId, session: String, event: PresenceEvent, state: Value },
     /// A JSON-RPC 2.0 message.
     Rpc { message: Value },
+    /// Acknowledges `register`: calls to `method` from other sessions are
+    /// now routed to this one.
+    Registered { method: String },
     /// Something the client sent was refused.
     Error {
         code: ErrorCode,
         message: String,
+        /// The document the refused message named, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         doc: Option<DocId>,
+        /// The transaction the refused message carried, if any, so a client
+        /// can resolve it (e.g. a `commit` refused as `not_open` or
+        /// `rate_limited` never reached the store).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tx_id: Option<TxId>,
     },
 }
 
@@ -128,24 +120,152 @@ pub enum ErrorCode {
     MalformedJson,
     /// Valid JSON that is not a known message, or has bad fields.
     BadMessage,
-    /// A document id, tx id or pointer failed validation.
+    /// A document id, tx id, pointer, topic or method name failed validation.
     BadId,
     /// A message over the size limit.
     MessageTooLarge,
     /// JSON nested past the depth limit.
     TooDeep,
-    /// A transaction over the read-set or patch-op limit.
+    /// A transaction over the read-set or patch-op limit. Reserved: a v1
+    /// server answers such a transaction with `rejected` (reason
+    /// `too_large`), so the transaction is resolved like any other.
     TooLarge,
-    /// The session sends faster than its rate limit.
+    /// The session sends faster than its rate limit; the message was dropped.
     RateLimited,
     /// The session fell behind; its backlog was replaced by a snapshot.
+    /// Reserved: a v1 server closes a session that falls behind instead
+    /// ([`close_code::SLOW_CONSUMER`]).
     Resynced,
     /// The operation needs rights the session's token does not give.
+    /// Reserved until tokens exist.
     Forbidden,
-    /// A transaction for a document the session has not opened.
+    /// A transaction or presence for a document the session has not opened
+    /// (or a `close` of one).
     NotOpen,
     /// The server is shutting down.
     ShuttingDown,
+    /// A per-session count limit is reached: open documents, subscriptions
+    /// or registered methods.
+    LimitReached,
+    /// `register` of a method that a server procedure or another session
+    /// already provides.
+    AlreadyRegistered,
+}
+
+impl ErrorCode {
+    /// The wire form, e.g. `"malformed_json"` (also a metrics label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::BadId => "bad_id",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::TooDeep => "too_deep",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Resynced => "resynced",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotOpen => "not_open",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::LimitReached => "limit_reached",
+            ErrorCode::AlreadyRegistered => "already_registered",
+        }
+    }
+}
+
+/// WebSocket close codes a server sends, and why. Codes 4000–4999 are ours;
+/// the others are RFC 6455's. A client reconnects after any of them except
+/// when it closed the session itself.
+pub mod close_code {
+    /// The client asked to close, or the server is done with the session.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down (an `error` with `shutting_down` comes
+    /// first). Reconnect with backoff.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A message larger than the transport limit; the server does not read it.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// A server bug; reconnect.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The session's outbound queue overflowed because the client did not
+    /// read fast enough. Nothing was skipped silently: reconnect, re-open
+    /// with the versions held and resubmit unacknowledged transactions.
+    pub const SLOW_CONSUMER: u16 = 4001;
+    /// Nothing, not even a pong, arrived within the dead-peer timeout.
+    pub const PEER_TIMEOUT: u16 = 4002;
+}
+
+/// Why a text frame is not a [`ClientMessage`]; `code` is what the server
+/// answers with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ClientMessage {
+    /// Decodes one text frame. Nesting is checked against `depth_max` before
+    /// any parsing, so a deep message costs one linear scan and no allocation.
+    pub fn decode(text: &str, depth_max: usize) -> Result<Self, DecodeError> {
+        if json_depth_exceeds(text.as_bytes(), depth_max) {
+            return Err(DecodeError {
+                code: ErrorCode::TooDeep,
+                message: format!("message nests deeper than {depth_max} levels"),
+            });
+        }
+        serde_json::from_str(text).map_err(|error| {
+            let message = error.to_string();
+            let code = match error.classify() {
+                serde_json::error::Category::Data if names_bad_id(&message) => ErrorCode::BadId,
+                serde_json::error::Category::Data => ErrorCode::BadMessage,
+                _ => ErrorCode::MalformedJson,
+            };
+            DecodeError { code, message }
+        })
+    }
+}
+
+/// True when `message` is serde's report of an id or pointer that failed
+/// validation (the `Display` of `InvalidId` or `InvalidPointer`). Tests below
+/// keep this in step with those messages.
+fn names_bad_id(message: &str) -> bool {
+    ["invalid document id", "invalid transaction id", "JSON Pointer"]
+        .iter()
+        .any(|needle| message.contains(needle))
+}
+
+/// True when `text` nests arrays and objects deeper than `depth_max`.
+///
+/// A byte scan that tracks strings and escapes, and stops at the first level
+/// past the limit; it does not validate the JSON (the parser does that).
+pub fn json_depth_exceeds(text: &[u8], depth_max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > depth_max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn yes() -> bool {
@@ -181,10 +301,8 @@ mod tests {
             json!({"type": "close", "doc": "a", "x": 1})
         )
         .is_err());
-        assert!(
-            serde_json::from_value::<ClientMessage>(json!({"type": "close", "doc": "a b"}))
-                .is_err()
-        );
+        assert!(serde_json::from_value::<ClientMessage>(json!({"type": "close", "doc": "a b"}))
+            .is_err());
     }
 
     #[test]
@@ -192,6 +310,74 @@ mod tests {
         assert_eq!(
             serde_json::to_value(ErrorCode::MalformedJson).unwrap(),
             json!("malformed_json")
+        );
+        for code in [
+            ErrorCode::MalformedJson,
+            ErrorCode::BadMessage,
+            ErrorCode::BadId,
+            ErrorCode::MessageTooLarge,
+            ErrorCode::TooDeep,
+            ErrorCode::TooLarge,
+            ErrorCode::RateLimited,
+            ErrorCode::Resynced,
+            ErrorCode::Forbidden,
+            ErrorCode::NotOpen,
+            ErrorCode::ShuttingDown,
+            ErrorCode::LimitReached,
+            ErrorCode::AlreadyRegistered,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
+        }
+    }
+
+    #[test]
+    fn decode_classifies_each_kind_of_bad_frame() {
+        let check = |text: &str, code: ErrorCode| {
+            let error = ClientMessage::decode(text, 8).unwrap_err();
+            assert_eq!(error.code, code, "{text}: {}", error.message);
+        };
+        check("{\"type\": ", ErrorCode::MalformedJson);
+        check("not json", ErrorCode::MalformedJson);
+        check(r#"{"type": "nuke"}"#, ErrorCode::BadMessage);
+        check(r#"{"type": "open"}"#, ErrorCode::BadMessage);
+        check(r#"{"type": "open", "doc": "a b"}"#, ErrorCode::BadId);
+        check(
+            r#"{"type": "commit", "tx": {"doc": "d", "tx_id": "t t", "base": 0}}"#,
+            ErrorCode::BadId,
+        );
+        check(
+            r#"{"type": "commit", "tx": {"doc": "d", "tx_id": "t", "base": 0, "reads": ["x"]}}"#,
+            ErrorCode::BadId,
+        );
+        check(r#"{"type": "rpc", "message": [[[[[[[[[1]]]]]]]]]}"#, ErrorCode::TooDeep);
+        assert!(ClientMessage::decode(r#"{"type": "close", "doc": "d"}"#, 8).is_ok());
+    }
+
+    #[test]
+    fn depth_scan_ignores_brackets_inside_strings() {
+        assert!(!json_depth_exceeds(br#"{"a": "[[[[[[\"{{{{"}"#, 1));
+        assert!(json_depth_exceeds(br#"{"a": {"b": 1}}"#, 1));
+        assert!(!json_depth_exceeds(br#"{"a": {"b": 1}}"#, 2));
+        assert!(!json_depth_exceeds(br#"[1, [2], [3]]"#, 2));
+    }
+
+    #[test]
+    fn server_messages_have_their_documented_shape() {
+        let error = ServerMessage::Error {
+            code: ErrorCode::NotOpen,
+            message: "open it first".into(),
+            doc: Some(DocId::parse("d").unwrap()),
+            tx_id: Some(TxId::parse("t1").unwrap()),
+        };
+        assert_eq!(
+            serde_json::to_value(&error).unwrap(),
+            json!({"type": "error", "code": "not_open", "message": "open it first",
+                   "doc": "d", "tx_id": "t1"})
+        );
+        let registered = ServerMessage::Registered { method: "m".into() };
+        assert_eq!(
+            serde_json::to_value(&registered).unwrap(),
+            json!({"type": "registered", "method": "m"})
         );
     }
 }

@@ -124,14 +124,7 @@ impl Replica {
     /// A replica holding `value` at `version` (from a snapshot).
     pub fn new(doc: DocId, value: Value, version: Version, limits: Limits) -> Self {
         let size_bytes = patch::encoded_size_estimate(&value, usize::MAX);
-        Self {
-            doc,
-            version,
-            view: value,
-            size_bytes,
-            pending: VecDeque::new(),
-            limits,
-        }
+        Self { doc, version, view: value, size_bytes, pending: VecDeque::new(), limits }
     }
 
     pub fn doc(&self) -> &DocId {
@@ -171,11 +164,8 @@ impl Replica {
     where
         F: FnOnce(&mut Tx<'_>) -> Result<T, Abort<E>>,
     {
-        let pending_writes: Vec<Pointer> = self
-            .pending
-            .iter()
-            .flat_map(|p| p.writes.iter().cloned())
-            .collect();
+        let pending_writes: Vec<Pointer> =
+            self.pending.iter().flat_map(|p| p.writes.iter().cloned()).collect();
         let mut tx = Tx {
             view: &mut self.view,
             size_bytes: &mut self.size_bytes,
@@ -186,17 +176,8 @@ impl Replica {
             covered: Vec::new(),
         };
         let result = f(&mut tx);
-        let Tx {
-            reads,
-            writes,
-            undo,
-            ..
-        } = tx;
-        let blocked = || {
-            reads
-                .iter()
-                .any(|r| pending_writes.iter().any(|w| w.overlaps(r)))
-        };
+        let Tx { reads, writes, undo, .. } = tx;
+        let blocked = || reads.iter().any(|r| pending_writes.iter().any(|w| w.overlaps(r)));
         let outcome = match result {
             Err(Abort::Retry) => RunOutcome::Retry { reads },
             Err(Abort::Patch(error)) => RunOutcome::Patch(error),
@@ -206,13 +187,8 @@ impl Replica {
             Ok(_) if blocked() => RunOutcome::Blocked,
             Ok(value) => {
                 let local_writes = undo.iter().flat_map(|a| a.writes.iter().cloned()).collect();
-                let tx = Transaction {
-                    doc: self.doc.clone(),
-                    tx_id,
-                    base: self.version,
-                    reads,
-                    writes,
-                };
+                let tx =
+                    Transaction { doc: self.doc.clone(), tx_id, base: self.version, reads, writes };
                 self.pending.push_back(Pending {
                     tx: tx.clone(),
                     undo,
@@ -228,9 +204,8 @@ impl Replica {
 
     fn undo_run(&mut self, undo: Vec<Applied>) {
         for applied in undo.into_iter().rev() {
-            self.size_bytes = self
-                .size_bytes
-                .saturating_add_signed(-(applied.size_delta_bytes as isize));
+            self.size_bytes =
+                self.size_bytes.saturating_add_signed(-(applied.size_delta_bytes as isize));
             applied.undo(&mut self.view);
         }
     }
@@ -248,26 +223,16 @@ impl Replica {
             return Ok(ChangeEffect::default());
         }
         if change.version != self.version.next() {
-            return Err(ReplicaError::Gap {
-                held: self.version,
-                got: change.version,
-            });
+            return Err(ReplicaError::Gap { held: self.version, got: change.version });
         }
         let own = self.pending.iter().position(|p| p.tx.tx_id == change.tx_id);
         if own == Some(0) && self.pending[0].visible {
             // Our own oldest transaction: the server applied the same patch to
             // the same state, so the view already holds it in the right place.
-            let done = self
-                .pending
-                .pop_front()
-                .map(|p| p.writes)
-                .unwrap_or_default();
+            let done = self.pending.pop_front().map(|p| p.writes).unwrap_or_default();
             self.version = change.version;
             let committed = Some(change.tx_id.clone());
-            return Ok(ChangeEffect {
-                writes: done,
-                committed,
-            });
+            return Ok(ChangeEffect { writes: done, committed });
         }
         self.hide_pending();
         if let Some(index) = own {
@@ -276,20 +241,13 @@ impl Replica {
         let result = patch::apply(&mut self.view, self.size_bytes, &change.patch, &self.limits);
         let outcome = match result {
             Ok(applied) => {
-                self.size_bytes = self
-                    .size_bytes
-                    .saturating_add_signed(applied.size_delta_bytes as isize);
+                self.size_bytes =
+                    self.size_bytes.saturating_add_signed(applied.size_delta_bytes as isize);
                 self.version = change.version;
                 let committed = own.map(|_| change.tx_id.clone());
-                Ok(ChangeEffect {
-                    writes: applied.writes,
-                    committed,
-                })
+                Ok(ChangeEffect { writes: applied.writes, committed })
             }
-            Err(error) => Err(ReplicaError::Diverged {
-                version: change.version,
-                error,
-            }),
+            Err(error) => Err(ReplicaError::Diverged { version: change.version, error }),
         };
         self.show_pending();
         outcome
@@ -308,10 +266,7 @@ impl Replica {
             if version <= self.version {
                 return Ok(ChangeEffect::default());
             }
-            return Err(ReplicaError::UnknownCommit {
-                tx_id: tx_id.clone(),
-                version,
-            });
+            return Err(ReplicaError::UnknownCommit { tx_id: tx_id.clone(), version });
         };
         if version == self.version && self.pending[index].writes.is_empty() {
             // Only `test` ops: committed without a new version.
@@ -321,12 +276,8 @@ impl Replica {
             return Ok(ChangeEffect::default());
         }
         let tx = &self.pending[index].tx;
-        let change = Change {
-            doc: tx.doc.clone(),
-            version,
-            tx_id: tx_id.clone(),
-            patch: tx.writes.clone(),
-        };
+        let change =
+            Change { doc: tx.doc.clone(), version, tx_id: tx_id.clone(), patch: tx.writes.clone() };
         self.apply_change(&change)
     }
 
@@ -356,9 +307,8 @@ impl Replica {
     fn hide_pending(&mut self) {
         for pending in self.pending.iter_mut().rev() {
             for applied in pending.undo.drain(..).rev() {
-                self.size_bytes = self
-                    .size_bytes
-                    .saturating_add_signed(-(applied.size_delta_bytes as isize));
+                self.size_bytes =
+                    self.size_bytes.saturating_add_signed(-(applied.size_delta_bytes as isize));
                 applied.undo(&mut self.view);
             }
             pending.visible = false;
@@ -369,16 +319,10 @@ impl Replica {
     fn show_pending(&mut self) {
         for pending in &mut self.pending {
             debug_assert!(!pending.visible && pending.undo.is_empty());
-            match patch::apply(
-                &mut self.view,
-                self.size_bytes,
-                &pending.tx.writes,
-                &self.limits,
-            ) {
+            match patch::apply(&mut self.view, self.size_bytes, &pending.tx.writes, &self.limits) {
                 Ok(applied) => {
-                    self.size_bytes = self
-                        .size_bytes
-                        .saturating_add_signed(applied.size_delta_bytes as isize);
+                    self.size_bytes =
+                        self.size_bytes.saturating_add_signed(applied.size_delta_bytes as isize);
                     pending.writes.clone_from(&applied.writes);
                     pending.undo.push(applied);
                     pending.visible = true;
@@ -432,41 +376,27 @@ impl Tx<'_> {
     pub fn set(&mut self, pointer: &Pointer, value: Value) -> Result<(), PatchError> {
         let in_array = self.parent_is_array(pointer);
         let op = if in_array {
-            PatchOp::Replace {
-                path: pointer.clone(),
-                value,
-            }
+            PatchOp::Replace { path: pointer.clone(), value }
         } else {
-            PatchOp::Add {
-                path: pointer.clone(),
-                value,
-            }
+            PatchOp::Add { path: pointer.clone(), value }
         };
         self.write(op)
     }
 
     /// Removes the value at `pointer`.
     pub fn remove(&mut self, pointer: &Pointer) -> Result<(), PatchError> {
-        self.write(PatchOp::Remove {
-            path: pointer.clone(),
-        })
+        self.write(PatchOp::Remove { path: pointer.clone() })
     }
 
     /// Inserts into an array at `pointer` (shifting later elements).
     pub fn insert(&mut self, pointer: &Pointer, value: Value) -> Result<(), PatchError> {
-        self.write(PatchOp::Add {
-            path: pointer.clone(),
-            value,
-        })
+        self.write(PatchOp::Add { path: pointer.clone(), value })
     }
 
     /// Appends to the array at `array`. Reads nothing, so concurrent appends
     /// never conflict.
     pub fn push(&mut self, array: &Pointer, value: Value) -> Result<(), PatchError> {
-        self.write(PatchOp::Add {
-            path: array.child("-"),
-            value,
-        })
+        self.write(PatchOp::Add { path: array.child("-"), value })
     }
 
     /// Adds `delta` to the number at `pointer` (0 when absent). Reads
@@ -476,10 +406,7 @@ impl Tx<'_> {
         pointer: &Pointer,
         delta: impl Into<Number>,
     ) -> Result<(), PatchError> {
-        self.write(PatchOp::Incr {
-            path: pointer.clone(),
-            value: delta.into(),
-        })
+        self.write(PatchOp::Incr { path: pointer.clone(), value: delta.into() })
     }
 
     /// STM retry: abandon this run until something it read changes.
@@ -512,9 +439,8 @@ impl Tx<'_> {
         let result = f(self);
         if result.is_err() {
             for applied in self.undo.drain(mark.1..).rev() {
-                *self.size_bytes = self
-                    .size_bytes
-                    .saturating_add_signed(-(applied.size_delta_bytes as isize));
+                *self.size_bytes =
+                    self.size_bytes.saturating_add_signed(-(applied.size_delta_bytes as isize));
                 applied.undo(self.view);
             }
             self.writes.truncate(mark.0);
@@ -534,19 +460,10 @@ impl Tx<'_> {
             }
             _ => None,
         };
-        let applied = patch::apply(
-            self.view,
-            *self.size_bytes,
-            std::slice::from_ref(&op),
-            self.limits,
-        )
-        .map_err(|error| PatchError {
-            op_index: self.writes.len(),
-            error: error.error,
-        })?;
-        *self.size_bytes = self
-            .size_bytes
-            .saturating_add_signed(applied.size_delta_bytes as isize);
+        let applied =
+            patch::apply(self.view, *self.size_bytes, std::slice::from_ref(&op), self.limits)
+                .map_err(|error| PatchError { op_index: self.writes.len(), error: error.error })?;
+        *self.size_bytes = self.size_bytes.saturating_add_signed(applied.size_delta_bytes as isize);
         self.undo.push(applied);
         self.writes.push(op);
         self.covered.extend(covers);
@@ -612,11 +529,7 @@ mod tests {
             "/b/c was covered by the write to /b; /n was only incremented"
         );
         assert_eq!(tx.base, Version::ZERO);
-        assert_eq!(
-            r.view(),
-            &json!({"a": 1, "b": {"c": 1}, "n": 5}),
-            "optimistic view"
-        );
+        assert_eq!(r.view(), &json!({"a": 1, "b": {"c": 1}, "n": 5}), "optimistic view");
         assert_eq!(r.confirmed(), json!({"a": 1, "b": {"c": 2}}));
     }
 
@@ -659,19 +572,13 @@ mod tests {
     #[test]
     fn a_run_that_reads_pending_writes_is_blocked() {
         let mut r = replica(json!({"a": 1, "b": 1}));
-        submit(&mut r, "t1", |tx| {
-            tx.set(&p("/a"), json!(2)).map_err(Abort::from)
-        });
+        submit(&mut r, "t1", |tx| tx.set(&p("/a"), json!(2)).map_err(Abort::from));
         let blocked = r.run(tx_id("t2"), |tx| {
             let a = tx.get_i64(&p("/a")).unwrap();
             tx.set(&p("/c"), json!(a)).map_err(Abort::<()>::from)
         });
         assert!(matches!(blocked, RunOutcome::Blocked));
-        assert_eq!(
-            r.view(),
-            &json!({"a": 2, "b": 1}),
-            "the blocked run left no trace"
-        );
+        assert_eq!(r.view(), &json!({"a": 2, "b": 1}), "the blocked run left no trace");
         // Reading something independent is fine while t1 is pending.
         submit(&mut r, "t3", |tx| {
             let b = tx.get_i64(&p("/b")).unwrap();
@@ -686,28 +593,17 @@ mod tests {
         store.restore(doc(), json!({"list": []}), Version::ZERO);
         let mut mine = replica(json!({"list": []}));
         let mut theirs = replica(json!({"list": []}));
-        let own_tx = submit(&mut mine, "mine-1", |tx| {
-            tx.push(&p("/list"), json!("m")).map_err(Abort::from)
-        });
+        let own_tx =
+            submit(&mut mine, "mine-1", |tx| tx.push(&p("/list"), json!("m")).map_err(Abort::from));
         let their_tx = submit(&mut theirs, "theirs-1", |tx| {
             tx.push(&p("/list"), json!("t")).map_err(Abort::from)
         });
-        let Commit::Applied {
-            change: Some(theirs_change),
-            ..
-        } = store.commit(their_tx)
-        else {
+        let Commit::Applied { change: Some(theirs_change), .. } = store.commit(their_tx) else {
             panic!()
         };
-        theirs
-            .on_committed(&theirs_change.tx_id, theirs_change.version)
-            .unwrap();
+        theirs.on_committed(&theirs_change.tx_id, theirs_change.version).unwrap();
         // A blind append commits on top of the other append.
-        let Commit::Applied {
-            version,
-            change: Some(own_change),
-        } = store.commit(own_tx)
-        else {
+        let Commit::Applied { version, change: Some(own_change) } = store.commit(own_tx) else {
             panic!()
         };
         assert_eq!(mine.view(), &json!({"list": ["m"]}));
@@ -730,40 +626,22 @@ mod tests {
     #[test]
     fn rejection_drops_the_pending_write_and_a_gap_is_an_error() {
         let mut r = replica(json!({"x": 1}));
-        submit(&mut r, "t1", |tx| {
-            tx.set(&p("/x"), json!(9)).map_err(Abort::from)
-        });
-        let rejection = Rejection::Stale {
-            base: Version::ZERO,
-            horizon: Version(1),
-        };
+        submit(&mut r, "t1", |tx| tx.set(&p("/x"), json!(9)).map_err(Abort::from));
+        let rejection = Rejection::Stale { base: Version::ZERO, horizon: Version(1) };
         assert!(r.on_rejected(&tx_id("t1"), &rejection).is_some());
         assert_eq!(r.view(), &json!({"x": 1}));
-        assert!(
-            r.on_rejected(&tx_id("t1"), &rejection).is_none(),
-            "a second answer is ignored"
-        );
-        let gap = Change {
-            doc: doc(),
-            version: Version(2),
-            tx_id: tx_id("z"),
-            patch: vec![],
-        };
+        assert!(r.on_rejected(&tx_id("t1"), &rejection).is_none(), "a second answer is ignored");
+        let gap = Change { doc: doc(), version: Version(2), tx_id: tx_id("z"), patch: vec![] };
         assert_eq!(
             r.apply_change(&gap),
-            Err(ReplicaError::Gap {
-                held: Version::ZERO,
-                got: Version(2)
-            })
+            Err(ReplicaError::Gap { held: Version::ZERO, got: Version(2) })
         );
     }
 
     #[test]
     fn reset_keeps_pending_writes_on_top_of_the_snapshot() {
         let mut r = replica(json!({"a": 1}));
-        submit(&mut r, "t1", |tx| {
-            tx.set(&p("/b"), json!(2)).map_err(Abort::from)
-        });
+        submit(&mut r, "t1", |tx| tx.set(&p("/b"), json!(2)).map_err(Abort::from));
         r.reset(json!({"a": 5}), Version(7));
         assert_eq!(r.view(), &json!({"a": 5, "b": 2}));
         assert_eq!(r.version(), Version(7));

@@ -49,14 +49,8 @@ enum ToServer {
 #[derive(Debug, Clone)]
 enum ToClient {
     Change(Change),
-    Committed {
-        tx_id: TxId,
-        version: concord_engine::Version,
-    },
-    Rejected {
-        tx_id: TxId,
-        outcome: Outcome,
-    },
+    Committed { tx_id: TxId, version: concord_engine::Version },
+    Rejected { tx_id: TxId, outcome: Outcome },
 }
 
 struct Client {
@@ -86,13 +80,8 @@ fn run_job(tx: &mut Tx<'_>, client: usize, job: Job, nonce: u64) -> Result<(), A
         }
         Job::CounterIncr => tx.increment(&p("/hits"), 1)?,
         Job::MoveOwnShape => {
-            let x = tx
-                .get_i64(&p(&format!("/shapes/own{client}/x")))
-                .unwrap_or(0);
-            tx.set(
-                &p(&format!("/shapes/own{client}")),
-                json!({"x": x + 1, "y": nonce}),
-            )?;
+            let x = tx.get_i64(&p(&format!("/shapes/own{client}/x"))).unwrap_or(0);
+            tx.set(&p(&format!("/shapes/own{client}")), json!({"x": x + 1, "y": nonce}))?;
         }
         Job::NudgeSharedShape => {
             let x = tx.get_i64(&p("/shapes/shared/x")).unwrap_or(0);
@@ -123,10 +112,7 @@ impl Client {
         let tx_id = TxId::parse(&format!("c{}-{}", self.id, self.next_tx)).unwrap();
         let nonce = self.next_tx;
         let id = self.id;
-        match self
-            .replica
-            .run(tx_id.clone(), |tx| run_job(tx, id, job, nonce))
-        {
+        match self.replica.run(tx_id.clone(), |tx| run_job(tx, id, job, nonce)) {
             RunOutcome::Submit { tx, .. } => {
                 self.in_flight.insert(tx_id, job);
                 self.outbox.push_back(ToServer::Commit(tx));
@@ -155,13 +141,8 @@ impl Client {
                 }
             }
             ToClient::Rejected { tx_id, outcome } => {
-                let Outcome::Rejected { rejection } = &outcome else {
-                    unreachable!()
-                };
-                assert!(
-                    rejection.is_retryable(),
-                    "unexpected rejection {rejection:?}"
-                );
+                let Outcome::Rejected { rejection } = &outcome else { unreachable!() };
+                assert!(rejection.is_retryable(), "unexpected rejection {rejection:?}");
                 if self.replica.on_rejected(&tx_id, rejection).is_some() {
                     let job = self.in_flight.remove(&tx_id).unwrap();
                     // Forced resync: the replica is already current; re-run now.
@@ -212,25 +193,11 @@ fn simulate(seed: u64) -> Run {
             }
         })
         .collect();
-    let mut run = Run {
-        store,
-        doc,
-        clients,
-        jobs,
-        log: Vec::new(),
-        rejections: 0,
-    };
+    let mut run = Run { store, doc, clients, jobs, log: Vec::new(), rejections: 0 };
 
     for step in 0.. {
-        assert!(
-            step < STEPS_MAX,
-            "seed {seed}: no progress after {STEPS_MAX} steps"
-        );
-        if run
-            .clients
-            .iter()
-            .all(|c| c.done() && c.inbox.is_empty() && c.outbox.is_empty())
-        {
+        assert!(step < STEPS_MAX, "seed {seed}: no progress after {STEPS_MAX} steps");
+        if run.clients.iter().all(|c| c.done() && c.inbox.is_empty() && c.outbox.is_empty()) {
             break;
         }
         let who = rng.gen_range(0..REPLICAS);
@@ -251,23 +218,15 @@ fn server_step(run: &mut Run, who: usize, rng: &mut SmallRng) {
     // The network sometimes delivers a submission twice (a resubmission after
     // a lost acknowledgement looks the same to the store).
     if rng.gen_bool(0.05) {
-        run.clients[who]
-            .outbox
-            .push_front(ToServer::Commit(tx.clone()));
+        run.clients[who].outbox.push_front(ToServer::Commit(tx.clone()));
     }
     match run.store.commit(tx.clone()) {
         Commit::Applied { version, change } => {
-            run.log.push(certificate::CommittedTx {
-                tx: tx.clone(),
-                version,
-            });
+            run.log.push(certificate::CommittedTx { tx: tx.clone(), version });
             let change = change.expect("every sim job writes");
             for (id, client) in run.clients.iter_mut().enumerate() {
                 let message = if id == who {
-                    ToClient::Committed {
-                        tx_id: tx.tx_id.clone(),
-                        version,
-                    }
+                    ToClient::Committed { tx_id: tx.tx_id.clone(), version }
                 } else {
                     ToClient::Change(change.clone())
                 };
@@ -277,21 +236,14 @@ fn server_step(run: &mut Run, who: usize, rng: &mut SmallRng) {
         Commit::Rejected(rejection) => {
             run.rejections += 1;
             let outcome = Outcome::Rejected { rejection };
-            run.clients[who].inbox.push_back(ToClient::Rejected {
-                tx_id: tx.tx_id,
-                outcome,
-            });
+            run.clients[who].inbox.push_back(ToClient::Rejected { tx_id: tx.tx_id, outcome });
         }
         Commit::Duplicate(outcome) => {
             let message = match outcome {
-                Outcome::Committed { version } => ToClient::Committed {
-                    tx_id: tx.tx_id,
-                    version,
-                },
-                rejected @ Outcome::Rejected { .. } => ToClient::Rejected {
-                    tx_id: tx.tx_id,
-                    outcome: rejected,
-                },
+                Outcome::Committed { version } => ToClient::Committed { tx_id: tx.tx_id, version },
+                rejected @ Outcome::Rejected { .. } => {
+                    ToClient::Rejected { tx_id: tx.tx_id, outcome: rejected }
+                }
             };
             run.clients[who].inbox.push_back(message);
         }
@@ -303,18 +255,8 @@ fn check(seed: u64) -> usize {
     let run = simulate(seed);
     let (value, version) = run.store.get(&run.doc);
     for client in &run.clients {
-        assert_eq!(
-            client.replica.version(),
-            version,
-            "seed {seed}: replica {} version",
-            client.id
-        );
-        assert_eq!(
-            client.replica.view(),
-            &value,
-            "seed {seed}: replica {} diverged",
-            client.id
-        );
+        assert_eq!(client.replica.version(), version, "seed {seed}: replica {} version", client.id);
+        assert_eq!(client.replica.view(), &value, "seed {seed}: replica {} diverged", client.id);
     }
     // Every job of a kind, across every client, must have committed exactly once.
     let count =
@@ -324,10 +266,7 @@ fn check(seed: u64) -> usize {
     let nudges = count(|j| matches!(j, Job::NudgeSharedShape));
     let appends = count(|j| matches!(j, Job::Append));
     assert_eq!(
-        value
-            .pointer("/counter")
-            .and_then(Value::as_i64)
-            .unwrap_or(0),
+        value.pointer("/counter").and_then(Value::as_i64).unwrap_or(0),
         rmw,
         "seed {seed}: lost update"
     );
@@ -342,36 +281,20 @@ fn check(seed: u64) -> usize {
         "seed {seed}"
     );
     let items = value["items"].as_array().unwrap();
-    assert_eq!(
-        items.len() as i64,
-        appends,
-        "seed {seed}: lost or doubled append"
-    );
+    assert_eq!(items.len() as i64, appends, "seed {seed}: lost or doubled append");
     let mut unique = items.clone();
     unique.sort_by_key(ToString::to_string);
     unique.dedup();
-    assert_eq!(
-        unique.len(),
-        items.len(),
-        "seed {seed}: an append committed twice"
-    );
+    assert_eq!(unique.len(), items.len(), "seed {seed}: an append committed twice");
     for client in &run.clients {
-        let own_x = value
-            .pointer(&format!("/shapes/own{}/x", client.id))
-            .and_then(Value::as_i64);
-        assert_eq!(
-            own_x.unwrap_or(0) as u64,
-            client.moves,
-            "seed {seed}: own shape moves"
-        );
+        let own_x = value.pointer(&format!("/shapes/own{}/x", client.id)).and_then(Value::as_i64);
+        assert_eq!(own_x.unwrap_or(0) as u64, client.moves, "seed {seed}: own shape moves");
     }
     let certificate = certificate::Checker::new()
         .with_document(run.doc.clone(), initial_document(), Version::ZERO)
         .replay(&run.log)
         .unwrap_or_else(|v| panic!("seed {seed}: {v}"));
-    certificate
-        .verify_store(&run.store)
-        .unwrap_or_else(|v| panic!("seed {seed}: {v}"));
+    certificate.verify_store(&run.store).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
     run.rejections
 }
 

@@ -47,10 +47,7 @@ fn check(case: Case) {
         reads: vec![],
         writes: case.earlier,
     };
-    assert!(
-        matches!(store.commit(earlier), Commit::Applied { .. }),
-        "{name}: earlier commit"
-    );
+    assert!(matches!(store.commit(earlier), Commit::Applied { .. }), "{name}: earlier commit");
     let tx = Transaction {
         doc: doc.clone(),
         tx_id: TxId::parse("tx").unwrap(),
@@ -60,13 +57,7 @@ fn check(case: Case) {
     };
     match (case.expect.as_str(), store.commit(tx)) {
         ("commit", Commit::Applied { .. }) => {}
-        (
-            "conflict",
-            Commit::Rejected(Rejection::Conflict {
-                conflicts,
-                conflicts_total,
-            }),
-        ) => {
+        ("conflict", Commit::Rejected(Rejection::Conflict { conflicts, conflicts_total })) => {
             let pointers: Vec<Pointer> = conflicts.iter().map(|c| c.pointer.clone()).collect();
             assert_eq!(pointers, case.conflicts, "{name}: conflicting pointers");
             assert_eq!(conflicts_total, case.conflicts.len(), "{name}");
@@ -75,11 +66,7 @@ fn check(case: Case) {
                 "{name}: overwriting version"
             );
             let writer = conflicts[0].tx_id.as_ref().map(TxId::as_str);
-            assert_eq!(
-                writer,
-                Some("earlier"),
-                "{name}: the rejection names the writer"
-            );
+            assert_eq!(writer, Some("earlier"), "{name}: the rejection names the writer");
         }
         ("patch", Commit::Rejected(Rejection::Patch(error))) => {
             let reason = serde_json::to_value(&error.error).unwrap()["reason"].clone();
