@@ -220,7 +220,12 @@ impl Replica {
             });
         }
         if change.version <= self.version {
-            return Ok(ChangeEffect::default());
+            // A duplicate; but if it is one of ours still pending, the state we
+            // hold already contains it, so it is settled.
+            return Ok(match self.pending.iter().position(|p| p.tx.tx_id == change.tx_id) {
+                Some(index) => self.drop_settled(index),
+                None => ChangeEffect::default(),
+            });
         }
         if change.version != self.version.next() {
             return Err(ReplicaError::Gap { held: self.version, got: change.version });
@@ -268,12 +273,11 @@ impl Replica {
             }
             return Err(ReplicaError::UnknownCommit { tx_id: tx_id.clone(), version });
         };
-        if version == self.version && self.pending[index].writes.is_empty() {
-            // Only `test` ops: committed without a new version.
-            self.hide_pending();
-            self.pending.remove(index);
-            self.show_pending();
-            return Ok(ChangeEffect::default());
+        if version <= self.version {
+            // The confirmed state already holds it: a write-less commit (only
+            // `test` ops) made no version, or a snapshot taken after the
+            // commit arrived first (reconnect, resync).
+            return Ok(self.drop_settled(index));
         }
         let tx = &self.pending[index].tx;
         let change =
@@ -300,6 +304,15 @@ impl Replica {
         self.view = value;
         self.version = version;
         self.show_pending();
+    }
+
+    /// Removes pending transaction `index`, whose effect the confirmed state
+    /// already holds, and reports it committed.
+    fn drop_settled(&mut self, index: usize) -> ChangeEffect {
+        self.hide_pending();
+        let settled = self.pending.remove(index).map(|p| p.tx.tx_id);
+        self.show_pending();
+        ChangeEffect { writes: Vec::new(), committed: settled }
     }
 
     /// Undoes every visible pending patch, newest first: the view becomes the
@@ -636,6 +649,20 @@ mod tests {
             r.apply_change(&gap),
             Err(ReplicaError::Gap { held: Version::ZERO, got: Version(2) })
         );
+    }
+
+    #[test]
+    fn a_commit_already_inside_a_newer_snapshot_settles_the_pending_transaction() {
+        let mut r = replica(json!({"n": 0}));
+        submit(&mut r, "t1", |tx| tx.increment(&p("/n"), 1).map_err(Abort::from));
+        // The connection dropped; on reopen the server sent a snapshot that
+        // already contains t1 (committed at 1) and more.
+        r.reset(json!({"n": 3}), Version(3));
+        assert_eq!(r.view(), &json!({"n": 4}), "until settled, t1 shows on top");
+        let effect = r.on_committed(&tx_id("t1"), Version(1)).unwrap();
+        assert_eq!(effect.committed, Some(tx_id("t1")));
+        assert!(!r.has_pending());
+        assert_eq!(r.view(), &json!({"n": 3}), "t1's write is not counted twice");
     }
 
     #[test]
