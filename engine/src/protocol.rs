@@ -213,6 +213,16 @@ impl ClientMessage {
                 message: format!("message nests deeper than {depth_max} levels"),
             });
         }
+        // serde would accept a sequence for a tagged enum (`["open", "d"]`);
+        // protocol v1 messages are objects only.
+        if !text.trim_start().starts_with('{') {
+            let code = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Ok(_) => ErrorCode::BadMessage,
+                Err(_) => ErrorCode::MalformedJson,
+            };
+            let message = "a message must be a JSON object with a \"type\"".to_owned();
+            return Err(DecodeError { code, message });
+        }
         serde_json::from_str(text).map_err(|error| {
             let message = error.to_string();
             let code = match error.classify() {
@@ -340,6 +350,8 @@ mod tests {
         check("not json", ErrorCode::MalformedJson);
         check(r#"{"type": "nuke"}"#, ErrorCode::BadMessage);
         check(r#"{"type": "open"}"#, ErrorCode::BadMessage);
+        check(r#"["open", "d"]"#, ErrorCode::BadMessage);
+        check("[1, 2", ErrorCode::MalformedJson);
         check(r#"{"type": "open", "doc": "a b"}"#, ErrorCode::BadId);
         check(
             r#"{"type": "commit", "tx": {"doc": "d", "tx_id": "t t", "base": 0}}"#,

@@ -1,0 +1,249 @@
+//! Server configuration: every limit that client input can push against,
+//! with its default, in one place.
+//!
+//! Each `*_MAX` constant is the default of the `Config` field of the same
+//! name; `concord serve` exposes each field as a flag and an environment
+//! variable (see `main.rs`). Defaults are deliberately tight, and the library
+//! defaults of tungstenite and hyper are never trusted as limits: every one
+//! that matters is set explicitly from here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use concord_engine::Limits;
+
+use crate::error::ConfigError;
+
+/// Largest protocol message a client may send, in bytes. Larger messages
+/// (up to `WS_MESSAGE_BYTES_MAX`) are answered with `message_too_large`.
+pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Largest WebSocket message the transport reads at all, in bytes; past it
+/// the session is closed with 1009. Must be at least `MESSAGE_BYTES_MAX`.
+pub const WS_MESSAGE_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Largest single WebSocket frame, in bytes.
+pub const WS_FRAME_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Bytes tungstenite may buffer before writing to the socket.
+pub const WS_WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// Deepest JSON nesting of a whole client message (the envelope adds up to
+/// 5 levels to a document value, so this sits above the document limit).
+pub const MESSAGE_JSON_DEPTH_MAX: usize = 80;
+/// Most messages waiting in one session's outbound queue.
+pub const OUTBOUND_QUEUE_MESSAGES_MAX: usize = 4096;
+/// Most bytes waiting in one session's outbound queue. A single message
+/// larger than this (a big snapshot) is still admitted into an empty queue.
+pub const OUTBOUND_QUEUE_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Most commands waiting for one shard task.
+pub const SHARD_QUEUE_COMMANDS_MAX: usize = 1024;
+/// Most commands waiting for the hub task (pub/sub and RPC routing).
+pub const HUB_QUEUE_COMMANDS_MAX: usize = 4096;
+/// Most recent changes kept per document for catch-up after a reconnect.
+pub const CHANGE_HISTORY_MAX: usize = 1024;
+/// Most bytes of serialised changes kept per document for catch-up.
+pub const CHANGE_HISTORY_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Sustained messages per second one session may send.
+pub const RATE_MESSAGES_PER_SECOND: u32 = 500;
+/// Messages one session may send in a burst above the sustained rate.
+pub const RATE_BURST_MESSAGES_MAX: u32 = 1000;
+/// Interval between server pings.
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// A session from which nothing (not even a pong) arrives for this long is
+/// closed with 4002.
+pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(45);
+/// Longest a client may take to send its HTTP request (the WebSocket
+/// handshake) after connecting.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the server waits to write a close frame before dropping the
+/// connection.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest a graceful shutdown waits for sessions to drain.
+pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest an RPC call (to a server procedure or a client callee) may take.
+pub const RPC_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most RPC calls one session may have in flight.
+pub const RPC_PENDING_CALLS_MAX: usize = 256;
+/// Most documents one session may have open.
+pub const OPEN_DOCS_MAX: usize = 1024;
+/// Most topic subscriptions one session may hold.
+pub const SUBSCRIPTIONS_MAX: usize = 1024;
+/// Most methods one session may register.
+pub const REGISTERED_METHODS_MAX: usize = 256;
+/// Longest topic pattern or method name, in bytes.
+pub const NAME_BYTES_MAX: usize = 256;
+/// Most concurrent WebSocket sessions.
+pub const SESSIONS_MAX: usize = 10_000;
+/// Most concurrent TCP connections still in their HTTP phase.
+pub const CONNECTIONS_MAX: usize = 1024;
+/// Longest any configured duration may be, so deadlines computed from it
+/// cannot overflow the clock.
+pub const DURATION_MAX: Duration = Duration::from_secs(365 * 86_400);
+/// Most entries the test-only commit log records.
+pub const COMMIT_LOG_ENTRIES_MAX: usize = 1_000_000;
+
+// serde_json refuses input nested past 128 levels with a syntax error; our
+// depth check must answer first so the client gets `too_deep`.
+const _: () = assert!(MESSAGE_JSON_DEPTH_MAX < 128);
+const _: () = assert!(MESSAGE_JSON_DEPTH_MAX > concord_engine::limits::JSON_DEPTH_MAX);
+const _: () = assert!(WS_MESSAGE_BYTES_MAX >= MESSAGE_BYTES_MAX);
+const _: () = assert!(RATE_BURST_MESSAGES_MAX >= RATE_MESSAGES_PER_SECOND);
+
+/// Everything a server can be configured with. `Config::default()` gives the
+/// constants above; build variations with struct update syntax:
+/// `Config { record_commit_log: true, ..Config::default() }`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Number of shard tasks; each owns the documents hashed to it.
+    /// Default: the number of cores.
+    pub shards: usize,
+    /// The store's limits (patch ops, read set, document depth and size,
+    /// dedup window).
+    pub limits: Limits,
+    pub message_bytes_max: usize,
+    pub ws_message_bytes_max: usize,
+    pub ws_frame_bytes_max: usize,
+    pub ws_write_buffer_bytes: usize,
+    pub message_json_depth_max: usize,
+    pub outbound_queue_messages_max: usize,
+    pub outbound_queue_bytes_max: usize,
+    pub shard_queue_commands_max: usize,
+    pub hub_queue_commands_max: usize,
+    pub change_history_max: usize,
+    pub change_history_bytes_max: usize,
+    pub rate_messages_per_second: u32,
+    pub rate_burst_messages_max: u32,
+    pub ping_interval: Duration,
+    pub dead_peer_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub close_timeout: Duration,
+    pub shutdown_drain_timeout: Duration,
+    pub rpc_call_timeout: Duration,
+    pub rpc_pending_calls_max: usize,
+    pub open_docs_max: usize,
+    pub subscriptions_max: usize,
+    pub registered_methods_max: usize,
+    pub name_bytes_max: usize,
+    pub sessions_max: usize,
+    pub connections_max: usize,
+    /// Browser origins allowed to open a session. Empty allows every origin;
+    /// requests without an `Origin` header (non-browser clients) are always
+    /// allowed.
+    pub allowed_origins: Vec<String>,
+    /// Serve this directory at `/`; without it a placeholder page is served.
+    pub static_dir: Option<PathBuf>,
+    /// Record every committed transaction in commit order, for
+    /// `RunningServer::commit_log` (tests and the certificate checker).
+    pub record_commit_log: bool,
+    pub commit_log_entries_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            shards: std::thread::available_parallelism().map_or(2, usize::from),
+            limits: Limits::default(),
+            message_bytes_max: MESSAGE_BYTES_MAX,
+            ws_message_bytes_max: WS_MESSAGE_BYTES_MAX,
+            ws_frame_bytes_max: WS_FRAME_BYTES_MAX,
+            ws_write_buffer_bytes: WS_WRITE_BUFFER_BYTES,
+            message_json_depth_max: MESSAGE_JSON_DEPTH_MAX,
+            outbound_queue_messages_max: OUTBOUND_QUEUE_MESSAGES_MAX,
+            outbound_queue_bytes_max: OUTBOUND_QUEUE_BYTES_MAX,
+            shard_queue_commands_max: SHARD_QUEUE_COMMANDS_MAX,
+            hub_queue_commands_max: HUB_QUEUE_COMMANDS_MAX,
+            change_history_max: CHANGE_HISTORY_MAX,
+            change_history_bytes_max: CHANGE_HISTORY_BYTES_MAX,
+            rate_messages_per_second: RATE_MESSAGES_PER_SECOND,
+            rate_burst_messages_max: RATE_BURST_MESSAGES_MAX,
+            ping_interval: PING_INTERVAL,
+            dead_peer_timeout: DEAD_PEER_TIMEOUT,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            close_timeout: CLOSE_TIMEOUT,
+            shutdown_drain_timeout: SHUTDOWN_DRAIN_TIMEOUT,
+            rpc_call_timeout: RPC_CALL_TIMEOUT,
+            rpc_pending_calls_max: RPC_PENDING_CALLS_MAX,
+            open_docs_max: OPEN_DOCS_MAX,
+            subscriptions_max: SUBSCRIPTIONS_MAX,
+            registered_methods_max: REGISTERED_METHODS_MAX,
+            name_bytes_max: NAME_BYTES_MAX,
+            sessions_max: SESSIONS_MAX,
+            connections_max: CONNECTIONS_MAX,
+            allowed_origins: Vec::new(),
+            static_dir: None,
+            record_commit_log: false,
+            commit_log_entries_max: COMMIT_LOG_ENTRIES_MAX,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the relations between limits that the server relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |what: &str| Err(ConfigError(what.to_owned()));
+        let positive = [
+            ("shards", self.shards),
+            ("message_bytes_max", self.message_bytes_max),
+            ("outbound_queue_messages_max", self.outbound_queue_messages_max),
+            ("outbound_queue_bytes_max", self.outbound_queue_bytes_max),
+            ("shard_queue_commands_max", self.shard_queue_commands_max),
+            ("hub_queue_commands_max", self.hub_queue_commands_max),
+            ("sessions_max", self.sessions_max),
+            ("connections_max", self.connections_max),
+            ("name_bytes_max", self.name_bytes_max),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return fail(&format!("{name} must be at least 1"));
+        }
+        if self.ws_message_bytes_max < self.message_bytes_max {
+            return fail("ws_message_bytes_max must be at least message_bytes_max");
+        }
+        if self.message_json_depth_max >= 128 {
+            return fail("message_json_depth_max must be below 128 (serde_json's own limit)");
+        }
+        if self.message_json_depth_max <= self.limits.json_depth_max {
+            return fail("message_json_depth_max must exceed the document depth limit");
+        }
+        if self.rate_messages_per_second == 0 || self.rate_burst_messages_max == 0 {
+            return fail("the rate limit must allow at least one message per second");
+        }
+        if self.dead_peer_timeout <= self.ping_interval {
+            return fail("dead_peer_timeout must exceed ping_interval");
+        }
+        if self.ping_interval.is_zero() {
+            return fail("ping_interval must be positive");
+        }
+        let durations = [
+            ("ping_interval", self.ping_interval),
+            ("dead_peer_timeout", self.dead_peer_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("close_timeout", self.close_timeout),
+            ("shutdown_drain_timeout", self.shutdown_drain_timeout),
+            ("rpc_call_timeout", self.rpc_call_timeout),
+        ];
+        if let Some((name, _)) = durations.iter().find(|(_, d)| *d > DURATION_MAX) {
+            return fail(&format!(
+                "{name} must be at most {} days",
+                DURATION_MAX.as_secs() / 86_400
+            ));
+        }
+        let semaphore_max = tokio::sync::Semaphore::MAX_PERMITS;
+        if self.sessions_max > semaphore_max || self.connections_max > semaphore_max {
+            return fail("sessions_max and connections_max must fit a semaphore");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_relations_are_refused() {
+        assert!(Config::default().validate().is_ok());
+        let deep = Config { message_json_depth_max: 200, ..Config::default() };
+        assert!(deep.validate().is_err());
+        let small = Config { ws_message_bytes_max: 10, ..Config::default() };
+        assert!(small.validate().is_err());
+        let deaf = Config { dead_peer_timeout: Duration::from_secs(1), ..Config::default() };
+        assert!(deaf.validate().is_err());
+    }
+}

@@ -1,0 +1,29 @@
+//! The server library's error types: what can go wrong starting a server.
+//! Errors a client causes are not here: they are protocol values
+//! (`concord_engine::protocol::ErrorCode`) sent back over the session.
+
+/// A configuration whose limits contradict each other.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is inconsistent.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics registry refused a metric (a bug in its definitions).
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// A procedure or mutator name was registered twice on the builder.
+    #[error("procedure {0:?} is registered twice")]
+    DuplicateProcedure(String),
+}

@@ -1,0 +1,194 @@
+//! `concord`: the Concord server binary.
+//!
+//! `concord serve` starts a server configured by flags or `CONCORD_*`
+//! environment variables (every `Config` limit has one), prints the URL it
+//! listens on as its first line of standard output, logs structured events to
+//! standard error, and shuts down gracefully on SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use concord_server::config::{self, Config};
+use concord_server::ServerBuilder;
+
+#[derive(Debug, Parser)]
+#[command(name = "concord", version, about = "Concord: collaborative JSON state sync")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the WebSocket endpoint (/ws), /healthz, /metrics and static files.
+    Serve(Serve),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct Serve {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "CONCORD_LISTEN", default_value = "127.0.0.1:7700")]
+    listen: String,
+    /// Directory served at / (the web app); without it, a placeholder page.
+    #[arg(long = "static", env = "CONCORD_STATIC")]
+    static_dir: Option<PathBuf>,
+    /// Browser origins allowed to connect (repeat, or comma-separate in the
+    /// environment); none means all.
+    #[arg(long = "allowed-origin", env = "CONCORD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+    /// Log format on standard error.
+    #[arg(long, env = "CONCORD_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Shard tasks owning the documents [default: number of cores].
+    #[arg(long, env = "CONCORD_SHARDS")]
+    shards: Option<usize>,
+    #[arg(long, env = "CONCORD_MESSAGE_BYTES_MAX", default_value_t = config::MESSAGE_BYTES_MAX)]
+    message_bytes_max: usize,
+    #[arg(long, env = "CONCORD_WS_MESSAGE_BYTES_MAX", default_value_t = config::WS_MESSAGE_BYTES_MAX)]
+    ws_message_bytes_max: usize,
+    #[arg(long, env = "CONCORD_WS_FRAME_BYTES_MAX", default_value_t = config::WS_FRAME_BYTES_MAX)]
+    ws_frame_bytes_max: usize,
+    #[arg(long, env = "CONCORD_MESSAGE_JSON_DEPTH_MAX", default_value_t = config::MESSAGE_JSON_DEPTH_MAX)]
+    message_json_depth_max: usize,
+    #[arg(long, env = "CONCORD_OUTBOUND_QUEUE_MESSAGES_MAX", default_value_t = config::OUTBOUND_QUEUE_MESSAGES_MAX)]
+    outbound_queue_messages_max: usize,
+    #[arg(long, env = "CONCORD_OUTBOUND_QUEUE_BYTES_MAX", default_value_t = config::OUTBOUND_QUEUE_BYTES_MAX)]
+    outbound_queue_bytes_max: usize,
+    #[arg(long, env = "CONCORD_CHANGE_HISTORY_MAX", default_value_t = config::CHANGE_HISTORY_MAX)]
+    change_history_max: usize,
+    #[arg(long, env = "CONCORD_CHANGE_HISTORY_BYTES_MAX", default_value_t = config::CHANGE_HISTORY_BYTES_MAX)]
+    change_history_bytes_max: usize,
+    #[arg(long, env = "CONCORD_RATE_MESSAGES_PER_SECOND", default_value_t = config::RATE_MESSAGES_PER_SECOND)]
+    rate_messages_per_second: u32,
+    #[arg(long, env = "CONCORD_RATE_BURST_MESSAGES_MAX", default_value_t = config::RATE_BURST_MESSAGES_MAX)]
+    rate_burst_messages_max: u32,
+    #[arg(long, env = "CONCORD_PING_INTERVAL_MS", default_value_t = millis(config::PING_INTERVAL))]
+    ping_interval_ms: u64,
+    #[arg(long, env = "CONCORD_DEAD_PEER_TIMEOUT_MS", default_value_t = millis(config::DEAD_PEER_TIMEOUT))]
+    dead_peer_timeout_ms: u64,
+    #[arg(long, env = "CONCORD_HANDSHAKE_TIMEOUT_MS", default_value_t = millis(config::HANDSHAKE_TIMEOUT))]
+    handshake_timeout_ms: u64,
+    #[arg(long, env = "CONCORD_SHUTDOWN_DRAIN_TIMEOUT_MS", default_value_t = millis(config::SHUTDOWN_DRAIN_TIMEOUT))]
+    shutdown_drain_timeout_ms: u64,
+    #[arg(long, env = "CONCORD_RPC_CALL_TIMEOUT_MS", default_value_t = millis(config::RPC_CALL_TIMEOUT))]
+    rpc_call_timeout_ms: u64,
+    #[arg(long, env = "CONCORD_RPC_PENDING_CALLS_MAX", default_value_t = config::RPC_PENDING_CALLS_MAX)]
+    rpc_pending_calls_max: usize,
+    #[arg(long, env = "CONCORD_OPEN_DOCS_MAX", default_value_t = config::OPEN_DOCS_MAX)]
+    open_docs_max: usize,
+    #[arg(long, env = "CONCORD_SUBSCRIPTIONS_MAX", default_value_t = config::SUBSCRIPTIONS_MAX)]
+    subscriptions_max: usize,
+    #[arg(long, env = "CONCORD_REGISTERED_METHODS_MAX", default_value_t = config::REGISTERED_METHODS_MAX)]
+    registered_methods_max: usize,
+    #[arg(long, env = "CONCORD_SESSIONS_MAX", default_value_t = config::SESSIONS_MAX)]
+    sessions_max: usize,
+    #[arg(long, env = "CONCORD_CONNECTIONS_MAX", default_value_t = config::CONNECTIONS_MAX)]
+    connections_max: usize,
+    #[arg(long, env = "CONCORD_PATCH_OPS_MAX", default_value_t = concord_engine::limits::PATCH_OPS_MAX)]
+    patch_ops_max: usize,
+    #[arg(long, env = "CONCORD_READ_SET_POINTERS_MAX", default_value_t = concord_engine::limits::READ_SET_POINTERS_MAX)]
+    read_set_pointers_max: usize,
+    #[arg(long, env = "CONCORD_DOC_SIZE_BYTES_MAX", default_value_t = concord_engine::limits::DOC_SIZE_BYTES_MAX)]
+    doc_size_bytes_max: usize,
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Serve {
+    fn config(&self) -> Config {
+        let defaults = Config::default();
+        let mut limits = defaults.limits;
+        limits.patch_ops_max = self.patch_ops_max;
+        limits.read_set_pointers_max = self.read_set_pointers_max;
+        limits.doc_size_bytes_max = self.doc_size_bytes_max;
+        Config {
+            shards: self.shards.unwrap_or(defaults.shards),
+            limits,
+            message_bytes_max: self.message_bytes_max,
+            ws_message_bytes_max: self.ws_message_bytes_max,
+            ws_frame_bytes_max: self.ws_frame_bytes_max,
+            message_json_depth_max: self.message_json_depth_max,
+            outbound_queue_messages_max: self.outbound_queue_messages_max,
+            outbound_queue_bytes_max: self.outbound_queue_bytes_max,
+            change_history_max: self.change_history_max,
+            change_history_bytes_max: self.change_history_bytes_max,
+            rate_messages_per_second: self.rate_messages_per_second,
+            rate_burst_messages_max: self.rate_burst_messages_max,
+            ping_interval: Duration::from_millis(self.ping_interval_ms),
+            dead_peer_timeout: Duration::from_millis(self.dead_peer_timeout_ms),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            shutdown_drain_timeout: Duration::from_millis(self.shutdown_drain_timeout_ms),
+            rpc_call_timeout: Duration::from_millis(self.rpc_call_timeout_ms),
+            rpc_pending_calls_max: self.rpc_pending_calls_max,
+            open_docs_max: self.open_docs_max,
+            subscriptions_max: self.subscriptions_max,
+            registered_methods_max: self.registered_methods_max,
+            sessions_max: self.sessions_max,
+            connections_max: self.connections_max,
+            allowed_origins: self.allowed_origins.clone(),
+            static_dir: self.static_dir.clone(),
+            ..defaults
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Cli { command: Command::Serve(serve) } = Cli::parse();
+    init_logging(serve.log_format);
+    let server = ServerBuilder::new()
+        .config(serve.config())
+        .bind(serve.listen.as_str())
+        .await
+        .with_context(|| format!("starting the server on {}", serve.listen))?;
+    let addr: SocketAddr = server.local_addr();
+    // The first line of standard output is the contract for scripts and
+    // tests that start us on port 0.
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "concord listening on http://{addr} (WebSocket: {})", server.ws_url())?;
+    stdout.flush()?;
+    drop(stdout);
+    shutdown_signal().await?;
+    tracing::info!("shutdown requested; draining sessions");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    Ok(())
+}

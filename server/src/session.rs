@@ -1,0 +1,452 @@
+//! One WebSocket session: a reader loop (this task) and a writer task.
+//!
+//! The reader checks each frame against the limits (size, rate, JSON depth),
+//! decodes it into a `ClientMessage` and hands it to its owner: the shard of
+//! the document, the hub, or a procedure task. Every refusal is an `error`
+//! message with a stable code; nothing a client sends can end the session
+//! except the reasons in `close_code`. The writer drains the session's
+//! `Outbox` into the socket. The reader also sends pings and closes a peer
+//! that stays silent past `dead_peer_timeout`.
+//!
+//! The session remembers which documents it opened, so it can refuse a
+//! commit or presence for an unopened one (`not_open`) and close them all
+//! (announcing presence `leave`) when it ends.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use concord_engine::protocol::{
+    close_code, ClientMessage, ErrorCode, ServerMessage, PROTOCOL_VERSION,
+};
+use concord_engine::{DocId, TxId};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde_json::Value;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinSet;
+
+use crate::hub::HubCommand;
+use crate::outbox::{Outbox, Outgoing};
+use crate::rpc::{self, code, CallContext, Incoming, RpcError};
+use crate::server::ServerState;
+use crate::shard::{encode, SessionId, ShardCommand};
+use crate::topic;
+
+/// Most frames the writer hands to the socket before flushing, so a burst
+/// costs few syscalls but a long queue still reaches the wire steadily.
+const WRITER_BATCH_MESSAGES_MAX: usize = 64;
+
+/// Why a session ended (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Client,
+    SlowConsumer,
+    PeerTimeout,
+    Shutdown,
+    Transport,
+    /// The writer task ended (a write failed); its handle is consumed.
+    WriterGone,
+    MessageTooBig,
+}
+
+impl Ended {
+    fn label(self) -> &'static str {
+        match self {
+            Ended::Client => "client",
+            Ended::SlowConsumer => "slow_consumer",
+            Ended::PeerTimeout => "peer_timeout",
+            Ended::Shutdown => "shutdown",
+            Ended::Transport | Ended::WriterGone => "transport",
+            Ended::MessageTooBig => "message_too_big",
+        }
+    }
+}
+
+struct Session {
+    id: SessionId,
+    outbox: Outbox,
+    state: Arc<ServerState>,
+    /// Documents this session opened; bounded by `open_docs_max`.
+    open: HashSet<DocId>,
+    limiter: DefaultDirectRateLimiter,
+    /// Calls to server procedures in flight; bounded by
+    /// `rpc_pending_calls_max`, aborted when the session ends.
+    calls: JoinSet<()>,
+    last_heard: Instant,
+}
+
+/// Runs a session to its end. `_permit` holds one of `sessions_max` slots.
+pub(crate) async fn run(socket: WebSocket, state: Arc<ServerState>, _permit: OwnedSemaphorePermit) {
+    let config = &state.config;
+    let id: SessionId = format!("{:016x}", rand::random::<u64>()).into();
+    let outbox = Outbox::new(
+        config.outbound_queue_messages_max,
+        config.outbound_queue_bytes_max,
+        state.metrics.clone(),
+    );
+    let (sink, mut stream) = socket.split();
+    let mut writer = tokio::spawn(write_loop(sink, outbox.clone()));
+    state.metrics.sessions.inc();
+    state.metrics.sessions_opened.inc();
+    tracing::debug!(session = %id, "session opened");
+
+    let welcome = ServerMessage::Welcome { protocol: PROTOCOL_VERSION, session: id.to_string() };
+    let _ = outbox.push(encode(&welcome));
+    let join = HubCommand::Join { session: id.clone(), outbox: outbox.clone() };
+    let _ = state.hub.send(join).await;
+
+    let rate = NonZeroU32::new(config.rate_messages_per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(config.rate_burst_messages_max).unwrap_or(rate);
+    let mut session = Session {
+        id: id.clone(),
+        outbox: outbox.clone(),
+        state: state.clone(),
+        open: HashSet::new(),
+        limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+        calls: JoinSet::new(),
+        last_heard: Instant::now(),
+    };
+    let ended = session.read_loop(&mut stream, &mut writer).await;
+    // Counted when decided, not after the lingering below.
+    state.metrics.sessions_closed.with_label_values(&[ended.label()]).inc();
+    session.cleanup().await;
+
+    if outbox.close_code().is_none() {
+        outbox.close_now(close_code::NORMAL, "");
+    }
+    // Linger for the closing handshake: keep reading (and discarding) until
+    // the peer answers our close frame, so it reliably sees the close code,
+    // while the writer finishes. A writer stuck on a full socket (the
+    // slow-consumer case) is abandoned after `close_timeout`; dropping both
+    // halves then closes the connection.
+    let linger = async {
+        let drain = async {
+            if ended != Ended::Client {
+                while let Some(Ok(_)) = stream.next().await {}
+            }
+        };
+        let write = async {
+            if ended != Ended::WriterGone {
+                let _ = (&mut writer).await;
+            }
+        };
+        tokio::join!(drain, write);
+    };
+    if tokio::time::timeout(state.config.close_timeout, linger).await.is_err() {
+        writer.abort();
+    }
+    state.metrics.sessions.dec();
+    tracing::debug!(session = %id, reason = ended.label(), "session closed");
+}
+
+impl Session {
+    async fn read_loop(
+        &mut self,
+        stream: &mut SplitStream<WebSocket>,
+        writer: &mut tokio::task::JoinHandle<()>,
+    ) -> Ended {
+        let state = self.state.clone();
+        let config = &state.config;
+        let start = tokio::time::Instant::now() + config.ping_interval;
+        let mut ping = tokio::time::interval_at(start, config.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shutdown = self.state.shutdown.clone();
+        let outbox = self.outbox.clone();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    self.error(ErrorCode::ShuttingDown, "the server is shutting down".into(), None, None);
+                    self.outbox.close_after_drain(close_code::GOING_AWAY, "server shutting down");
+                    return Ended::Shutdown;
+                }
+                () = outbox.closing() => {
+                    return match outbox.close_code() {
+                        Some(close_code::PEER_TIMEOUT) => Ended::PeerTimeout,
+                        Some(close_code::MESSAGE_TOO_BIG) => Ended::MessageTooBig,
+                        _ => Ended::SlowConsumer,
+                    };
+                }
+                _ = &mut *writer => return Ended::WriterGone,
+                frame = stream.next() => match frame {
+                    None => return Ended::Client,
+                    Some(Err(error)) => return self.transport_error(error),
+                    Some(Ok(message)) => {
+                        self.last_heard = Instant::now();
+                        match message {
+                            Message::Text(text) => self.handle_text(text).await,
+                            Message::Binary(_) => {
+                                let message = "protocol v1 uses text frames only".into();
+                                self.error(ErrorCode::BadMessage, message, None, None);
+                            }
+                            // Pings are answered by tungstenite; a close frame
+                            // is answered too, and the stream then ends.
+                            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {}
+                        }
+                    }
+                },
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() > config.dead_peer_timeout {
+                        self.outbox.close_now(close_code::PEER_TIMEOUT, "no pong within the dead-peer timeout");
+                        return Ended::PeerTimeout;
+                    }
+                    self.outbox.ping();
+                }
+                Some(_) = self.calls.join_next(), if !self.calls.is_empty() => {}
+            }
+        }
+    }
+
+    fn transport_error(&self, error: axum::Error) -> Ended {
+        let too_big = error
+            .into_inner()
+            .downcast::<tungstenite::Error>()
+            .is_ok_and(|error| matches!(*error, tungstenite::Error::Capacity(_)));
+        if too_big {
+            self.outbox.close_now(close_code::MESSAGE_TOO_BIG, "message over the transport limit");
+            return Ended::MessageTooBig;
+        }
+        Ended::Transport
+    }
+
+    fn error(&self, code: ErrorCode, message: String, doc: Option<DocId>, tx_id: Option<TxId>) {
+        self.state.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
+        let _ = self.outbox.push(encode(&ServerMessage::Error { code, message, doc, tx_id }));
+    }
+
+    async fn handle_text(&mut self, text: Utf8Bytes) {
+        let config = &self.state.config;
+        // Every text frame counts against the rate, even a refused one.
+        let allowed = self.limiter.check().is_ok();
+        if text.len() > config.message_bytes_max {
+            let max = config.message_bytes_max;
+            let message = format!("message is {} bytes, over the limit of {max}", text.len());
+            self.error(ErrorCode::MessageTooLarge, message, None, None);
+            return;
+        }
+        let message = match ClientMessage::decode(&text, config.message_json_depth_max) {
+            Ok(message) => message,
+            Err(error) => {
+                self.error(error.code, error.message, None, None);
+                return;
+            }
+        };
+        if !allowed {
+            let (doc, tx_id) = ids_of(&message);
+            let rate = config.rate_messages_per_second;
+            let message = format!("over {rate} messages per second; the message was dropped");
+            self.error(ErrorCode::RateLimited, message, doc, tx_id);
+            return;
+        }
+        self.dispatch(message).await;
+    }
+
+    async fn dispatch(&mut self, message: ClientMessage) {
+        let state = self.state.clone();
+        let config = &state.config;
+        let session = self.id.clone();
+        match message {
+            ClientMessage::Open { doc, version } => {
+                if !self.open.contains(&doc) && self.open.len() >= config.open_docs_max {
+                    let message =
+                        format!("a session may open at most {} documents", config.open_docs_max);
+                    self.error(ErrorCode::LimitReached, message, Some(doc), None);
+                    return;
+                }
+                self.open.insert(doc.clone());
+                let outbox = self.outbox.clone();
+                let command = ShardCommand::Open { session, outbox, doc: doc.clone(), version };
+                state.shards.send(&doc, command).await;
+            }
+            ClientMessage::Close { doc } => {
+                if !self.open.remove(&doc) {
+                    self.error(ErrorCode::NotOpen, format!("{doc} is not open"), Some(doc), None);
+                    return;
+                }
+                state.shards.send(&doc, ShardCommand::Close { session, doc: doc.clone() }).await;
+            }
+            ClientMessage::Commit { tx } => {
+                if !self.open.contains(&tx.doc) {
+                    let message = format!("open {} before committing to it", tx.doc);
+                    self.error(ErrorCode::NotOpen, message, Some(tx.doc), Some(tx.tx_id));
+                    return;
+                }
+                let doc = tx.doc.clone();
+                let outbox = self.outbox.clone();
+                let command =
+                    ShardCommand::Commit { session, outbox, tx, received: Instant::now() };
+                state.shards.send(&doc, command).await;
+            }
+            ClientMessage::Presence { doc, state: presence } => {
+                if !self.open.contains(&doc) {
+                    let message = format!("open {doc} before setting presence on it");
+                    self.error(ErrorCode::NotOpen, message, Some(doc), None);
+                    return;
+                }
+                let command = ShardCommand::Presence { session, doc: doc.clone(), state: presence };
+                state.shards.send(&doc, command).await;
+            }
+            ClientMessage::Subscribe { topic } => {
+                if let Err(error) = topic::check_pattern(&topic, config.name_bytes_max) {
+                    self.error(ErrorCode::BadId, error.to_string(), None, None);
+                    return;
+                }
+                let _ = state.hub.send(HubCommand::Subscribe { session, pattern: topic }).await;
+            }
+            ClientMessage::Unsubscribe { topic } => {
+                let _ = state.hub.send(HubCommand::Unsubscribe { session, pattern: topic }).await;
+            }
+            ClientMessage::Publish { topic, data, ack, echo } => {
+                if let Err(error) = topic::check_topic(&topic, config.name_bytes_max) {
+                    self.error(ErrorCode::BadId, error.to_string(), None, None);
+                    return;
+                }
+                let command = HubCommand::Publish { session, topic, data, ack, echo };
+                let _ = state.hub.send(command).await;
+            }
+            ClientMessage::Register { method } => {
+                if !rpc::valid_method(&method, config.name_bytes_max) {
+                    let message = format!(
+                        "a method name is 1-{} printable ASCII bytes, not starting with \"rpc.\"",
+                        config.name_bytes_max
+                    );
+                    self.error(ErrorCode::BadId, message, None, None);
+                    return;
+                }
+                let _ = state.hub.send(HubCommand::Register { session, method }).await;
+            }
+            ClientMessage::Unregister { method } => {
+                let _ = state.hub.send(HubCommand::Unregister { session, method }).await;
+            }
+            ClientMessage::Rpc { message } => self.rpc(message).await,
+        }
+    }
+
+    async fn rpc(&mut self, message: Value) {
+        let state = self.state.clone();
+        let session = self.id.clone();
+        match rpc::classify(message) {
+            Incoming::Invalid { id, reason } => {
+                let error = RpcError::new(code::INVALID_REQUEST, reason);
+                self.reply(rpc::error_response(id, &error));
+            }
+            Incoming::Request { id, method, params } => {
+                if state.procedures.contains_key(&method) {
+                    self.call_procedure(Some(id), &method, params);
+                } else {
+                    let command = HubCommand::Call { session, id: Some(id), method, params };
+                    let _ = state.hub.send(command).await;
+                }
+            }
+            Incoming::Notification { method, params } => {
+                if state.procedures.contains_key(&method) {
+                    self.call_procedure(None, &method, params);
+                } else {
+                    let command = HubCommand::Call { session, id: None, method, params };
+                    let _ = state.hub.send(command).await;
+                }
+            }
+            Incoming::Response { id, message } => {
+                let _ = state.hub.send(HubCommand::Response { session, id, message }).await;
+            }
+        }
+    }
+
+    fn reply(&self, message: Value) {
+        let _ = self.outbox.push(encode(&ServerMessage::Rpc { message }));
+    }
+
+    /// Runs a server procedure in a task of this session, answering `id`
+    /// (nothing for a notification) with its result, an error, or a timeout.
+    fn call_procedure(&mut self, id: Option<Value>, method: &str, params: Value) {
+        let state = &self.state;
+        state.metrics.rpc_calls.inc();
+        let Some(procedure) = state.procedures.get(method) else { return };
+        let max = state.config.rpc_pending_calls_max;
+        if self.calls.len() >= max {
+            if let Some(id) = id {
+                let error =
+                    RpcError::new(code::TOO_MANY_CALLS, format!("at most {max} calls in flight"));
+                self.reply(rpc::error_response(id, &error));
+            }
+            return;
+        }
+        let context =
+            CallContext { session: self.id.to_string(), documents: state.documents.clone() };
+        let call = AssertUnwindSafe(procedure(context, params)).catch_unwind();
+        let timeout = state.config.rpc_call_timeout;
+        let outbox = self.outbox.clone();
+        self.calls.spawn(async move {
+            let result = match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_panic)) => Err(RpcError::internal("the procedure panicked")),
+                Err(_elapsed) => {
+                    Err(RpcError::new(code::TIMEOUT, "the procedure did not finish in time"))
+                }
+            };
+            let Some(id) = id else { return };
+            let message = match result {
+                Ok(result) => rpc::result_response(id, result),
+                Err(error) => rpc::error_response(id, &error),
+            };
+            let _ = outbox.push(encode(&ServerMessage::Rpc { message }));
+        });
+    }
+
+    async fn cleanup(&mut self) {
+        self.calls.abort_all();
+        for doc in std::mem::take(&mut self.open) {
+            let command = ShardCommand::Close { session: self.id.clone(), doc: doc.clone() };
+            self.state.shards.send(&doc, command).await;
+        }
+        let _ = self.state.hub.send(HubCommand::Leave { session: self.id.clone() }).await;
+    }
+}
+
+/// The document and transaction a message names, for error replies.
+fn ids_of(message: &ClientMessage) -> (Option<DocId>, Option<TxId>) {
+    match message {
+        ClientMessage::Open { doc, .. }
+        | ClientMessage::Close { doc }
+        | ClientMessage::Presence { doc, .. } => (Some(doc.clone()), None),
+        ClientMessage::Commit { tx } => (Some(tx.doc.clone()), Some(tx.tx_id.clone())),
+        _ => (None, None),
+    }
+}
+
+/// Writes the outbox to the socket until the close frame or a write error.
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox) {
+    while let Some(first) = outbox.next().await {
+        let mut next = Some(first);
+        let mut batch = 0;
+        while let Some(outgoing) = next.take() {
+            let (message, last) = match outgoing {
+                Outgoing::Text(text) => (Message::Text(text), false),
+                Outgoing::Ping => (Message::Ping(Bytes::new()), false),
+                Outgoing::Close { code, reason } => {
+                    (Message::Close(Some(CloseFrame { code, reason: reason.into() })), true)
+                }
+            };
+            if sink.feed(message).await.is_err() {
+                return;
+            }
+            if last {
+                let _ = sink.flush().await;
+                return;
+            }
+            batch += 1;
+            if batch < WRITER_BATCH_MESSAGES_MAX {
+                next = outbox.try_next();
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}

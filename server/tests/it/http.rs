@@ -1,0 +1,142 @@
+//! The HTTP side: health, metrics, static files, the Origin allow-list,
+//! graceful shutdown, and the real `concord serve` binary.
+
+use std::process::Stdio;
+
+use concord_engine::protocol::close_code;
+use concord_server::Config;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::support::{http_get, start, start_default, within, Client, End};
+
+#[tokio::test]
+async fn healthz_and_metrics_answer() {
+    let server = start_default().await;
+    let (status, body) = http_get(server.local_addr(), "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    let mut a = Client::connect(&server).await;
+    a.open("d", None).await;
+    a.commit("d", "t-1", 0, json!([]), json!([{"op": "add", "path": "/x", "value": 1}])).await;
+    a.expect("committed").await;
+    a.commit("d", "t-2", 0, json!(["/x"]), json!([{"op": "add", "path": "/x", "value": 2}])).await;
+    a.expect("rejected").await;
+    a.send_text("nope".into()).await;
+    a.expect_error("malformed_json").await;
+
+    let (status, metrics) = http_get(server.local_addr(), "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "concord_sessions 1",
+        "concord_commits_total 1",
+        "concord_rejections_total{reason=\"conflict\"} 1",
+        "concord_client_errors_total{code=\"malformed_json\"} 1",
+        "concord_commit_latency_seconds_count 2",
+        "concord_outbound_overflows_total 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_root_serves_a_placeholder_or_the_static_directory() {
+    let server = start_default().await;
+    let (status, body) = http_get(server.local_addr(), "/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("Concord"), "{body}");
+    server.shutdown().await;
+
+    let dir = std::env::temp_dir().join(format!("concord-static-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), "<p>the app</p>").unwrap();
+    let server = start(Config { static_dir: Some(dir.clone()), ..Config::default() }).await;
+    let (status, body) = http_get(server.local_addr(), "/").await;
+    assert_eq!((status, body.as_str()), (200, "<p>the app</p>"));
+    let (status, _) = http_get(server.local_addr(), "/missing.js").await;
+    assert_eq!(status, 404);
+    server.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn origins_outside_the_allow_list_are_refused() {
+    let config =
+        Config { allowed_origins: vec!["https://app.example".into()], ..Config::default() };
+    let server = start(config).await;
+    let connect = |origin: &'static str| {
+        let mut request = server.ws_url().into_client_request().unwrap();
+        request.headers_mut().insert("origin", HeaderValue::from_static(origin));
+        tokio_tungstenite::connect_async(request)
+    };
+    let refused = within("refusal", connect("https://evil.example")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    assert!(within("acceptance", connect("https://app.example")).await.is_ok());
+    // Non-browser clients send no Origin and are allowed.
+    Client::connect(&server).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_tells_sessions_and_closes_them_with_1001() {
+    let server = start_default().await;
+    let mut a = Client::connect(&server).await;
+    a.open("d", None).await;
+    let stopping = tokio::spawn(server.shutdown());
+    a.expect_error("shutting_down").await;
+    assert_eq!(a.until_end().await, End::Close(Some(close_code::GOING_AWAY)));
+    within("shutdown", stopping).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_binary_serves_prints_its_address_and_stops_on_sigterm() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = within("the address line", lines.next_line()).await.unwrap().unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let (status, body) = http_get(addr, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    let mut a = Client::connect_url(&format!("ws://{addr}/ws")).await;
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    a.expect_error("shutting_down").await;
+    let status = within("the server to exit", child.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_its_handshake_is_dropped() {
+    use tokio::io::AsyncReadExt;
+    let config =
+        Config { handshake_timeout: std::time::Duration::from_millis(100), ..Config::default() };
+    let server = start(config).await;
+    let mut idle = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+    let mut buffer = Vec::new();
+    // The server hangs up: the read ends (with EOF or a reset), it does not hang.
+    let _ = within("the server to hang up", idle.read_to_end(&mut buffer)).await;
+    // Others are unaffected.
+    let (status, _) = http_get(server.local_addr(), "/healthz").await;
+    assert_eq!(status, 200);
+    server.shutdown().await;
+}

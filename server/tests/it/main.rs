@@ -1,0 +1,12 @@
+//! Integration tests of `concord-server`: a real server on port 0, raw
+//! WebSocket clients, and the real `concord` binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod documents;
+mod http;
+mod limits;
+mod pubsub;
+mod rpc;
+mod slow;
+mod support;
