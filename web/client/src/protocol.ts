@@ -1,0 +1,147 @@
+// Protocol v1 wire types: the messages that cross a Concord WebSocket
+// session. Mirrors engine/src/protocol.rs and engine/src/store.rs (the one
+// definition); each message is one JSON text frame whose `type` names it.
+
+import type { Json } from "./json.js";
+import type { Patch, PatchOpError } from "./patch.js";
+
+/** The protocol version this client speaks. */
+export const PROTOCOL_VERSION = 1;
+
+/** A transaction as submitted: reads taken at `base`, writes as a patch. */
+export interface Transaction {
+  doc: string;
+  tx_id: string;
+  base: number;
+  reads: string[];
+  writes: Patch;
+}
+
+/** A committed change, as broadcast. */
+export interface Change {
+  doc: string;
+  version: number;
+  tx_id: string;
+  patch: Patch;
+}
+
+/** One read that a later commit invalidated. */
+export interface Conflict {
+  pointer: string;
+  version: number;
+  tx_id?: string;
+}
+
+/** Why a transaction did not commit. Every variant explains itself. */
+export type Rejection =
+  | { reason: "conflict"; conflicts: Conflict[]; conflicts_total: number }
+  | { reason: "stale"; base: number; horizon: number }
+  | { reason: "base_ahead"; base: number; current: number }
+  | { reason: "patch"; op_index: number; error: PatchOpError }
+  | { reason: "too_large"; what: "read_set" | "patch"; len: number; max: number };
+
+/** True when re-running the transaction on a fresh replica may succeed (as `Rejection::is_retryable`). */
+export function isRetryable(rejection: Rejection): boolean {
+  return rejection.reason === "conflict" || rejection.reason === "stale" || rejection.reason === "patch";
+}
+
+/** A readable sentence for a rejection. */
+export function describeRejection(rejection: Rejection): string {
+  switch (rejection.reason) {
+    case "conflict": {
+      const list = rejection.conflicts
+        .map((c) => `${c.pointer || "(root)"} at v${c.version}${c.tx_id ? ` by ${c.tx_id}` : ""}`)
+        .join(", ");
+      return `read conflict on ${rejection.conflicts_total} pointer(s): ${list}`;
+    }
+    case "stale":
+      return `base ${rejection.base} is older than the validation horizon ${rejection.horizon}`;
+    case "base_ahead":
+      return `base ${rejection.base} is ahead of the document at ${rejection.current}`;
+    case "patch":
+      return `patch op ${rejection.op_index} failed: ${rejection.error.reason}`;
+    case "too_large":
+      return `${rejection.what === "read_set" ? "read set" : "patch"} is ${rejection.len}, over the limit of ${rejection.max}`;
+  }
+}
+
+/** Stable error codes for everything a client can cause. */
+export type ErrorCode =
+  | "malformed_json"
+  | "bad_message"
+  | "bad_id"
+  | "message_too_large"
+  | "too_deep"
+  | "too_large"
+  | "rate_limited"
+  | "resynced"
+  | "forbidden"
+  | "not_open"
+  | "shutting_down"
+  | "limit_reached"
+  | "already_registered";
+
+export type PresenceEvent = "join" | "update" | "leave";
+
+/** Messages from a client to the server. */
+export type ClientMessage =
+  | { type: "open"; doc: string; version?: number }
+  | { type: "close"; doc: string }
+  | { type: "commit"; tx: Transaction }
+  | { type: "subscribe"; topic: string }
+  | { type: "unsubscribe"; topic: string }
+  | { type: "publish"; topic: string; data: Json; ack?: number; echo?: boolean }
+  | { type: "presence"; doc: string; state: Json }
+  | { type: "rpc"; message: Json }
+  | { type: "register"; method: string }
+  | { type: "unregister"; method: string };
+
+/** Messages from the server to a client. */
+export type ServerMessage =
+  | { type: "welcome"; protocol: number; session: string }
+  | { type: "snapshot"; doc: string; version: number; value: Json }
+  | { type: "opened"; doc: string; version: number }
+  | ({ type: "change" } & Change)
+  | { type: "committed"; doc: string; tx_id: string; version: number }
+  | { type: "rejected"; doc: string; tx_id: string; rejection: Rejection }
+  | { type: "message"; topic: string; data: Json }
+  | { type: "subscribed"; topic: string }
+  | { type: "published"; ack: number }
+  | { type: "presence"; doc: string; session: string; event: PresenceEvent; state: Json }
+  | { type: "rpc"; message: Json }
+  | { type: "registered"; method: string }
+  | { type: "error"; code: ErrorCode | string; message: string; doc?: string; tx_id?: string };
+
+/** WebSocket close codes a server sends (engine/src/protocol.rs `close_code`). The client reconnects after any of them. */
+export const CLOSE_CODES = {
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  MESSAGE_TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
+  /** The outbound queue overflowed: reconnect, re-open at the versions held, resubmit. */
+  SLOW_CONSUMER: 4001,
+  PEER_TIMEOUT: 4002,
+} as const;
+
+/** Document ids: 1–128 characters of `[A-Za-z0-9._:/-]` (spec §1). */
+export const DOC_ID_PATTERN = /^[A-Za-z0-9._:/-]{1,128}$/;
+
+export function isValidDocId(doc: string): boolean {
+  return DOC_ID_PATTERN.test(doc);
+}
+
+/**
+ * Whether a topic pattern (`*` one segment, `>` the rest) matches a concrete
+ * topic. Used to route an incoming `message` to the subscriptions it matches.
+ */
+export function topicMatches(pattern: string, topic: string): boolean {
+  const want = pattern.split(".");
+  const got = topic.split(".");
+  for (let i = 0; i < want.length; i++) {
+    const segment = want[i];
+    if (segment === ">") return got.length > i;
+    if (i >= got.length) return false;
+    if (segment !== "*" && segment !== got[i]) return false;
+  }
+  return want.length === got.length;
+}

@@ -1,0 +1,502 @@
+// The client-side replica: a copy of one document, the transactions this
+// client has in flight, and the transaction runner. Sans-IO, and a faithful
+// port of engine/src/replica.rs: the client feeds it server messages and
+// sends what it hands back.
+//
+// ## The optimistic view
+// The replica keeps one value, the *view*: the confirmed document at
+// `version` with every pending transaction's patch applied on top, in
+// submission order. Each pending transaction keeps the undo log of its local
+// application, so the confirmed state is recovered by undoing the pending
+// patches (newest first) — no second copy of the document is kept. A remote
+// change is applied by undoing the pending patches, applying the change and
+// re-applying the pending patches ("rebase"); a pending patch that no longer
+// applies stays pending but invisible (the server will reject it).
+//
+// ## Running a transaction
+// `Replica.run` executes a function against the view, recording the pointers
+// it reads (except those inside locations it overwrote whole first) and the
+// ops it writes; reads see the transaction's own earlier writes. Its base is
+// the confirmed version. A transaction that read a location some pending
+// transaction wrote would be validated against state the server has not
+// committed, so it is not submitted: the run is undone and reported as
+// `blocked`, to be re-run once the pending transactions resolve.
+
+import { cloneJson, toJson, type Json } from "./json.js";
+import {
+  Applied,
+  applyPatch,
+  DEFAULT_LIMITS,
+  encodedSizeEstimate,
+  parsePatchOp,
+  PatchError,
+  resolve,
+  type DocBox,
+  type Limits,
+  type Patch,
+  type PatchOp,
+} from "./patch.js";
+import { Pointer, type Path } from "./pointer.js";
+import type { Change, Rejection, Transaction } from "./protocol.js";
+
+/** Why the replica cannot take a server message; the client then reopens the document for a snapshot. */
+export type ReplicaErrorKind =
+  | { kind: "gap"; held: number; got: number }
+  | { kind: "wrong_document"; held: string; got: string }
+  | { kind: "diverged"; version: number; error: unknown }
+  | { kind: "unknown_commit"; txId: string; version: number };
+
+export class ReplicaError extends Error {
+  override name = "ReplicaError";
+  constructor(readonly detail: ReplicaErrorKind) {
+    super(describeReplicaError(detail));
+  }
+}
+
+function describeReplicaError(detail: ReplicaErrorKind): string {
+  switch (detail.kind) {
+    case "gap":
+      return `change ${detail.got} does not follow ${detail.held}: a change is missing`;
+    case "wrong_document":
+      return `change for ${detail.got} delivered to the replica of ${detail.held}`;
+    case "diverged":
+      return `change ${detail.version} does not apply to the replica: ${String((detail.error as Error)?.message ?? detail.error)}`;
+    case "unknown_commit":
+      return `committed ${detail.version} for unknown transaction ${detail.txId}`;
+  }
+}
+
+/** Thrown by `tx.retry()`: abandon this run; run again once something read changes. */
+export class RetrySignal extends Error {
+  override name = "RetrySignal";
+  constructor() {
+    super("transaction called retry()");
+  }
+}
+
+/** What became of one run of a transaction function. */
+export type RunOutcome<T> =
+  /** Nothing was written: the result stands locally, nothing to send. */
+  | { kind: "read_only"; value: T; afterCommit: (() => void)[] }
+  /** Writes were made and are now pending in the view: send `tx`. */
+  | { kind: "submit"; value: T; tx: Transaction; afterCommit: (() => void)[] }
+  /** `retry()` was called: run again after a change overlapping `reads`. */
+  | { kind: "retry"; reads: Pointer[] }
+  /** The run read what a pending transaction wrote: run again once those resolve. */
+  | { kind: "blocked"; pendingTxIds: string[] }
+  /** A write failed to apply to the view; nothing is pending. */
+  | { kind: "patch"; error: PatchError }
+  /** The function threw; nothing is pending. */
+  | { kind: "failed"; error: unknown };
+
+/** What a server message did to the replica. */
+export interface ChangeEffect {
+  /** Locations the confirmed state changed at (for STM retry wake-ups). */
+  writes: Pointer[];
+  /** One of this replica's pending transactions that the change committed. */
+  committed?: string;
+  /**
+   * True when the view did not change: our own oldest transaction was
+   * confirmed, and the view already held its writes. (TypeScript only: lets
+   * the client skip a re-render.)
+   */
+  viewUnchanged?: boolean;
+}
+
+interface Pending {
+  tx: Transaction;
+  /** Undo logs of the local application, oldest first; empty when the patch no longer applies. */
+  undo: Applied[];
+  /** Locations the patch wrote locally. */
+  writes: Pointer[];
+  /** Whether the patch is in the view right now. */
+  visible: boolean;
+}
+
+/** The mutable state a replica shares with the transaction running on it. */
+interface ViewState {
+  box: DocBox;
+  sizeBytes: number;
+  readonly limits: Limits;
+}
+
+/** A client's copy of one document. */
+export class Replica {
+  readonly doc: string;
+  #version: number;
+  readonly #state: ViewState;
+  readonly #pending: Pending[] = [];
+
+  /** A replica holding `value` at `version` (from a snapshot). */
+  constructor(doc: string, value: Json, version: number, limits: Limits = DEFAULT_LIMITS) {
+    this.doc = doc;
+    this.#version = version;
+    this.#state = { box: { value }, sizeBytes: encodedSizeEstimate(value, Infinity), limits };
+  }
+
+  /** The confirmed version: every change up to it has been applied. */
+  get version(): number {
+    return this.#version;
+  }
+
+  /** The optimistic view: confirmed state plus pending writes. Live: do not mutate it. */
+  get view(): Json {
+    return this.#state.box.value;
+  }
+
+  /** The confirmed state without pending writes (a copy; for tests and diagnostics). */
+  confirmed(): Json {
+    this.#hidePending();
+    const confirmed = cloneJson(this.#state.box.value);
+    this.#showPending();
+    return confirmed;
+  }
+
+  /** Transactions sent and not yet resolved, oldest first. */
+  pending(): Transaction[] {
+    return this.#pending.map((p) => p.tx);
+  }
+
+  get hasPending(): boolean {
+    return this.#pending.length > 0;
+  }
+
+  isPending(txId: string): boolean {
+    return this.#pending.some((p) => p.tx.tx_id === txId);
+  }
+
+  /** Whether a pending transaction's patch is in the view (false once it no longer applies). */
+  isVisible(txId: string): boolean {
+    return this.#pending.some((p) => p.tx.tx_id === txId && p.visible);
+  }
+
+  /** Locations the pending transaction `txId` wrote in the view (under the array rule); empty when not pending. */
+  pendingWrites(txId?: string): Pointer[] {
+    return this.#pending.filter((p) => txId === undefined || p.tx.tx_id === txId).flatMap((p) => p.writes);
+  }
+
+  /** Runs `fn` as transaction `txId` against the view. */
+  run<T>(txId: string, fn: (tx: Tx) => T): RunOutcome<T> {
+    const pendingWrites = this.#pending.flatMap((p) => p.writes);
+    const tx = new Tx(this.#state);
+    let result: { ok: true; value: T } | { ok: false; error: unknown };
+    try {
+      result = { ok: true, value: fn(tx) };
+    } catch (error) {
+      result = { ok: false, error };
+    }
+    const { reads, writes, undo, afterCommit } = tx.finish();
+    let outcome: RunOutcome<T>;
+    if (!result.ok) {
+      const error = result.error;
+      if (error instanceof RetrySignal) outcome = { kind: "retry", reads };
+      else if (error instanceof PatchError) outcome = { kind: "patch", error };
+      else outcome = { kind: "failed", error };
+    } else if (writes.length === 0) {
+      // A read-only run may read pending writes: that is the optimistic view.
+      return { kind: "read_only", value: result.value, afterCommit };
+    } else if (reads.some((r) => pendingWrites.some((w) => w.overlaps(r)))) {
+      const pendingTxIds = this.#pending.map((p) => p.tx.tx_id);
+      outcome = { kind: "blocked", pendingTxIds };
+    } else {
+      const localWrites = undo.flatMap((a) => a.writes);
+      const transaction: Transaction = {
+        doc: this.doc,
+        tx_id: txId,
+        base: this.#version,
+        reads: reads.map(String),
+        writes,
+      };
+      this.#pending.push({ tx: transaction, undo, writes: localWrites, visible: true });
+      return { kind: "submit", value: result.value, tx: transaction, afterCommit };
+    }
+    this.#undoRun(undo);
+    return outcome;
+  }
+
+  #undoRun(undo: Applied[]): void {
+    for (let i = undo.length - 1; i >= 0; i--) {
+      const applied = undo[i] as Applied;
+      this.#state.sizeBytes = Math.max(0, this.#state.sizeBytes - applied.sizeDeltaBytes);
+      applied.undo(this.#state.box);
+    }
+  }
+
+  /** Applies a change from the server's stream. Changes at or below the held version are duplicates and ignored. */
+  applyChange(change: Change): ChangeEffect {
+    if (change.doc !== this.doc) {
+      throw new ReplicaError({ kind: "wrong_document", held: this.doc, got: change.doc });
+    }
+    if (change.version <= this.#version) return { writes: [] };
+    if (change.version !== this.#version + 1) {
+      throw new ReplicaError({ kind: "gap", held: this.#version, got: change.version });
+    }
+    const own = this.#pending.findIndex((p) => p.tx.tx_id === change.tx_id);
+    if (own === 0 && (this.#pending[0] as Pending).visible) {
+      // Our own oldest transaction: the server applied the same patch to the
+      // same state, so the view already holds it in the right place.
+      const done = this.#pending.shift() as Pending;
+      this.#version = change.version;
+      return { writes: done.writes, committed: change.tx_id, viewUnchanged: true };
+    }
+    this.#hidePending();
+    if (own >= 0) this.#pending.splice(own, 1);
+    let effect: ChangeEffect | undefined;
+    let failure: unknown;
+    try {
+      const applied = applyPatch(this.#state.box, this.#state.sizeBytes, change.patch, this.#state.limits);
+      this.#state.sizeBytes = Math.max(0, this.#state.sizeBytes + applied.sizeDeltaBytes);
+      this.#version = change.version;
+      effect = { writes: applied.writes };
+      if (own >= 0) effect.committed = change.tx_id;
+    } catch (error) {
+      failure = error;
+    }
+    this.#showPending();
+    if (effect === undefined) throw new ReplicaError({ kind: "diverged", version: change.version, error: failure });
+    return effect;
+  }
+
+  /** The server committed our transaction `txId` at `version`, sent instead of the change itself. */
+  onCommitted(txId: string, version: number): ChangeEffect {
+    const index = this.#pending.findIndex((p) => p.tx.tx_id === txId);
+    if (index < 0) {
+      // Already applied through the change stream (a resubmission after a
+      // reconnect), or a write-less commit we no longer hold.
+      if (version <= this.#version) return { writes: [] };
+      throw new ReplicaError({ kind: "unknown_commit", txId, version });
+    }
+    const pending = this.#pending[index] as Pending;
+    if (version === this.#version && pending.writes.length === 0) {
+      // Only `test` ops: committed without a new version.
+      this.#hidePending();
+      this.#pending.splice(index, 1);
+      this.#showPending();
+      return { writes: [] };
+    }
+    if (version <= this.#version) {
+      // A snapshot taken at or after `version` (a resync, a reconnect) already
+      // holds this commit: drop it from the pending set without applying it
+      // again. (engine/src/replica.rs hands this to `apply_change`, which
+      // ignores a change at or below the held version and so leaves the
+      // transaction pending and its writes shown twice.)
+      const writes = pending.writes;
+      this.#hidePending();
+      this.#pending.splice(index, 1);
+      this.#showPending();
+      return { writes, committed: txId };
+    }
+    const tx = pending.tx;
+    return this.applyChange({ doc: tx.doc, version, tx_id: txId, patch: tx.writes });
+  }
+
+  /**
+   * The server rejected `txId`: drop it from the view and hand it back so the
+   * caller can re-run its function (for a conflict, the changes that caused
+   * it have already been applied). `undefined` when it is not pending.
+   */
+  onRejected(txId: string, _rejection?: Rejection): Transaction | undefined {
+    const index = this.#pending.findIndex((p) => p.tx.tx_id === txId);
+    if (index < 0) return undefined;
+    this.#hidePending();
+    const [dropped] = this.#pending.splice(index, 1);
+    this.#showPending();
+    return dropped?.tx;
+  }
+
+  /** Replaces the confirmed state with a snapshot; pending transactions stay pending, re-applied on top. */
+  reset(value: Json, version: number): void {
+    this.#hidePending();
+    this.#state.sizeBytes = encodedSizeEstimate(value, Infinity);
+    this.#state.box.value = value;
+    this.#version = version;
+    this.#showPending();
+  }
+
+  /** Undoes every visible pending patch, newest first: the view becomes the confirmed state. */
+  #hidePending(): void {
+    for (let i = this.#pending.length - 1; i >= 0; i--) {
+      const pending = this.#pending[i] as Pending;
+      this.#undoRun(pending.undo);
+      pending.undo = [];
+      pending.visible = false;
+    }
+  }
+
+  /** Re-applies every pending patch, oldest first, on the confirmed state. */
+  #showPending(): void {
+    for (const pending of this.#pending) {
+      try {
+        const applied = applyPatch(this.#state.box, this.#state.sizeBytes, pending.tx.writes, this.#state.limits);
+        this.#state.sizeBytes = Math.max(0, this.#state.sizeBytes + applied.sizeDeltaBytes);
+        pending.writes = applied.writes.slice();
+        pending.undo = [applied];
+        pending.visible = true;
+      } catch (error) {
+        if (!(error instanceof PatchError)) throw error;
+        pending.visible = false;
+      }
+    }
+  }
+}
+
+/** A running transaction: reads and writes go through it. */
+export class Tx {
+  readonly #state: ViewState;
+  readonly #reads: Pointer[] = [];
+  readonly #writes: PatchOp[] = [];
+  readonly #undo: Applied[] = [];
+  /** Locations this transaction overwrote whole: reads inside them see only its own writes and are not recorded. */
+  readonly #covered: Pointer[] = [];
+  readonly #afterCommit: (() => void)[] = [];
+  #finished = false;
+
+  /** @internal */
+  constructor(state: ViewState) {
+    this.#state = state;
+  }
+
+  /** @internal Ends the run and hands its records to the replica. */
+  finish(): { reads: Pointer[]; writes: Patch; undo: Applied[]; afterCommit: (() => void)[] } {
+    this.#finished = true;
+    return { reads: this.#reads, writes: this.#writes, undo: this.#undo, afterCommit: this.#afterCommit };
+  }
+
+  #live(): void {
+    if (this.#finished) throw new Error("this transaction has finished: use the tx only inside its function");
+  }
+
+  /** Reads the value at `path` (a copy; `undefined` when absent), recording the read. */
+  get<T extends Json = Json>(path: Path): T | undefined {
+    this.#live();
+    const pointer = Pointer.from(path);
+    this.#recordRead(pointer);
+    const value = resolve(this.#state.box.value, pointer);
+    return value === undefined ? undefined : (cloneJson(value) as T);
+  }
+
+  /** Whether something exists at `path` (a recorded read, like `get`). */
+  has(path: Path): boolean {
+    return this.get(path) !== undefined;
+  }
+
+  /** Reads the number at `path`, if it is one. */
+  getNumber(path: Path): number | undefined {
+    const value = this.get(path);
+    return typeof value === "number" ? value : undefined;
+  }
+
+  #recordRead(pointer: Pointer): void {
+    const own = this.#covered.some((c) => c.isPrefixOf(pointer));
+    if (!own && !this.#reads.some((r) => r.equals(pointer))) this.#reads.push(pointer);
+  }
+
+  /** Sets the value at `path`: an object member is added or replaced, an existing array element replaced. Reads nothing. */
+  set(path: Path, value: unknown): void {
+    const pointer = Pointer.from(path);
+    const op = this.#parentIsArray(pointer) ? "replace" : "add";
+    this.write({ op, path: pointer.toString(), value: toJson(value) });
+  }
+
+  /** Removes the value at `path`. */
+  remove(path: Path): void {
+    this.write({ op: "remove", path: Pointer.from(path).toString() });
+  }
+
+  /** Inserts into an array at `path` (shifting later elements). */
+  insert(path: Path, value: unknown): void {
+    this.write({ op: "add", path: Pointer.from(path).toString(), value: toJson(value) });
+  }
+
+  /** Appends to the array at `array`. Reads nothing, so concurrent appends never conflict. */
+  push(array: Path, value: unknown): void {
+    this.write({ op: "add", path: Pointer.from(array).child("-").toString(), value: toJson(value) });
+  }
+
+  /** Adds `delta` to the number at `path` (0 when absent). Reads nothing, so concurrent increments never conflict. */
+  increment(path: Path, delta = 1): void {
+    this.write({ op: "incr", path: Pointer.from(path).toString(), value: delta });
+  }
+
+  /** STM retry: abandon this run until something it read changes. */
+  retry(): never {
+    throw new RetrySignal();
+  }
+
+  /**
+   * Runs `first`; if it calls `retry`, undoes its writes and runs `second`
+   * instead. Reads of both stay recorded, so a retry of the whole waits for a
+   * change to either.
+   */
+  orElse<T>(first: (tx: Tx) => T, second: (tx: Tx) => T): T {
+    try {
+      return this.nested(first);
+    } catch (error) {
+      if (error instanceof RetrySignal) return this.nested(second);
+      throw error;
+    }
+  }
+
+  /**
+   * Runs `fn` as a nested transaction: on success its reads and writes merge
+   * into this one; on failure its writes are undone (its reads stay) and the
+   * error goes on to the parent.
+   */
+  nested<T>(fn: (tx: Tx) => T): T {
+    this.#live();
+    const marks = [this.#writes.length, this.#undo.length, this.#covered.length, this.#afterCommit.length] as const;
+    try {
+      return fn(this);
+    } catch (error) {
+      const undone = this.#undo.splice(marks[1]);
+      for (let i = undone.length - 1; i >= 0; i--) {
+        const applied = undone[i] as Applied;
+        this.#state.sizeBytes = Math.max(0, this.#state.sizeBytes - applied.sizeDeltaBytes);
+        applied.undo(this.#state.box);
+      }
+      this.#writes.length = marks[0];
+      this.#covered.length = marks[2];
+      this.#afterCommit.length = marks[3];
+      throw error;
+    }
+  }
+
+  /** Registers a side effect that runs exactly once, after this transaction commits (or at once for a read-only one). */
+  afterCommit(effect: () => void): void {
+    this.#live();
+    this.#afterCommit.push(effect);
+  }
+
+  /**
+   * Applies any patch op as part of this transaction. A `test` op is not
+   * recorded as a read: the server checks it against the value current at
+   * commit time, which is what it asserts.
+   */
+  write(raw: PatchOp): void {
+    this.#live();
+    const op = parsePatchOp(raw);
+    let covers: Pointer | undefined;
+    if (op.op === "replace") covers = Pointer.parse(op.path);
+    else if (op.op === "add" || op.op === "remove") {
+      const path = Pointer.parse(op.path);
+      if (!this.#parentIsArray(path)) covers = path;
+    }
+    let applied: Applied;
+    try {
+      applied = applyPatch(this.#state.box, this.#state.sizeBytes, [op], this.#state.limits);
+    } catch (error) {
+      if (error instanceof PatchError) throw new PatchError(this.#writes.length, error.error);
+      throw error;
+    }
+    this.#state.sizeBytes = Math.max(0, this.#state.sizeBytes + applied.sizeDeltaBytes);
+    this.#undo.push(applied);
+    this.#writes.push(op);
+    if (covers) this.#covered.push(covers);
+  }
+
+  #parentIsArray(pointer: Pointer): boolean {
+    const parent = pointer.parent();
+    return parent !== undefined && Array.isArray(resolve(this.#state.box.value, parent));
+  }
+}
+

@@ -1,0 +1,93 @@
+// A WebSocket proxy between a client and the real server, for failures that
+// a real network has and a test cannot otherwise cause at a chosen moment:
+// an acknowledgement lost with its connection, a network that is down.
+
+import { WebSocket, WebSocketServer, type RawData } from "ws";
+
+export type Verdict = "forward" | "drop-and-disconnect";
+
+export class FaultProxy {
+  readonly #server: WebSocketServer;
+  readonly #upstream: string;
+  #online = true;
+  #pairs = new Set<{ client: WebSocket; server: WebSocket }>();
+  /** Decides the fate of each server→client frame. */
+  downstream: (message: Record<string, unknown>) => Verdict = () => "forward";
+
+  private constructor(server: WebSocketServer, upstream: string) {
+    this.#server = server;
+    this.#upstream = upstream;
+    server.on("connection", (client) => this.#accept(client));
+  }
+
+  static async start(upstream: string): Promise<FaultProxy> {
+    const server = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+    await new Promise<void>((resolve) => server.once("listening", () => resolve()));
+    return new FaultProxy(server, upstream);
+  }
+
+  get url(): string {
+    const address = this.#server.address();
+    if (typeof address === "string" || address === null) throw new Error("proxy not listening");
+    return `ws://127.0.0.1:${address.port}/ws`;
+  }
+
+  /** Offline: every connection is cut and new ones are refused until back online. */
+  setOnline(online: boolean): void {
+    this.#online = online;
+    if (!online) this.disconnectAll();
+  }
+
+  disconnectAll(): void {
+    for (const pair of this.#pairs) {
+      pair.client.terminate();
+      pair.server.terminate();
+    }
+    this.#pairs.clear();
+  }
+
+  get connections(): number {
+    return this.#pairs.size;
+  }
+
+  async close(): Promise<void> {
+    this.disconnectAll();
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+
+  #accept(client: WebSocket): void {
+    if (!this.#online) {
+      client.terminate();
+      return;
+    }
+    const server = new WebSocket(this.#upstream);
+    const pair = { client, server };
+    this.#pairs.add(pair);
+    const upQueue: RawData[] = [];
+    const end = () => {
+      this.#pairs.delete(pair);
+      client.terminate();
+      server.terminate();
+    };
+    server.on("open", () => {
+      for (const frame of upQueue.splice(0)) server.send(frame.toString());
+    });
+    client.on("message", (data) => {
+      if (server.readyState === WebSocket.OPEN) server.send(data.toString());
+      else upQueue.push(data);
+    });
+    server.on("message", (data) => {
+      const text = data.toString();
+      const verdict = this.downstream(JSON.parse(text) as Record<string, unknown>);
+      if (verdict === "drop-and-disconnect") {
+        end();
+        return;
+      }
+      if (client.readyState === WebSocket.OPEN) client.send(text);
+    });
+    client.on("close", end);
+    server.on("close", end);
+    client.on("error", end);
+    server.on("error", end);
+  }
+}
