@@ -22,5 +22,9 @@ cargo test --workspace --locked
 step "fuzz targets build"
 cargo build --manifest-path fuzz/Cargo.toml --locked
 
+step "web: TypeScript client and whiteboard (unit, integration, Chromium e2e)"
+cargo build --locked -p concord-server --bin concord
+CONCORD_BIN="$PWD/target/debug/concord" web/test.sh
+
 echo
 echo "all suites passed"
