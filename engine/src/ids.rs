@@ -5,6 +5,7 @@
 //! for granted.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,9 +41,12 @@ impl DocId {
 /// Clients make it unique per client (the Rust and TypeScript clients use a
 /// random client id plus a sequence number), and the store remembers recent
 /// ids so a resubmission gets its original outcome instead of a second commit.
+///
+/// The text sits behind an `Arc`: the store clones a tx id into its dedup
+/// window, the change and the author list of every commit.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct TxId(String);
+pub struct TxId(Arc<str>);
 
 impl TxId {
     /// Validates `raw` as a transaction id.
@@ -51,7 +55,7 @@ impl TxId {
         if raw.is_empty() || raw.len() > TX_ID_LEN_MAX || !raw.chars().all(printable) {
             return Err(InvalidId::Tx(truncate_for_message(raw)));
         }
-        Ok(Self(raw.to_owned()))
+        Ok(Self(raw.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -93,7 +97,7 @@ macro_rules! string_newtype_impls {
         }
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.to_string()
             }
         }
         impl fmt::Display for $name {

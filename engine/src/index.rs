@@ -25,6 +25,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use crate::ids::Version;
 use crate::pointer::Pointer;
 
@@ -43,7 +45,7 @@ pub enum ReadCheck {
 struct Node {
     written: Version,
     subtree: Version,
-    children: HashMap<String, Node>,
+    children: HashMap<String, Node, RandomState>,
 }
 
 impl Node {
@@ -84,7 +86,7 @@ impl VersionIndex {
     /// An index for a document whose history before `horizon` is unknown
     /// (`Version::ZERO` for a new document; the snapshot version on restore).
     pub fn new(horizon: Version, node_count_max: usize) -> Self {
-        let root = Node { written: horizon, subtree: horizon, children: HashMap::new() };
+        let root = Node { written: horizon, subtree: horizon, children: HashMap::default() };
         Self { root, horizon, node_count: 1, node_count_max: node_count_max.max(1) }
     }
 
@@ -121,15 +123,20 @@ impl VersionIndex {
         let mut created = 0;
         for token in pointer.tokens() {
             node.subtree = version;
-            node = node.children.entry(token.clone()).or_insert_with(|| {
+            // Look up before inserting: the token is cloned only for a new node.
+            if !node.children.contains_key(token.as_str()) {
                 created += 1;
-                Node::default()
-            });
+                node.children.insert(token.clone(), Node::default());
+            }
+            let Some(child) = node.children.get_mut(token.as_str()) else {
+                unreachable!("inserted just above");
+            };
+            node = child;
         }
         node.written = version;
         node.subtree = version;
         let dropped: usize = node.children.values().map(Node::count).sum();
-        node.children = HashMap::new();
+        node.children = HashMap::default();
         self.node_count = self.node_count + created - dropped;
         if self.node_count > self.node_count_max {
             self.compact(version);

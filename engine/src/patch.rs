@@ -18,7 +18,7 @@
 //! - `move` is a `remove` then an `add`; `test` writes nothing.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
 
 use crate::error::{PatchError, PatchOpError};
 use crate::limits::Limits;
@@ -116,7 +116,8 @@ pub fn apply(
     patch: &[PatchOp],
     limits: &Limits,
 ) -> Result<Applied, PatchError> {
-    let mut run = Run { doc, applied: Applied::default(), size_bytes: doc_size_bytes, limits };
+    let budget = Budget { size_bytes: doc_size_bytes, limits };
+    let mut run = Run { doc, applied: Applied::default(), budget };
     for (op_index, op) in patch.iter().enumerate() {
         if let Err(error) = run.op(op) {
             let Run { doc, applied, .. } = run;
@@ -124,7 +125,7 @@ pub fn apply(
             return Err(PatchError { op_index, error });
         }
     }
-    let size_delta_bytes = run.size_bytes as i64 - doc_size_bytes as i64;
+    let size_delta_bytes = run.budget.size_bytes as i64 - doc_size_bytes as i64;
     run.applied.size_delta_bytes = size_delta_bytes;
     Ok(run.applied)
 }
@@ -132,8 +133,65 @@ pub fn apply(
 struct Run<'a> {
     doc: &'a mut Value,
     applied: Applied,
+    budget: Budget<'a>,
+}
+
+/// The document's size estimate and the limits it is checked against, kept
+/// apart from the document so both can be borrowed at once.
+struct Budget<'a> {
     size_bytes: usize,
     limits: &'a Limits,
+}
+
+/// What kind of container a slot is in. `encoded_size_estimate` charges an
+/// object member its key plus 4 bytes and an array element 1 byte, whatever
+/// its index (indices shift, so the charge must not depend on them).
+#[derive(Clone, Copy)]
+enum Slot<'k> {
+    Root,
+    Member(&'k str),
+    Element,
+}
+
+impl Slot<'_> {
+    fn bytes(self) -> usize {
+        match self {
+            Slot::Root => 0,
+            Slot::Member(key) => key.len() + 4,
+            Slot::Element => 1,
+        }
+    }
+}
+
+impl Budget<'_> {
+    fn size_error(&self, added_bytes: usize) -> PatchOpError {
+        PatchOpError::SizeExceeded {
+            size_bytes: self.size_bytes.saturating_add(added_bytes),
+            max_bytes: self.limits.doc_size_bytes_max,
+        }
+    }
+
+    /// Checks depth and size of a value about to be placed at `path`, and
+    /// books its size.
+    fn admit(&mut self, path: &Pointer, slot: Slot<'_>, value: &Value) -> Result<(), PatchOpError> {
+        let depth = path.depth() + value_depth(value);
+        if depth > self.limits.json_depth_max {
+            let max = self.limits.json_depth_max;
+            return Err(PatchOpError::DepthExceeded { path: path.clone(), depth, max });
+        }
+        let budget = self.limits.doc_size_bytes_max.saturating_sub(self.size_bytes);
+        let bytes = encoded_size_estimate(value, budget) + slot.bytes();
+        if bytes > budget {
+            return Err(self.size_error(bytes));
+        }
+        self.size_bytes += bytes;
+        Ok(())
+    }
+
+    fn release(&mut self, slot: Slot<'_>, value: &Value) {
+        let bytes = encoded_size_estimate(value, usize::MAX) + slot.bytes();
+        self.size_bytes = self.size_bytes.saturating_sub(bytes);
+    }
 }
 
 impl Run<'_> {
@@ -149,10 +207,8 @@ impl Run<'_> {
                         .ok_or_else(|| PatchOpError::PathNotFound { path: from.clone() });
                 }
                 if from.is_prefix_of(path) {
-                    return Err(PatchOpError::MoveIntoChild {
-                        from: from.clone(),
-                        path: path.clone(),
-                    });
+                    let (from, path) = (from.clone(), path.clone());
+                    return Err(PatchOpError::MoveIntoChild { from, path });
                 }
                 let value = self.remove(from)?;
                 self.add(path, value)
@@ -161,10 +217,11 @@ impl Run<'_> {
                 let source = resolve(self.doc, from)
                     .ok_or_else(|| PatchOpError::PathNotFound { path: from.clone() })?;
                 // Measure before cloning: the size check must come before the memory.
-                let budget = self.limits.doc_size_bytes_max.saturating_sub(self.size_bytes);
+                let budget =
+                    self.budget.limits.doc_size_bytes_max.saturating_sub(self.budget.size_bytes);
                 let source_bytes = encoded_size_estimate(source, budget);
                 if source_bytes > budget {
-                    return Err(self.size_error(source_bytes));
+                    return Err(self.budget.size_error(source_bytes));
                 }
                 let value = source.clone();
                 self.add(path, value)
@@ -178,72 +235,31 @@ impl Run<'_> {
         }
     }
 
-    fn size_error(&self, added_bytes: usize) -> PatchOpError {
-        PatchOpError::SizeExceeded {
-            size_bytes: self.size_bytes.saturating_add(added_bytes),
-            max_bytes: self.limits.doc_size_bytes_max,
-        }
-    }
-
-    /// Checks depth and size of a value about to be placed at `path`, and
-    /// books its size.
-    fn admit(&mut self, path: &Pointer, value: &Value) -> Result<(), PatchOpError> {
-        let depth = path.depth() + value_depth(value);
-        if depth > self.limits.json_depth_max {
-            return Err(PatchOpError::DepthExceeded {
-                path: path.clone(),
-                depth,
-                max: self.limits.json_depth_max,
-            });
-        }
-        let budget = self.limits.doc_size_bytes_max.saturating_sub(self.size_bytes);
-        let bytes = encoded_size_estimate(value, budget) + self.slot_bytes(path);
-        if bytes > budget {
-            return Err(self.size_error(bytes));
-        }
-        self.size_bytes += bytes;
-        Ok(())
-    }
-
-    /// What `encoded_size_estimate` charges for the slot `path` names, beyond
-    /// its value: a member's key, or one byte for an array element. It must
-    /// not depend on an element's index, which shifts.
-    fn slot_bytes(&self, path: &Pointer) -> usize {
-        match path.last() {
-            None => 0,
-            Some(key) => match path.parent().and_then(|parent| resolve(self.doc, &parent)) {
-                Some(Value::Array(_)) => 1,
-                _ => key.len() + 4,
-            },
-        }
-    }
-
-    fn release(&mut self, path: &Pointer, value: &Value) {
-        let bytes = encoded_size_estimate(value, usize::MAX) + self.slot_bytes(path);
-        self.size_bytes = self.size_bytes.saturating_sub(bytes);
-    }
-
     fn add(&mut self, path: &Pointer, value: Value) -> Result<(), PatchOpError> {
-        let Some(last) = path.last() else {
-            self.admit(path, &value)?;
+        let Some((last, parent_tokens)) = path.tokens().split_last() else {
+            self.budget.admit(path, Slot::Root, &value)?;
             let old = std::mem::replace(self.doc, value);
-            self.release(path, &old);
+            self.budget.release(Slot::Root, &old);
             self.applied.undo.push(Undo::Restore(path.clone(), old));
             self.applied.writes.push(path.clone());
             return Ok(());
         };
-        let parent = parent_mut(self.doc, path)?;
+        let parent = resolve_tokens_mut(self.doc, parent_tokens)
+            .ok_or_else(|| PatchOpError::PathNotFound { path: parent_of(path) })?;
         match parent {
             Value::Object(map) => {
-                let _ = map;
-                self.admit(path, &value)?;
-                let map = object_at(self.doc, path);
-                match map.insert(last.to_owned(), value) {
-                    Some(old) => {
-                        self.release(path, &old);
+                let slot = Slot::Member(last);
+                self.budget.admit(path, slot, &value)?;
+                match map.get_mut(last.as_str()) {
+                    Some(existing) => {
+                        let old = std::mem::replace(existing, value);
+                        self.budget.release(slot, &old);
                         self.applied.undo.push(Undo::Restore(path.clone(), old));
                     }
-                    None => self.applied.undo.push(Undo::Remove(path.clone())),
+                    None => {
+                        map.insert(last.clone(), value);
+                        self.applied.undo.push(Undo::Remove(path.clone()));
+                    }
                 }
                 self.applied.writes.push(path.clone());
                 Ok(())
@@ -255,8 +271,8 @@ impl Run<'_> {
                     .filter(|i| *i <= len)
                     .ok_or_else(|| PatchOpError::BadArrayIndex { path: path.clone() })?;
                 let at = sibling(path, index);
-                self.admit(&at, &value)?;
-                array_at(self.doc, path).insert(index, value);
+                self.budget.admit(&at, Slot::Element, &value)?;
+                items.insert(index, value);
                 self.applied.writes.push(if index == len { at.clone() } else { parent_of(path) });
                 self.applied.undo.push(Undo::Remove(at));
                 Ok(())
@@ -266,15 +282,15 @@ impl Run<'_> {
     }
 
     fn remove(&mut self, path: &Pointer) -> Result<Value, PatchOpError> {
-        let Some(last) = path.last() else {
+        let Some((last, parent_tokens)) = path.tokens().split_last() else {
             return Err(PatchOpError::RemoveRoot);
         };
         let not_found = || PatchOpError::PathNotFound { path: path.clone() };
-        let parent = parent_mut(self.doc, path)?;
-        let (removed, at, write) = match parent {
+        let parent = resolve_tokens_mut(self.doc, parent_tokens).ok_or_else(not_found)?;
+        let (removed, slot, at, write) = match parent {
             Value::Object(map) => {
-                let removed = map.remove(last).ok_or_else(not_found)?;
-                (removed, path.clone(), path.clone())
+                let removed = map.remove(last.as_str()).ok_or_else(not_found)?;
+                (removed, Slot::Member(last), path.clone(), path.clone())
             }
             Value::Array(items) => {
                 let len = items.len();
@@ -284,29 +300,36 @@ impl Run<'_> {
                 let removed = items.remove(index);
                 let at = sibling(path, index);
                 let write = if index + 1 == len { at.clone() } else { parent_of(path) };
-                (removed, at, write)
+                (removed, Slot::Element, at, write)
             }
             _ => return Err(not_found()),
         };
-        self.release(&at, &removed);
+        self.budget.release(slot, &removed);
         self.applied.undo.push(Undo::Insert(at, removed.clone()));
         self.applied.writes.push(write);
         Ok(removed)
     }
 
     fn replace(&mut self, path: &Pointer, value: Value) -> Result<(), PatchOpError> {
-        if resolve(self.doc, path).is_none() {
-            return Err(PatchOpError::PathNotFound { path: path.clone() });
-        }
-        let at = path.clone();
-        self.admit(&at, &value)?;
-        let Some(slot) = resolve_mut(self.doc, &at) else {
-            unreachable!("resolved just above");
+        let not_found = || PatchOpError::PathNotFound { path: path.clone() };
+        let (target, slot) = match path.tokens().split_last() {
+            None => (&mut *self.doc, Slot::Root),
+            Some((last, parent_tokens)) => match resolve_tokens_mut(self.doc, parent_tokens) {
+                Some(Value::Object(map)) => {
+                    (map.get_mut(last.as_str()).ok_or_else(not_found)?, Slot::Member(last))
+                }
+                Some(Value::Array(items)) => {
+                    let index = parse_array_index(last).ok_or_else(not_found)?;
+                    (items.get_mut(index).ok_or_else(not_found)?, Slot::Element)
+                }
+                _ => return Err(not_found()),
+            },
         };
-        let old = std::mem::replace(slot, value);
-        self.release(&at, &old);
-        self.applied.undo.push(Undo::Restore(at.clone(), old));
-        self.applied.writes.push(at);
+        self.budget.admit(path, slot, &value)?;
+        let old = std::mem::replace(target, value);
+        self.budget.release(slot, &old);
+        self.applied.undo.push(Undo::Restore(path.clone(), old));
+        self.applied.writes.push(path.clone());
         Ok(())
     }
 
@@ -368,12 +391,16 @@ pub fn resolve<'v>(doc: &'v Value, pointer: &Pointer) -> Option<&'v Value> {
     })
 }
 
-fn resolve_mut<'v>(doc: &'v mut Value, pointer: &Pointer) -> Option<&'v mut Value> {
-    pointer.tokens().iter().try_fold(doc, |node, token| match node {
+fn resolve_tokens_mut<'v>(doc: &'v mut Value, tokens: &[String]) -> Option<&'v mut Value> {
+    tokens.iter().try_fold(doc, |node, token| match node {
         Value::Object(map) => map.get_mut(token),
         Value::Array(items) => items.get_mut(parse_array_index(token)?),
         _ => None,
     })
+}
+
+fn resolve_mut<'v>(doc: &'v mut Value, pointer: &Pointer) -> Option<&'v mut Value> {
+    resolve_tokens_mut(doc, pointer.tokens())
 }
 
 fn parent_of(path: &Pointer) -> Pointer {
@@ -383,25 +410,6 @@ fn parent_of(path: &Pointer) -> Pointer {
 /// The pointer to index `index` in the same array as `path`.
 fn sibling(path: &Pointer, index: usize) -> Pointer {
     parent_of(path).child(index.to_string())
-}
-
-fn parent_mut<'v>(doc: &'v mut Value, path: &Pointer) -> Result<&'v mut Value, PatchOpError> {
-    let parent = parent_of(path);
-    resolve_mut(doc, &parent).ok_or(PatchOpError::PathNotFound { path: parent })
-}
-
-fn object_at<'v>(doc: &'v mut Value, path: &Pointer) -> &'v mut Map<String, Value> {
-    match resolve_mut(doc, &parent_of(path)) {
-        Some(Value::Object(map)) => map,
-        _ => unreachable!("caller checked the parent is an object"),
-    }
-}
-
-fn array_at<'v>(doc: &'v mut Value, path: &Pointer) -> &'v mut Vec<Value> {
-    match resolve_mut(doc, &parent_of(path)) {
-        Some(Value::Array(items)) => items,
-        _ => unreachable!("caller checked the parent is an array"),
-    }
 }
 
 fn undo_all(doc: &mut Value, undo: Vec<Undo>) {

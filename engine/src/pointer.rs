@@ -1,9 +1,12 @@
 //! JSON Pointers (RFC 6901), parsed and validated once.
 //!
 //! A `Pointer` holds its reference tokens already unescaped, so the version
-//! index and the patch code walk tokens without re-parsing strings.
+//! index and the patch code walk tokens without re-parsing strings. The
+//! tokens sit behind an `Arc`: a pointer is cloned into the undo log, the
+//! written locations, conflicts and changes, and each clone must be cheap.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,13 +20,13 @@ pub const POINTER_LEN_MAX: usize = 4096;
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Pointer {
-    tokens: Vec<String>,
+    tokens: Arc<[String]>,
 }
 
 impl Pointer {
     /// The pointer to the whole document.
     pub fn root() -> Self {
-        Self { tokens: Vec::new() }
+        Self { tokens: Arc::from([]) }
     }
 
     /// Parses the string form, e.g. `"/shapes/a~1b/0"`.
@@ -37,8 +40,8 @@ impl Pointer {
         let Some(rest) = raw.strip_prefix('/') else {
             return Err(InvalidPointer::MissingLeadingSlash);
         };
-        let tokens = rest.split('/').map(unescape).collect::<Result<_, _>>()?;
-        Ok(Self { tokens })
+        let tokens = rest.split('/').map(unescape).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { tokens: tokens.into() })
     }
 
     /// Builds a pointer from unescaped tokens.
@@ -47,7 +50,7 @@ impl Pointer {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Self { tokens: tokens.into_iter().map(Into::into).collect() }
+        Self { tokens: tokens.into_iter().map(Into::into).collect::<Vec<_>>().into() }
     }
 
     pub fn tokens(&self) -> &[String] {
@@ -66,7 +69,7 @@ impl Pointer {
     /// The pointer to the parent, or `None` for the root.
     pub fn parent(&self) -> Option<Pointer> {
         let (_, init) = self.tokens.split_last()?;
-        Some(Pointer { tokens: init.to_vec() })
+        Some(Pointer { tokens: init.into() })
     }
 
     /// The last token, or `None` for the root.
@@ -77,14 +80,14 @@ impl Pointer {
     /// A child pointer, one token deeper.
     #[must_use]
     pub fn child(&self, token: impl Into<String>) -> Pointer {
-        let mut tokens = self.tokens.clone();
+        let mut tokens = self.tokens.to_vec();
         tokens.push(token.into());
-        Pointer { tokens }
+        Pointer { tokens: tokens.into() }
     }
 
     /// True when `self` is `other` or one of its ancestors.
     pub fn is_prefix_of(&self, other: &Pointer) -> bool {
-        other.tokens.starts_with(&self.tokens)
+        other.tokens.starts_with(&self.tokens[..])
     }
 
     /// True when one of the two is a prefix of the other: the relation under
@@ -129,7 +132,7 @@ fn unescape(token: &str) -> Result<String, InvalidPointer> {
 
 impl fmt::Display for Pointer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for token in &self.tokens {
+        for token in self.tokens.iter() {
             f.write_str("/")?;
             if token.contains(['~', '/']) {
                 f.write_str(&token.replace('~', "~0").replace('/', "~1"))?;

@@ -7,6 +7,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use foldhash::fast::RandomState;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -212,8 +214,8 @@ impl Document {
 #[derive(Debug, Default)]
 pub struct Store {
     limits: Limits,
-    docs: HashMap<DocId, Document>,
-    outcomes: HashMap<TxId, Outcome>,
+    docs: HashMap<DocId, Document, RandomState>,
+    outcomes: HashMap<TxId, Outcome, RandomState>,
     /// Tx ids in the order they were decided, for evicting the oldest.
     outcome_order: VecDeque<TxId>,
 }
@@ -314,9 +316,7 @@ impl Store {
                 max: limits.patch_ops_max,
             });
         }
-        let doc = self.docs.entry(doc_id.clone()).or_insert_with(|| {
-            Document::new(Value::Object(Default::default()), Version::ZERO, &limits)
-        });
+        let doc = self.document_mut(&doc_id);
         if base > doc.version {
             return Commit::Rejected(Rejection::BaseAhead { base, current: doc.version });
         }
@@ -338,9 +338,7 @@ impl Store {
     /// index and the tx-id window are rebuilt as if it had just committed.
     pub fn replay(&mut self, change: &Change) -> Result<(), ReplayError> {
         let limits = self.limits;
-        let doc = self.docs.entry(change.doc.clone()).or_insert_with(|| {
-            Document::new(Value::Object(Default::default()), Version::ZERO, &limits)
-        });
+        let doc = self.document_mut(&change.doc);
         let at = |version| (change.doc.clone(), version);
         if change.version != doc.version.next() {
             let (doc_id, got) = at(change.version);
@@ -359,6 +357,20 @@ impl Store {
         }
         self.remember(change.tx_id.clone(), Outcome::Committed { version: change.version });
         Ok(())
+    }
+
+    /// The document, created empty at version 0 on first use. Looks up
+    /// before inserting so the id is cloned only for a new document.
+    fn document_mut(&mut self, doc: &DocId) -> &mut Document {
+        if !self.docs.contains_key(doc) {
+            let empty =
+                Document::new(Value::Object(Default::default()), Version::ZERO, &self.limits);
+            self.docs.insert(doc.clone(), empty);
+        }
+        match self.docs.get_mut(doc) {
+            Some(document) => document,
+            None => unreachable!("inserted just above"),
+        }
     }
 
     fn remember(&mut self, tx_id: TxId, outcome: Outcome) {
