@@ -289,6 +289,12 @@ impl Replica {
     /// the caller can re-run its function (for a conflict, the changes that
     /// caused it have already been applied).
     pub fn on_rejected(&mut self, tx_id: &TxId, _rejection: &Rejection) -> Option<Transaction> {
+        self.withdraw(tx_id)
+    }
+
+    /// Takes a pending transaction out of the view without applying it: one
+    /// the server never accepted (refused before validation, or never sent).
+    pub fn withdraw(&mut self, tx_id: &TxId) -> Option<Transaction> {
         let index = self.pending.iter().position(|p| &p.tx.tx_id == tx_id)?;
         self.hide_pending();
         let dropped = self.pending.remove(index).map(|p| p.tx);
