@@ -13,6 +13,7 @@ use std::time::Duration;
 use concord_engine::Limits;
 
 use crate::error::ConfigError;
+use crate::storage::SyncMode;
 
 /// Largest protocol message a client may send, in bytes. Larger messages
 /// (up to `WS_MESSAGE_BYTES_MAX`) are answered with `message_too_large`.
@@ -78,6 +79,30 @@ pub const CONNECTIONS_MAX: usize = 1024;
 pub const DURATION_MAX: Duration = Duration::from_secs(365 * 86_400);
 /// Most entries the test-only commit log records.
 pub const COMMIT_LOG_ENTRIES_MAX: usize = 1_000_000;
+/// The data directory `concord serve` uses when given no `--data`.
+pub const DATA_DIR_DEFAULT: &str = "concord-data";
+/// A document is snapshotted after this many commits since its last
+/// snapshot: restart replays at most this many changes per document.
+pub const SNAPSHOT_EVERY_COMMITS: u64 = 1_000;
+/// Most logged changes the server leaves for a restart to replay, over all
+/// documents (each shard gets an equal share): past its share, a shard
+/// snapshots every document with unsnapshotted commits. With
+/// `SNAPSHOT_EVERY_COMMITS` this bounds restart work however many documents
+/// there are.
+pub const REPLAY_COMMITS_MAX: u64 = 50_000;
+/// Versions of each document kept in the log (readable as history) before
+/// compaction may delete them. At least the dedup window, so that every
+/// transaction id the window would hold is still in the log after a restart.
+pub const HISTORY_RETAINED_COMMITS: u64 = 100_000;
+/// Most batches waiting for the storage thread (all shards together); a
+/// shard that finds the queue full waits, and so do its sessions.
+pub const STORAGE_QUEUE_BATCHES_MAX: usize = 1024;
+/// Most acknowledgements, broadcasts and replies one shard holds while their
+/// commits are not yet durable; past it the shard stops taking commands
+/// until the storage thread catches up.
+pub const SHARD_PENDING_EFFECTS_MAX: usize = 65_536;
+/// Longest a graceful shutdown waits for the log to be flushed.
+pub const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 // serde_json refuses input nested past 128 levels with a syntax error; our
 // depth check must answer first so the client gets `too_deep`.
@@ -85,6 +110,35 @@ const _: () = assert!(MESSAGE_JSON_DEPTH_MAX < 128);
 const _: () = assert!(MESSAGE_JSON_DEPTH_MAX > concord_engine::limits::JSON_DEPTH_MAX);
 const _: () = assert!(WS_MESSAGE_BYTES_MAX >= MESSAGE_BYTES_MAX);
 const _: () = assert!(RATE_BURST_MESSAGES_MAX >= RATE_MESSAGES_PER_SECOND);
+const _: () =
+    assert!(HISTORY_RETAINED_COMMITS >= concord_engine::limits::TX_DEDUP_ENTRIES_MAX as u64);
+
+/// Where and how the server keeps its commit log and snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// The data directory; created if missing, locked while the server runs.
+    pub data_dir: PathBuf,
+    pub sync: SyncMode,
+    pub snapshot_every_commits: u64,
+    pub replay_commits_max: u64,
+    pub history_retained_commits: u64,
+    /// Most batches queued for the storage thread.
+    pub queue_batches_max: usize,
+}
+
+impl StorageConfig {
+    /// The defaults, in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            sync: SyncMode::Full,
+            snapshot_every_commits: SNAPSHOT_EVERY_COMMITS,
+            replay_commits_max: REPLAY_COMMITS_MAX,
+            history_retained_commits: HISTORY_RETAINED_COMMITS,
+            queue_batches_max: STORAGE_QUEUE_BATCHES_MAX,
+        }
+    }
+}
 
 /// Everything a server can be configured with. `Config::default()` gives the
 /// constants above; build variations with struct update syntax:
@@ -133,6 +187,12 @@ pub struct Config {
     /// `RunningServer::commit_log` (tests and the certificate checker).
     pub record_commit_log: bool,
     pub commit_log_entries_max: usize,
+    /// Durable storage. `None` keeps documents in memory only (lost on
+    /// exit); the library default, for tests and embedding. `concord serve`
+    /// is durable unless given `--memory`.
+    pub storage: Option<StorageConfig>,
+    pub shard_pending_effects_max: usize,
+    pub shutdown_flush_timeout: Duration,
 }
 
 impl Default for Config {
@@ -170,6 +230,9 @@ impl Default for Config {
             static_dir: None,
             record_commit_log: false,
             commit_log_entries_max: COMMIT_LOG_ENTRIES_MAX,
+            storage: None,
+            shard_pending_effects_max: SHARD_PENDING_EFFECTS_MAX,
+            shutdown_flush_timeout: SHUTDOWN_FLUSH_TIMEOUT,
         }
     }
 }
@@ -188,6 +251,7 @@ impl Config {
             ("sessions_max", self.sessions_max),
             ("connections_max", self.connections_max),
             ("name_bytes_max", self.name_bytes_max),
+            ("shard_pending_effects_max", self.shard_pending_effects_max),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return fail(&format!("{name} must be at least 1"));
@@ -217,6 +281,7 @@ impl Config {
             ("close_timeout", self.close_timeout),
             ("shutdown_drain_timeout", self.shutdown_drain_timeout),
             ("rpc_call_timeout", self.rpc_call_timeout),
+            ("shutdown_flush_timeout", self.shutdown_flush_timeout),
         ];
         if let Some((name, _)) = durations.iter().find(|(_, d)| *d > DURATION_MAX) {
             return fail(&format!(
@@ -227,6 +292,18 @@ impl Config {
         let semaphore_max = tokio::sync::Semaphore::MAX_PERMITS;
         if self.sessions_max > semaphore_max || self.connections_max > semaphore_max {
             return fail("sessions_max and connections_max must fit a semaphore");
+        }
+        if let Some(storage) = &self.storage {
+            if storage.snapshot_every_commits == 0
+                || storage.replay_commits_max == 0
+                || storage.history_retained_commits == 0
+                || storage.queue_batches_max == 0
+            {
+                return fail(
+                    "snapshot_every_commits, replay_commits_max, \
+                     history_retained_commits and queue_batches_max must be at least 1",
+                );
+            }
         }
         Ok(())
     }

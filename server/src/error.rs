@@ -26,4 +26,13 @@ pub enum ServerError {
     /// A procedure or mutator name was registered twice on the builder.
     #[error("procedure {0:?} is registered twice")]
     DuplicateProcedure(String),
+    /// The data directory could not be locked or its database opened.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// What storage holds could not be rebuilt into documents.
+    #[error(transparent)]
+    Recovery(#[from] crate::recovery::RecoveryError),
+    /// The storage thread could not be started.
+    #[error("cannot start the storage thread: {0}")]
+    StorageThread(#[source] std::io::Error),
 }

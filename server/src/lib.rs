@@ -23,8 +23,15 @@
 //!   dispatch, heartbeats) and writer task.
 //! - `outbox`: a session's bounded outbound queue and the slow-consumer
 //!   policy (overflow closes the session with 4001).
-//! - `shard`: the single owners of the documents: commit, broadcast, catch-up
-//!   history, presence; `Documents` for server-side access.
+//! - `shard`: the single owners of the documents: sequencing (commit, log
+//!   entry, frames) and release in order once durable (broadcast, acks,
+//!   catch-up history, presence); `Documents` for server-side access.
+//! - `storage`: the `Storage` trait (commit log, snapshots, history) and its
+//!   embedded SQLite backend; the data directory lock.
+//! - `durable`: the storage thread: group commit for all shards, durability
+//!   notifications, background snapshots.
+//! - `recovery`: restart: snapshots plus log tail back into per-shard stores.
+//! - `archive`: `concord export` / `concord import` of documents as JSON.
 //! - `hub`: the single owner of topic subscriptions and client-registered RPC
 //!   methods with their pending calls.
 //! - `topic`: topic validation and the wildcard subscription trie.
@@ -32,20 +39,25 @@
 //! - `metrics`: the Prometheus registry behind `/metrics`.
 //! - `error`: startup errors.
 
+pub mod archive;
 pub mod config;
+mod durable;
 mod error;
 mod hub;
 pub mod metrics;
 mod outbox;
+mod recovery;
 pub mod rpc;
 mod server;
 mod session;
 mod shard;
+pub mod storage;
 mod topic;
 
-pub use config::Config;
+pub use config::{Config, StorageConfig};
 pub use error::{ConfigError, ServerError};
 pub use metrics::Metrics;
+pub use recovery::RecoveryError;
 pub use rpc::{CallContext, Mutation, MutatorCall, RpcError};
 pub use server::{RunningServer, ServerBuilder};
 pub use shard::Documents;

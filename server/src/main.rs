@@ -3,7 +3,14 @@
 //! `concord serve` starts a server configured by flags or `CONCORD_*`
 //! environment variables (every `Config` limit has one), prints the URL it
 //! listens on as its first line of standard output, logs structured events to
-//! standard error, and shuts down gracefully on SIGINT or SIGTERM.
+//! standard error, and shuts down gracefully on SIGINT or SIGTERM (flushing
+//! the commit log). It is durable by default (`--data`, default
+//! `./concord-data`); `--memory` keeps documents in memory only. If the
+//! commit log fails, it closes every session and exits with an error, so a
+//! supervisor restarts it on what is durable.
+//!
+//! `concord export` and `concord import` move documents in and out of a data
+//! directory as JSON (`archive`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -12,8 +19,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use concord_server::config::{self, Config};
-use concord_server::ServerBuilder;
+use concord_server::config::{self, Config, StorageConfig};
+use concord_server::storage::SyncMode;
+use concord_server::{archive, ServerBuilder};
 
 #[derive(Debug, Parser)]
 #[command(name = "concord", version, about = "Concord: collaborative JSON state sync")]
@@ -24,14 +32,50 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the WebSocket endpoint (/ws), /healthz, /metrics and static files.
-    Serve(Serve),
+    /// Serve the WebSocket endpoint (/ws), /healthz, /metrics, /docs and
+    /// static files.
+    Serve(Box<Serve>),
+    /// Write every document of a data directory (at its newest version) as
+    /// JSON. Safe while a server runs on the directory.
+    Export(Export),
+    /// Add the documents of an export to a data directory (created if
+    /// missing). Refuses documents that already exist, all or nothing, and
+    /// refuses to run while a server holds the directory.
+    Import(Import),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Sync {
+    /// fsync every group commit before acknowledging it.
+    Full,
+    /// Leave flushing to the OS: survives a crash of the process, not of the
+    /// machine.
+    Off,
+}
+
+#[derive(Debug, Args)]
+struct Export {
+    /// The data directory to read.
+    #[arg(long, env = "CONCORD_DATA", default_value = config::DATA_DIR_DEFAULT)]
+    data: PathBuf,
+    /// Write here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct Import {
+    /// The data directory to add the documents to.
+    #[arg(long, env = "CONCORD_DATA", default_value = config::DATA_DIR_DEFAULT)]
+    data: PathBuf,
+    /// An export written by `concord export`.
+    file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +93,23 @@ struct Serve {
     /// Log format on standard error.
     #[arg(long, env = "CONCORD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Data directory for the commit log and snapshots (created if missing,
+    /// locked while serving).
+    #[arg(long, env = "CONCORD_DATA", default_value = config::DATA_DIR_DEFAULT)]
+    data: PathBuf,
+    /// Keep documents in memory only: nothing survives a restart.
+    #[arg(long, env = "CONCORD_MEMORY")]
+    memory: bool,
+    /// How a group commit reaches the disk before it is acknowledged.
+    #[arg(long, env = "CONCORD_SYNC", value_enum, default_value = "full")]
+    sync: Sync,
+    /// Snapshot a document after this many of its commits (restart replays
+    /// at most this many changes per document).
+    #[arg(long, env = "CONCORD_SNAPSHOT_EVERY_COMMITS", default_value_t = config::SNAPSHOT_EVERY_COMMITS)]
+    snapshot_every_commits: u64,
+    /// Versions of each document kept in the log, readable as history.
+    #[arg(long, env = "CONCORD_HISTORY_RETAINED_COMMITS", default_value_t = config::HISTORY_RETAINED_COMMITS)]
+    history_retained_commits: u64,
     /// Shard tasks owning the documents [default: number of cores].
     #[arg(long, env = "CONCORD_SHARDS")]
     shards: Option<usize>,
@@ -113,7 +174,17 @@ impl Serve {
         limits.patch_ops_max = self.patch_ops_max;
         limits.read_set_pointers_max = self.read_set_pointers_max;
         limits.doc_size_bytes_max = self.doc_size_bytes_max;
+        let storage = (!self.memory).then(|| StorageConfig {
+            sync: match self.sync {
+                Sync::Full => SyncMode::Full,
+                Sync::Off => SyncMode::Off,
+            },
+            snapshot_every_commits: self.snapshot_every_commits,
+            history_retained_commits: self.history_retained_commits,
+            ..StorageConfig::new(&self.data)
+        });
         Config {
+            storage,
             shards: self.shards.unwrap_or(defaults.shards),
             limits,
             message_bytes_max: self.message_bytes_max,
@@ -156,7 +227,35 @@ fn init_logging(format: LogFormat) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cli { command: Command::Serve(serve) } = Cli::parse();
+    match Cli::parse().command {
+        Command::Serve(serve) => run(*serve).await,
+        Command::Export(export) => {
+            let exported = archive::export(&export.data)
+                .with_context(|| format!("exporting {}", export.data.display()))?;
+            match &export.out {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    archive::write_export(&exported, file)?;
+                }
+                None => archive::write_export(&exported, std::io::stdout().lock())?,
+            }
+            eprintln!("exported {} documents", exported.documents.len());
+            Ok(())
+        }
+        Command::Import(import) => {
+            let text = std::fs::read_to_string(&import.file)
+                .with_context(|| format!("reading {}", import.file.display()))?;
+            let exported = archive::read_export(&text)?;
+            let count = archive::import(&import.data, &exported)
+                .with_context(|| format!("importing into {}", import.data.display()))?;
+            eprintln!("imported {count} documents into {}", import.data.display());
+            Ok(())
+        }
+    }
+}
+
+async fn run(serve: Serve) -> anyhow::Result<()> {
     init_logging(serve.log_format);
     let server = ServerBuilder::new()
         .config(serve.config())
@@ -170,9 +269,19 @@ async fn main() -> anyhow::Result<()> {
     writeln!(stdout, "concord listening on http://{addr} (WebSocket: {})", server.ws_url())?;
     stdout.flush()?;
     drop(stdout);
-    shutdown_signal().await?;
-    tracing::info!("shutdown requested; draining sessions");
+    let failed = tokio::select! {
+        signal = shutdown_signal() => { signal?; false }
+        () = server.storage_failed() => true,
+    };
+    if failed {
+        tracing::error!("storage failed; shutting down so a restart can recover");
+    } else {
+        tracing::info!("shutdown requested; draining sessions");
+    }
     server.shutdown().await;
+    if failed {
+        anyhow::bail!("the commit log failed; unacknowledged commits were not kept (see the log)");
+    }
     Ok(())
 }
 

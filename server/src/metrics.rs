@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
@@ -22,7 +22,7 @@ pub struct Metrics {
     /// Sessions ever opened.
     pub sessions_opened: IntCounter,
     /// Sessions closed, by reason (`client`, `slow_consumer`, `peer_timeout`,
-    /// `shutdown`, `transport`, `message_too_big`).
+    /// `shutdown`, `transport`, `message_too_big`, `storage_failed`).
     pub sessions_closed: IntCounterVec,
     /// Transactions committed (new versions and write-less commits).
     pub commits: IntCounter,
@@ -31,7 +31,8 @@ pub struct Metrics {
     pub rejections: IntCounterVec,
     /// Resubmitted transaction ids answered with their original outcome.
     pub duplicates: IntCounter,
-    /// From reading a `commit` to queueing its acknowledgement.
+    /// From reading a `commit` to queueing its acknowledgement (with
+    /// storage, this includes waiting for the commit to be durable).
     pub commit_latency: Histogram,
     /// Errors sent to clients, by code.
     pub client_errors: IntCounterVec,
@@ -46,6 +47,24 @@ pub struct Metrics {
     pub pubsub_deliveries: IntCounter,
     /// RPC calls received (server procedures and routed calls).
     pub rpc_calls: IntCounter,
+    /// Group commits: SQLite transactions appended to the log.
+    pub storage_group_commits: IntCounter,
+    /// Group commits that were fsynced (all of them with `--sync full`).
+    pub storage_fsyncs: IntCounter,
+    /// Commits per group commit.
+    pub storage_batch_commits: Histogram,
+    /// Time to write and sync one group commit.
+    pub storage_append_latency: Histogram,
+    /// Snapshots saved, and snapshot rounds that failed (not fatal: the log
+    /// still has everything).
+    pub storage_snapshots: IntCounter,
+    pub storage_snapshot_failures: IntCounter,
+    /// 1 once an append failed and acknowledgements stopped.
+    pub storage_failed: IntGauge,
+    /// How long the last start spent recovering (read + replay), and how many
+    /// logged changes it replayed.
+    pub recovery_seconds: Gauge,
+    pub recovery_replayed_commits: IntGauge,
 }
 
 impl Metrics {
@@ -100,6 +119,48 @@ impl Metrics {
             "Messages delivered to subscribers.",
         )?;
         let rpc_calls = IntCounter::new("concord_rpc_calls_total", "RPC calls received.")?;
+        let storage_group_commits = IntCounter::new(
+            "concord_storage_group_commits_total",
+            "Group commits: transactions appended to the commit log.",
+        )?;
+        let storage_fsyncs = IntCounter::new(
+            "concord_storage_fsyncs_total",
+            "Group commits made durable with an fsync (--sync full).",
+        )?;
+        let storage_batch_commits = Histogram::with_opts(
+            HistogramOpts::new("concord_storage_batch_commits", "Commits per group commit.")
+                .buckets(vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+                ]),
+        )?;
+        let storage_append_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "concord_storage_append_latency_seconds",
+                "Time to write and sync one group commit.",
+            )
+            .buckets(vec![
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                1.0,
+            ]),
+        )?;
+        let storage_snapshots =
+            IntCounter::new("concord_storage_snapshots_total", "Document snapshots saved.")?;
+        let storage_snapshot_failures = IntCounter::new(
+            "concord_storage_snapshot_failures_total",
+            "Snapshot rounds that failed (the log still holds everything).",
+        )?;
+        let storage_failed = IntGauge::new(
+            "concord_storage_failed",
+            "1 once a log append failed and acknowledgements stopped.",
+        )?;
+        let recovery_seconds = Gauge::new(
+            "concord_recovery_seconds",
+            "Time the last start spent reading and replaying storage.",
+        )?;
+        let recovery_replayed_commits = IntGauge::new(
+            "concord_recovery_replayed_commits",
+            "Logged changes the last start replayed on top of snapshots.",
+        )?;
 
         let metrics = Self {
             sessions,
@@ -116,6 +177,15 @@ impl Metrics {
             outbound_overflows,
             pubsub_deliveries,
             rpc_calls,
+            storage_group_commits,
+            storage_fsyncs,
+            storage_batch_commits,
+            storage_append_latency,
+            storage_snapshots,
+            storage_snapshot_failures,
+            storage_failed,
+            recovery_seconds,
+            recovery_replayed_commits,
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -132,6 +202,15 @@ impl Metrics {
             Box::new(metrics.outbound_overflows.clone()),
             Box::new(metrics.pubsub_deliveries.clone()),
             Box::new(metrics.rpc_calls.clone()),
+            Box::new(metrics.storage_group_commits.clone()),
+            Box::new(metrics.storage_fsyncs.clone()),
+            Box::new(metrics.storage_batch_commits.clone()),
+            Box::new(metrics.storage_append_latency.clone()),
+            Box::new(metrics.storage_snapshots.clone()),
+            Box::new(metrics.storage_snapshot_failures.clone()),
+            Box::new(metrics.storage_failed.clone()),
+            Box::new(metrics.recovery_seconds.clone()),
+            Box::new(metrics.recovery_replayed_commits.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector)?;

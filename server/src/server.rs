@@ -1,19 +1,26 @@
 //! The HTTP shell: `ServerBuilder` and `RunningServer`, the routes
-//! (`/ws`, `/healthz`, `/metrics`, static files), and the accept loop.
+//! (`/ws`, `/healthz`, `/metrics`, `/docs/{id}`, static files), the accept
+//! loop, and startup and shutdown of storage.
 //!
 //! The accept loop drives hyper directly (rather than `axum::serve`) so the
 //! handshake timeout (`header_read_timeout`) and the connection bound are
 //! ours to set. Every session task is tracked, so `shutdown` can tell each
-//! session to close (`shutting_down`, then 1001) and wait for them to drain.
+//! session to close (`shutting_down`, then 1001) and wait for them to drain;
+//! then the shards finish their queues and wait until their log is durable,
+//! and the storage thread saves pending snapshots and closes the database.
+//!
+//! With storage, `bind` recovers before it returns (in a blocking task): a
+//! server that reports its address has every durable commit back.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -29,13 +36,25 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::services::ServeDir;
 
-use crate::config::Config;
+use crate::config::{Config, StorageConfig};
+use crate::durable;
 use crate::error::ServerError;
 use crate::hub::{spawn_hub, HubCommand, HubLimits};
 use crate::metrics::Metrics;
+use crate::recovery::{self, Recovery};
 use crate::rpc::{CallContext, Mutation, MutatorCall, MutatorFn, Procedure, RpcError};
 use crate::session;
-use crate::shard::{spawn_shards, CommitLog, Documents, ShardSet};
+use crate::shard::{shard_index, spawn_shards, CommitLog, Documents, ShardSet, ShardStorage};
+use crate::storage::{DataDir, SqliteOptions, SqliteStorage, Storage};
+
+/// Most changes per document put back into the catch-up history after a
+/// restart.
+const RECOVERED_HISTORY_MAX: usize = 64;
+
+/// The connection history reads (`GET /docs/{id}?version=N`) go through: a
+/// second connection, so they never wait behind a group commit (WAL readers
+/// do not block the writer), used only from blocking tasks.
+type HistoryReader = Arc<Mutex<Box<dyn Storage>>>;
 
 /// Shown at `/` until the web app exists (or when no `--static` is given).
 const PLACEHOLDER_PAGE: &str = "<!doctype html>
@@ -59,6 +78,10 @@ pub(crate) struct ServerState {
     /// Permits for `sessions_max` concurrent sessions.
     pub(crate) sessions: Arc<Semaphore>,
     pub(crate) tracker: TaskTracker,
+    /// Cancelled when a log append failed: sessions close (1011), new ones
+    /// are refused, `/healthz` answers 503.
+    pub(crate) storage_failed: CancellationToken,
+    pub(crate) history: Option<HistoryReader>,
 }
 
 /// Configures and starts a server.
@@ -183,11 +206,33 @@ impl ServerBuilder {
         let config = self.config;
 
         let metrics = Metrics::new()?;
+        let storage_failed = CancellationToken::new();
+        let stop_shards = CancellationToken::new();
+        let opened = match &config.storage {
+            Some(storage) => Some(open_storage(&config, storage, &metrics, &storage_failed).await?),
+            None => None,
+        };
+        let (recovery, shard_storage, storage_thread, history) = match opened {
+            Some(opened) => (
+                Some(opened.recovery),
+                Some(opened.shard_storage),
+                Some(opened.thread),
+                Some(opened.history),
+            ),
+            None => (None, None, None, None),
+        };
         let commit_log = config.record_commit_log.then(|| CommitLog {
             entries: Arc::new(Mutex::new(Vec::new())),
             entries_max: config.commit_log_entries_max,
         });
-        let (shards, shard_tasks) = spawn_shards(&config, &metrics, commit_log.clone());
+        let (shards, shard_tasks) = spawn_shards(
+            &config,
+            &metrics,
+            commit_log.clone(),
+            recovery,
+            shard_storage,
+            &stop_shards,
+        );
         let reserved: Arc<HashSet<String>> = Arc::new(self.procedures.keys().cloned().collect());
         let hub_limits = HubLimits {
             subscriptions_max: config.subscriptions_max,
@@ -208,6 +253,8 @@ impl ServerBuilder {
             metrics: metrics.clone(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            storage_failed,
+            history,
         });
         let router = router(state.clone());
         let accept_task = tokio::spawn(accept_loop(listener, router, state.clone()));
@@ -216,12 +263,88 @@ impl ServerBuilder {
             local_addr,
             state,
             accept_task,
-            background: shard_tasks.into_iter().chain([hub_task]).collect(),
+            shard_tasks,
+            stop_shards,
+            hub_task,
+            storage_thread,
             commit_log,
             metrics,
             documents,
         })
     }
+}
+
+/// Storage opened and recovered, ready for the shards.
+struct OpenedStorage {
+    recovery: Recovery,
+    shard_storage: ShardStorage,
+    thread: std::thread::JoinHandle<()>,
+    history: HistoryReader,
+}
+
+/// Locks the data directory, opens the database, rebuilds the stores from
+/// it and starts the storage thread.
+async fn open_storage(
+    config: &Config,
+    storage: &StorageConfig,
+    metrics: &Metrics,
+    failed: &CancellationToken,
+) -> Result<OpenedStorage, ServerError> {
+    let shards = config.shards;
+    let options = SqliteOptions {
+        sync: storage.sync,
+        history_retained_commits: storage.history_retained_commits,
+        snapshot_spacing_commits: storage.snapshot_every_commits,
+        limits: config.limits,
+    };
+    let path = storage.data_dir.clone();
+    // A client connected until the crash is a few changes behind: seed the
+    // catch-up history with the newest changes only, so a restart does not
+    // re-encode whole tails for it.
+    let tail_kept_max = config.change_history_max.min(RECOVERED_HISTORY_MAX);
+    let started = Instant::now();
+    let opened = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+        let data_dir = DataDir::lock(&path)?;
+        let mut writer = SqliteStorage::open(data_dir.path(), options)?;
+        let recovery =
+            recovery::recover(&mut writer, shards, options.limits, tail_kept_max, |doc| {
+                shard_index(doc, shards)
+            })?;
+        let reader = SqliteStorage::open(data_dir.path(), options)?;
+        Ok((data_dir, writer, reader, recovery))
+    })
+    .await;
+    let (data_dir, writer, reader, recovery) = match opened {
+        Ok(result) => result?,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    };
+    let elapsed = started.elapsed();
+    metrics.recovery_seconds.set(elapsed.as_secs_f64());
+    metrics.recovery_replayed_commits.set(i64::try_from(recovery.replayed).unwrap_or(i64::MAX));
+    tracing::info!(
+        data_dir = %storage.data_dir.display(),
+        documents = recovery.docs,
+        replayed_commits = recovery.replayed,
+        recovery_ms = elapsed.as_millis() as u64,
+        "storage recovered"
+    );
+    let (links, thread) = durable::spawn(
+        Box::new(writer),
+        data_dir,
+        storage.sync,
+        shards,
+        storage.queue_batches_max,
+        metrics.clone(),
+        failed.clone(),
+    )
+    .map_err(ServerError::StorageThread)?;
+    let shard_storage = ShardStorage {
+        links,
+        snapshot_every_commits: storage.snapshot_every_commits,
+        replay_commits_max: (storage.replay_commits_max / shards as u64).max(1),
+    };
+    let history: HistoryReader = Arc::new(Mutex::new(Box::new(reader)));
+    Ok(OpenedStorage { recovery, shard_storage, thread, history })
 }
 
 /// A server that is accepting connections. Dropping it without `shutdown`
@@ -231,7 +354,11 @@ pub struct RunningServer {
     local_addr: SocketAddr,
     state: Arc<ServerState>,
     accept_task: JoinHandle<()>,
-    background: Vec<JoinHandle<()>>,
+    shard_tasks: Vec<JoinHandle<()>>,
+    /// Tells the shards to finish their queues, flush and stop.
+    stop_shards: CancellationToken,
+    hub_task: JoinHandle<()>,
+    storage_thread: Option<std::thread::JoinHandle<()>>,
     commit_log: Option<CommitLog>,
     metrics: Metrics,
     documents: Documents,
@@ -288,10 +415,19 @@ impl RunningServer {
         self.state.shutdown.cancelled()
     }
 
+    /// Resolves if a commit log append fails. Acknowledgements have stopped
+    /// and sessions are being closed (1011); the server should be shut down
+    /// and restarted, which recovers everything that was durable.
+    pub fn storage_failed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.state.storage_failed.cancelled()
+    }
+
     /// Graceful shutdown: stops accepting, tells every session
     /// `shutting_down` and closes it with 1001 after its queued messages are
     /// written, waits up to `shutdown_drain_timeout` for sessions to end,
-    /// then stops the shards and the hub.
+    /// then lets the shards finish their queues and waits (up to
+    /// `shutdown_flush_timeout`) until their log is durable, and closes the
+    /// storage.
     pub async fn shutdown(self) {
         let state = &self.state;
         state.shutdown.cancel();
@@ -303,9 +439,31 @@ impl RunningServer {
         {
             tracing::warn!("sessions did not drain in time; closing them");
         }
-        // With durability, the shards flush their log here before stopping.
-        for task in self.background {
-            task.abort();
+        self.stop_shards.cancel();
+        let flush_timeout = state.config.shutdown_flush_timeout;
+        let aborts: Vec<_> = self.shard_tasks.iter().map(JoinHandle::abort_handle).collect();
+        let flushed = tokio::time::timeout(flush_timeout, async {
+            for task in self.shard_tasks {
+                let _ = task.await;
+            }
+        })
+        .await
+        .is_ok();
+        self.hub_task.abort();
+        if !flushed {
+            tracing::error!(
+                "the commit log did not flush in time; unflushed commits were never acknowledged"
+            );
+            for abort in aborts {
+                abort.abort();
+            }
+        }
+        if let Some(thread) = self.storage_thread {
+            // The thread ends once every shard has dropped its link.
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            if tokio::time::timeout(flush_timeout, joined).await.is_err() {
+                tracing::error!("the storage thread did not finish in time");
+            }
         }
         tracing::info!("concord server stopped");
     }
@@ -314,13 +472,93 @@ impl RunningServer {
 fn router(state: Arc<ServerState>) -> Router {
     let router = Router::new()
         .route("/ws", get(ws_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics_handler));
+        .route("/healthz", get(healthz_handler))
+        .route("/metrics", get(metrics_handler))
+        .route("/docs/{*id}", get(document_handler));
     let router = match &state.config.static_dir {
         Some(dir) => router.fallback_service(ServeDir::new(dir)),
         None => router.route("/", get(|| async { Html(PLACEHOLDER_PAGE) })),
     };
     router.with_state(state)
+}
+
+async fn healthz_handler(State(state): State<Arc<ServerState>>) -> Response {
+    if state.storage_failed.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "storage failed\n").into_response();
+    }
+    "ok\n".into_response()
+}
+
+/// An error answer of the HTTP API: `{"code": ..., "message": ...}`.
+fn json_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"code": code, "message": message.into()}))).into_response()
+}
+
+/// `GET /docs/{id}`: the document's current durable value and version;
+/// with `?version=N`, its value at version `N` while that is still in the
+/// log's retained history. Read-only.
+async fn document_handler(
+    State(state): State<Arc<ServerState>>,
+    Path(raw): Path<String>,
+    uri: Uri,
+) -> Response {
+    let doc = match DocId::parse(&raw) {
+        Ok(doc) => doc,
+        Err(error) => return json_error(StatusCode::BAD_REQUEST, "bad_id", error.to_string()),
+    };
+    let mut version = None;
+    for pair in uri.query().unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=') {
+            Some(("version", raw)) => match raw.parse::<u64>() {
+                Ok(parsed) => version = Some(Version(parsed)),
+                Err(_) => {
+                    let message = format!("version must be an unsigned integer, not {raw:?}");
+                    return json_error(StatusCode::BAD_REQUEST, "bad_message", message);
+                }
+            },
+            _ => {
+                let message = format!("unknown query parameter {pair:?}; only version=N");
+                return json_error(StatusCode::BAD_REQUEST, "bad_message", message);
+            }
+        }
+    }
+    let Some((value, current)) = state.documents.get(&doc).await else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "not serving");
+    };
+    let found = |version: Version, value: Value| {
+        axum::Json(json!({"doc": doc, "version": version, "value": value})).into_response()
+    };
+    let unavailable = |why: &str| {
+        json_error(StatusCode::NOT_FOUND, "version_unavailable", format!("{doc}: {why}"))
+    };
+    let wanted = match version {
+        None => return found(current, value),
+        Some(wanted) if wanted == current => return found(current, value),
+        Some(wanted) if wanted > current => {
+            return unavailable(&format!("version {wanted} is newer than the current {current}"))
+        }
+        Some(wanted) => wanted,
+    };
+    let Some(history) = state.history.clone() else {
+        return unavailable("an in-memory server keeps no history");
+    };
+    let lookup = doc.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut reader = history.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        reader.document_at(&lookup, wanted)
+    })
+    .await;
+    match read {
+        Ok(Ok(Some(value))) => found(wanted, value),
+        Ok(Ok(None)) => {
+            unavailable(&format!("version {wanted} is no longer in the retained history"))
+        }
+        Ok(Err(error)) => {
+            tracing::error!(%error, %doc, "history read failed");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", error.to_string())
+        }
+        Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", "read panicked"),
+    }
 }
 
 async fn metrics_handler(State(state): State<Arc<ServerState>>) -> Response {
@@ -345,6 +583,9 @@ async fn ws_handler(
     }
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    if state.storage_failed.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "storage failed\n").into_response();
     }
     let Ok(permit) = state.sessions.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many sessions\n").into_response();

@@ -53,6 +53,8 @@ enum Ended {
     /// The writer task ended (a write failed); its handle is consumed.
     WriterGone,
     MessageTooBig,
+    /// The commit log failed; the server stops acknowledging (1011).
+    StorageFailed,
 }
 
 impl Ended {
@@ -64,6 +66,7 @@ impl Ended {
             Ended::Shutdown => "shutdown",
             Ended::Transport | Ended::WriterGone => "transport",
             Ended::MessageTooBig => "message_too_big",
+            Ended::StorageFailed => "storage_failed",
         }
     }
 }
@@ -157,6 +160,7 @@ impl Session {
         let mut ping = tokio::time::interval_at(start, config.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.state.shutdown.clone();
+        let storage_failed = self.state.storage_failed.clone();
         let outbox = self.outbox.clone();
         loop {
             tokio::select! {
@@ -165,6 +169,13 @@ impl Session {
                     self.error(ErrorCode::ShuttingDown, "the server is shutting down".into(), None, None);
                     self.outbox.close_after_drain(close_code::GOING_AWAY, "server shutting down");
                     return Ended::Shutdown;
+                }
+                () = storage_failed.cancelled() => {
+                    // What is queued was durable before it was queued; what
+                    // was not is never sent. The client reconnects (to a
+                    // restarted server) and resubmits.
+                    self.outbox.close_after_drain(close_code::INTERNAL_ERROR, "storage failure");
+                    return Ended::StorageFailed;
                 }
                 () = outbox.closing() => {
                     return match outbox.close_code() {

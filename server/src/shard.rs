@@ -9,37 +9,57 @@
 //! (`change_history_max` changes and `change_history_bytes_max` bytes) so a
 //! reconnecting client gets just what it missed.
 //!
-//! Ordering (spec §3) falls out of one rule: at commit time the shard pushes
-//! the change to every subscriber's outbox, and the acknowledgement to the
-//! submitter's, before it takes the next command. So each session sees a
-//! document's changes in version order, `committed(v)` after every change
-//! below `v`, and `rejected` after the changes that caused it. Each change is
+//! A shard works in two steps. *Sequencing* decides each command at once:
+//! `Store::commit`, the log entry, the frames to send (each change is
 //! serialised once and the same bytes are shared by every recipient and the
-//! history.
+//! history). *Release* then carries out its visible effects — pushes to
+//! outboxes, subscriber and presence changes, replies — strictly in
+//! sequencing order. With durable storage an effect is released only once
+//! every log entry sequenced before it is durable: the shard sends its
+//! entries to the storage thread (`durable`) in batches and keeps
+//! sequencing while they are written (pipelining), and releases effects as
+//! the thread reports batches durable. So nothing a client sees — an
+//! acknowledgement, a change, a snapshot, a rejection caused by a change —
+//! can be lost in a crash. In memory there is nothing to wait for and every
+//! effect is released as soon as it is sequenced.
 //!
-//! Durability is a later issue. The commit path is shaped for it: a durable
-//! log append belongs in `Shard::commit` between `Store::commit` and the
-//! first push, and group commit would batch the commands already waiting.
+//! Ordering (spec §3) falls out of releasing in sequencing order: each
+//! session sees a document's changes in version order, `committed(v)` after
+//! every change below `v`, and `rejected` after the changes that caused it.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use axum::extract::ws::Utf8Bytes;
 use concord_engine::certificate::CommittedTx;
-use concord_engine::protocol::{PresenceEvent, ServerMessage};
+use concord_engine::protocol::{close_code, PresenceEvent, ServerMessage};
 use concord_engine::store::Outcome;
-use concord_engine::{Change, Commit, DocId, Rejection, Store, Transaction, TxId, Version};
+use concord_engine::{
+    Change, Commit, DocId, Patch, Pointer, Rejection, Store, Transaction, TxId, Version,
+};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::durable::{Batch, Durable, ShardLink};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::recovery::Recovery;
 use crate::rpc::{code, Mutation, MutatorCall, MutatorFn, RpcError};
+use crate::storage::{DocumentState, LogEntry};
+
+/// Most commands a shard sequences before it hands their log entries to the
+/// storage thread, so a long queue still reaches the disk steadily.
+const SHARD_BATCH_COMMANDS_MAX: usize = 256;
+/// Most bytes of frames one shard holds in effects waiting for the disk
+/// (an `open` of a large document holds a whole snapshot); past it the shard
+/// stops taking commands, like `shard_pending_effects_max`.
+const SHARD_PENDING_EFFECT_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// A session's id as other clients see it.
 pub(crate) type SessionId = Arc<str>;
@@ -70,6 +90,15 @@ impl std::fmt::Debug for ShardCommand {
     }
 }
 
+/// The shard that owns `doc` among `shards`. The hash is fixed (SipHash with
+/// zero keys), so a document always lives on the same shard, also across a
+/// restart with the same shard count.
+pub(crate) fn shard_index(doc: &DocId, shards: usize) -> usize {
+    let mut hasher = std::hash::DefaultHasher::new();
+    doc.hash(&mut hasher);
+    usize::try_from(hasher.finish() % shards.max(1) as u64).unwrap_or(0)
+}
+
 /// The senders of every shard; routes a document to its owner.
 #[derive(Debug, Clone)]
 pub(crate) struct ShardSet {
@@ -77,13 +106,9 @@ pub(crate) struct ShardSet {
 }
 
 impl ShardSet {
-    /// The shard that owns `doc`. The hash is fixed (SipHash with zero keys),
-    /// so a document always lives on the same shard.
+    /// The shard that owns `doc`.
     pub(crate) fn for_doc(&self, doc: &DocId) -> &mpsc::Sender<ShardCommand> {
-        let mut hasher = std::hash::DefaultHasher::new();
-        doc.hash(&mut hasher);
-        let index = usize::try_from(hasher.finish() % self.senders.len() as u64).unwrap_or(0);
-        &self.senders[index]
+        &self.senders[shard_index(doc, self.senders.len())]
     }
 
     /// Sends to the owner of `doc`; false when the shard has stopped.
@@ -102,7 +127,8 @@ pub struct Documents {
 
 impl Documents {
     /// The document's current value and version (`{}` at version 0 if never
-    /// written); `None` when the server is shutting down.
+    /// written); `None` when the server is shutting down. With storage, the
+    /// answer waits until the version it reports is durable.
     pub async fn get(&self, doc: &DocId) -> Option<(Value, Version)> {
         let (reply, answer) = oneshot::channel();
         let command = ShardCommand::Get { doc: doc.clone(), reply };
@@ -113,7 +139,8 @@ impl Documents {
     }
 
     /// Runs `mutator` on the shard that owns `doc`, commits the writes it
-    /// returns and broadcasts them; answers the new version and its result.
+    /// returns and broadcasts them; answers the new version and its result
+    /// (with storage, once that version is durable).
     pub async fn mutate<F>(
         &self,
         doc: &DocId,
@@ -143,21 +170,66 @@ impl Documents {
     }
 }
 
-/// Starts `config.shards` shard tasks.
+/// How shards reach durable storage: one link per shard, and how often to
+/// snapshot a document.
+#[derive(Debug)]
+pub(crate) struct ShardStorage {
+    pub(crate) links: Vec<ShardLink>,
+    pub(crate) snapshot_every_commits: u64,
+    /// Most unsnapshotted commits one shard leaves, over its documents.
+    pub(crate) replay_commits_max: u64,
+}
+
+/// Starts `config.shards` shard tasks, with the stores and histories a
+/// recovery rebuilt (or empty ones) and, when durable, their storage links.
+/// They run until `stop` is cancelled and everything they sequenced is
+/// released.
 pub(crate) fn spawn_shards(
     config: &Config,
     metrics: &Metrics,
     commit_log: Option<CommitLog>,
+    recovery: Option<Recovery>,
+    storage: Option<ShardStorage>,
+    stop: &CancellationToken,
 ) -> (ShardSet, Vec<tokio::task::JoinHandle<()>>) {
     // Server-made transaction ids must not collide with clients' ids in the
     // dedup window; clients use their own random prefix, we use ours.
     let nonce: u64 = rand::random();
+    let (mut stores, mut tails, mut since) = match recovery {
+        Some(recovery) => (recovery.stores, recovery.tails, recovery.since_snapshot),
+        None => (Vec::new(), Vec::new(), Vec::new()),
+    };
+    let (mut links, snapshot_every, replay_max) = match storage {
+        Some(storage) => {
+            (storage.links, storage.snapshot_every_commits, storage.replay_commits_max)
+        }
+        None => (Vec::new(), u64::MAX, u64::MAX),
+    };
+    // Taken from the back, so reverse to hand shard `index` its own parts.
+    stores.reverse();
+    tails.reverse();
+    since.reverse();
+    links.reverse();
     let mut senders = Vec::with_capacity(config.shards);
     let mut tasks = Vec::with_capacity(config.shards);
     for index in 0..config.shards {
         let (sender, receiver) = mpsc::channel(config.shard_queue_commands_max);
-        let shard = Shard {
-            store: Store::new(config.limits),
+        let since_snapshot: HashMap<DocId, u64> = since.pop().unwrap_or_default();
+        let log = links.pop().map(|link| ShardLog {
+            link,
+            batch: Vec::new(),
+            snapshots: Vec::new(),
+            filling: 1,
+            last: 0,
+            durable: 0,
+            snapshot_every,
+            replay_max,
+            replay_total: since_snapshot.values().sum(),
+            since_snapshot,
+        });
+        let mut shard = Shard {
+            index,
+            store: stores.pop().unwrap_or_else(|| Store::new(config.limits)),
             docs: HashMap::new(),
             history_max: config.change_history_max,
             history_bytes_max: config.change_history_bytes_max,
@@ -165,9 +237,19 @@ pub(crate) fn spawn_shards(
             commit_log: commit_log.clone(),
             tx_prefix: format!("~srv{nonce:016x}.{index}."),
             tx_counter: 0,
+            log,
+            effects: VecDeque::new(),
+            effects_max: config.shard_pending_effects_max,
+            effects_bytes: 0,
+            failed: false,
         };
+        for (_, changes) in tails.pop().unwrap_or_default() {
+            for change in changes {
+                shard.record_history(&change.doc, change.version, encode(&change_message(&change)));
+            }
+        }
         senders.push(sender);
-        tasks.push(tokio::spawn(shard.run(receiver)));
+        tasks.push(tokio::spawn(shard.run(receiver, stop.clone())));
     }
     (ShardSet { senders: senders.into() }, tasks)
 }
@@ -195,12 +277,88 @@ impl CommitLog {
 struct DocState {
     subscribers: HashMap<SessionId, Outbox>,
     presence: HashMap<SessionId, Value>,
-    /// Recent changes, serialised, oldest first; versions are dense.
+    /// Recent changes, serialised, oldest first; versions are dense. Updated
+    /// when a change is sequenced; only ever sent through a released effect.
     history: VecDeque<(Version, Utf8Bytes)>,
     history_bytes: usize,
 }
 
+/// A visible consequence of a command, carried out at release.
+enum Effect {
+    /// A change to every subscriber of `doc` but `skip` (the submitter).
+    Broadcast {
+        doc: DocId,
+        frame: Utf8Bytes,
+        skip: Option<SessionId>,
+    },
+    /// An acknowledgement or rejection to the submitter.
+    Reply {
+        outbox: Outbox,
+        frame: Utf8Bytes,
+        received: Instant,
+    },
+    /// An `open` reply (prepared when sequenced), then the subscription.
+    Open {
+        session: SessionId,
+        outbox: Outbox,
+        doc: DocId,
+        frames: Vec<Utf8Bytes>,
+    },
+    Close {
+        session: SessionId,
+        doc: DocId,
+    },
+    Presence {
+        session: SessionId,
+        doc: DocId,
+        state: Value,
+    },
+    Mutated {
+        reply: MutateReply,
+        result: Result<(Version, Value), RpcError>,
+    },
+    Got {
+        reply: oneshot::Sender<(Value, Version)>,
+        value: (Value, Version),
+    },
+}
+
+impl Effect {
+    /// Frame bytes the effect holds (what a big `open` can make large).
+    fn bytes(&self) -> usize {
+        match self {
+            Effect::Broadcast { frame, .. } | Effect::Reply { frame, .. } => frame.len(),
+            Effect::Open { frames, .. } => frames.iter().map(|frame| frame.len()).sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// A shard's side of durable storage.
+struct ShardLog {
+    link: ShardLink,
+    /// Entries sequenced since the last batch was sent.
+    batch: Vec<LogEntry>,
+    snapshots: Vec<DocumentState>,
+    /// The ticket the batch being filled will be sent with.
+    filling: u64,
+    /// The ticket of the newest batch holding an entry (sent or being
+    /// filled): an effect sequenced now must wait for it to be durable.
+    last: u64,
+    /// Every batch up to this ticket is durable.
+    durable: u64,
+    snapshot_every: u64,
+    /// Commits per document since its last snapshot (documents with none
+    /// are left out, so the map does not grow with every document ever
+    /// written).
+    since_snapshot: HashMap<DocId, u64>,
+    /// The sum of `since_snapshot`: what a restart would replay.
+    replay_total: u64,
+    replay_max: u64,
+}
+
 struct Shard {
+    index: usize,
     store: Store,
     docs: HashMap<DocId, DocState>,
     history_max: usize,
@@ -209,6 +367,17 @@ struct Shard {
     commit_log: Option<CommitLog>,
     tx_prefix: String,
     tx_counter: u64,
+    /// `None` in memory: effects are released as soon as they are sequenced.
+    log: Option<ShardLog>,
+    /// Sequenced effects not yet released, oldest first, each with the
+    /// ticket that must be durable first. Bounded by `effects_max`: past it
+    /// the shard stops taking commands.
+    effects: VecDeque<(u64, Effect)>,
+    effects_max: usize,
+    /// Bytes of frames held in `effects`.
+    effects_bytes: usize,
+    /// Storage failed: nothing more is released, commands are dropped.
+    failed: bool,
 }
 
 /// A snapshot message serialised straight from the store's value, without
@@ -219,6 +388,26 @@ struct SnapshotRef<'a> {
     doc: &'a DocId,
     version: Version,
     value: &'a Value,
+}
+
+/// A change message serialised from a borrowed change, so the change itself
+/// can move on into the log without a copy.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "change")]
+struct ChangeRef<'a> {
+    doc: &'a DocId,
+    version: Version,
+    tx_id: &'a TxId,
+    patch: &'a Patch,
+}
+
+fn change_message(change: &Change) -> ChangeRef<'_> {
+    ChangeRef {
+        doc: &change.doc,
+        version: change.version,
+        tx_id: &change.tx_id,
+        patch: &change.patch,
+    }
 }
 
 /// Serialises a server message once, for every recipient.
@@ -237,30 +426,239 @@ pub(crate) fn encode<T: Serialize>(message: &T) -> Utf8Bytes {
     }
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Resolves with the next durability report; never in memory or once failed.
+async fn next_durable(log: Option<&mut ShardLog>) -> Durable {
+    let Some(log) = log else { return std::future::pending().await };
+    match log.link.durable.changed().await {
+        Ok(()) => *log.link.durable.borrow_and_update(),
+        // The storage thread is gone without a word: treat it as failed.
+        Err(_) => Durable { ticket: log.durable, failed: true },
+    }
+}
+
 impl Shard {
-    async fn run(mut self, mut commands: mpsc::Receiver<ShardCommand>) {
-        while let Some(command) = commands.recv().await {
-            self.handle(command);
+    async fn run(mut self, mut commands: mpsc::Receiver<ShardCommand>, stop: CancellationToken) {
+        let mut stopping = false;
+        loop {
+            let accepting = !self.effects_full();
+            let log = if self.failed { None } else { self.log.as_mut() };
+            tokio::select! {
+                biased;
+                durable = next_durable(log) => self.on_durable(durable),
+                () = stop.cancelled(), if !stopping => {
+                    // Finish what is queued, then stop.
+                    stopping = true;
+                    commands.close();
+                }
+                command = commands.recv(), if accepting => {
+                    let Some(command) = command else { break };
+                    self.handle(command);
+                    // Take what is already waiting, so one batch carries it.
+                    for _ in 1..SHARD_BATCH_COMMANDS_MAX {
+                        if self.effects_full() {
+                            break;
+                        }
+                        match commands.try_recv() {
+                            Ok(command) => self.handle(command),
+                            Err(_) => break,
+                        }
+                    }
+                    self.flush().await;
+                }
+            }
+        }
+        // Graceful stop: wait until everything sequenced is durable and
+        // released (the server bounds this wait).
+        self.flush().await;
+        while !self.effects.is_empty() && !self.failed {
+            let durable = next_durable(self.log.as_mut()).await;
+            self.on_durable(durable);
         }
     }
 
     fn handle(&mut self, command: ShardCommand) {
+        if self.failed {
+            // Storage failed: the session is being closed (1011); dropping a
+            // reply answers a waiting procedure with "shutting down".
+            return;
+        }
         match command {
             ShardCommand::Open { session, outbox, doc, version } => {
                 self.open(session, outbox, doc, version);
             }
-            ShardCommand::Close { session, doc } => self.close(&session, &doc),
+            ShardCommand::Close { session, doc } => self.emit(Effect::Close { session, doc }),
             ShardCommand::Commit { session, outbox, tx, received } => {
-                self.commit(&session, &outbox, tx, received);
+                self.commit(session, outbox, tx, received);
             }
-            ShardCommand::Presence { session, doc, state } => self.presence(&session, &doc, state),
+            ShardCommand::Presence { session, doc, state } => {
+                self.emit(Effect::Presence { session, doc, state });
+            }
             ShardCommand::Mutate { doc, session, params, mutator, reply } => {
                 let result = self.mutate(&doc, &session, &params, &mutator);
-                // The caller may have gone (disconnect, timeout); the commit stands.
-                let _ = reply.send(result);
+                self.emit(Effect::Mutated { reply, result });
             }
             ShardCommand::Get { doc, reply } => {
-                let _ = reply.send(self.store.get(&doc));
+                self.emit(Effect::Got { reply, value: self.store.get(&doc) });
+            }
+        }
+    }
+
+    /// True when the shard holds as many unreleased effects as it may.
+    fn effects_full(&self) -> bool {
+        self.effects.len() >= self.effects_max
+            || self.effects_bytes >= SHARD_PENDING_EFFECT_BYTES_MAX
+    }
+
+    /// Queues `effect` behind everything sequenced so far, or carries it out
+    /// at once when nothing it depends on is still waiting for the disk.
+    fn emit(&mut self, effect: Effect) {
+        let needed = self.log.as_ref().map_or(0, |log| log.last);
+        let durable = self.log.as_ref().map_or(0, |log| log.durable);
+        if self.effects.is_empty() && needed <= durable {
+            self.release(effect);
+        } else {
+            self.effects_bytes += effect.bytes();
+            self.effects.push_back((needed, effect));
+        }
+    }
+
+    fn on_durable(&mut self, durable: Durable) {
+        let Some(log) = &mut self.log else { return };
+        log.durable = log.durable.max(durable.ticket);
+        let ready = log.durable;
+        while self.effects.front().is_some_and(|(needed, _)| *needed <= ready) {
+            if let Some((_, effect)) = self.effects.pop_front() {
+                self.effects_bytes -= effect.bytes();
+                self.release(effect);
+            }
+        }
+        if durable.failed {
+            self.fail();
+        }
+    }
+
+    /// Storage failed: what is not yet durable is never released. Every
+    /// session waiting on this shard is closed (1011), so its client
+    /// reconnects to a restarted server and resubmits; the server as a whole
+    /// stops (see `durable`).
+    fn fail(&mut self) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        tracing::error!(shard = self.index, pending = self.effects.len(), "storage failed");
+        let reason = "storage failure: unacknowledged commits were not applied";
+        self.effects_bytes = 0;
+        for (_, effect) in self.effects.drain(..) {
+            match effect {
+                Effect::Reply { outbox, .. } | Effect::Open { outbox, .. } => {
+                    outbox.close_after_drain(close_code::INTERNAL_ERROR, reason);
+                }
+                _ => {}
+            }
+        }
+        for state in self.docs.values() {
+            for outbox in state.subscribers.values() {
+                outbox.close_after_drain(close_code::INTERNAL_ERROR, reason);
+            }
+        }
+        if let Some(log) = &mut self.log {
+            log.batch.clear();
+            log.snapshots.clear();
+        }
+    }
+
+    /// Hands the entries sequenced since the last call to the storage thread.
+    async fn flush(&mut self) {
+        let Some(log) = &mut self.log else { return };
+        if self.failed || (log.batch.is_empty() && log.snapshots.is_empty()) {
+            return;
+        }
+        let batch = Batch {
+            shard: self.index,
+            ticket: log.filling,
+            entries: std::mem::take(&mut log.batch),
+            snapshots: std::mem::take(&mut log.snapshots),
+        };
+        log.filling += 1;
+        if log.link.batches.send(batch).await.is_err() {
+            self.fail();
+        }
+    }
+
+    /// Logs a committed change (with storage) and snapshots its document
+    /// when due: after `snapshot_every` of its commits, or all documents
+    /// with unsnapshotted commits once the shard's replay work reaches
+    /// `replay_max`.
+    fn log_change(&mut self, change: Change, base: Version, reads: Vec<Pointer>, author: String) {
+        let Some(log) = &mut self.log else { return };
+        let version = change.version;
+        log.replay_total += 1;
+        // Looked up before inserting, so the common case clones no id.
+        let since = match log.since_snapshot.get_mut(&change.doc) {
+            Some(since) => {
+                *since += 1;
+                *since
+            }
+            None => {
+                log.since_snapshot.insert(change.doc.clone(), 1);
+                1
+            }
+        };
+        if since >= log.snapshot_every {
+            log.replay_total -= since;
+            log.since_snapshot.remove(&change.doc);
+            // Cloned here, serialised by the storage thread: the shard pays
+            // a copy, not the encoding.
+            if let Some(value) = self.store.value(&change.doc) {
+                let doc = change.doc.clone();
+                log.snapshots.push(DocumentState { doc, version, value: value.clone() });
+            }
+        }
+        log.batch.push(LogEntry { change, base, reads, time_ms: now_ms(), author });
+        log.last = log.filling;
+        if log.replay_total >= log.replay_max {
+            for (doc, _) in log.since_snapshot.drain() {
+                if let Some(value) = self.store.value(&doc) {
+                    let version = self.store.version(&doc);
+                    log.snapshots.push(DocumentState { doc, version, value: value.clone() });
+                }
+            }
+            log.replay_total = 0;
+        }
+    }
+
+    /// Sequences a committed change: history, log, broadcast.
+    fn sequence_change(
+        &mut self,
+        change: Change,
+        base: Version,
+        reads: Vec<Pointer>,
+        author: String,
+        skip: Option<SessionId>,
+    ) {
+        let frame = encode(&change_message(&change));
+        let doc = change.doc.clone();
+        self.record_history(&doc, change.version, frame.clone());
+        self.log_change(change, base, reads, author);
+        self.emit(Effect::Broadcast { doc, frame, skip });
+    }
+
+    fn record_history(&mut self, doc: &DocId, version: Version, frame: Utf8Bytes) {
+        let state = self.docs.entry(doc.clone()).or_default();
+        state.history_bytes += frame.len();
+        state.history.push_back((version, frame));
+        while state.history.len() > self.history_max || state.history_bytes > self.history_bytes_max
+        {
+            match state.history.pop_front() {
+                Some((_, old)) => state.history_bytes -= old.len(),
+                None => break,
             }
         }
     }
@@ -291,6 +689,89 @@ impl Shard {
             }
         };
         frames.push(encode(&ServerMessage::Opened { doc: doc.clone(), version: current }));
+        self.emit(Effect::Open { session, outbox, doc, frames });
+    }
+
+    fn commit(&mut self, session: SessionId, outbox: Outbox, tx: Transaction, received: Instant) {
+        let doc = tx.doc.clone();
+        let tx_id = tx.tx_id.clone();
+        let logged = self.commit_log.as_ref().map(|_| tx.clone());
+        let base = tx.base;
+        let reads = if self.log.is_some() { tx.reads.clone() } else { Vec::new() };
+        let result = self.store.commit(tx);
+        let ack = match result {
+            Commit::Applied { version, change } => {
+                if let (Some(log), Some(tx)) = (&self.commit_log, logged) {
+                    log.record(tx, version);
+                }
+                self.metrics.commits.inc();
+                if let Some(change) = change {
+                    let author = session.to_string();
+                    self.sequence_change(change, base, reads, author, Some(session));
+                }
+                ServerMessage::Committed { doc, tx_id, version }
+            }
+            Commit::Rejected(rejection) => {
+                self.metrics.rejections.with_label_values(&[reason(&rejection)]).inc();
+                ServerMessage::Rejected { doc, tx_id, rejection }
+            }
+            Commit::Duplicate(Outcome::Committed { version }) => {
+                self.metrics.duplicates.inc();
+                ServerMessage::Committed { doc, tx_id, version }
+            }
+            Commit::Duplicate(Outcome::Rejected { rejection }) => {
+                self.metrics.duplicates.inc();
+                ServerMessage::Rejected { doc, tx_id, rejection }
+            }
+        };
+        self.emit(Effect::Reply { outbox, frame: encode(&ack), received });
+    }
+
+    /// Carries out one effect. Runs in sequencing order, after everything
+    /// the effect depends on is durable.
+    fn release(&mut self, effect: Effect) {
+        match effect {
+            Effect::Broadcast { doc, frame, skip } => {
+                let Some(state) = self.docs.get_mut(&doc) else { return };
+                let mut overflowed = Vec::new();
+                for (subscriber, outbox) in &state.subscribers {
+                    if Some(subscriber) != skip.as_ref() && outbox.push(frame.clone()).is_err() {
+                        overflowed.push(subscriber.clone());
+                    }
+                }
+                for subscriber in overflowed {
+                    drop_subscriber(state, &doc, &subscriber);
+                }
+            }
+            Effect::Reply { outbox, frame, received } => {
+                // If the ack does not fit, the outbox has closed the session
+                // (4001); the client resubmits and the dedup window answers.
+                let _ = outbox.push(frame);
+                self.metrics.commit_latency.observe(received.elapsed().as_secs_f64());
+            }
+            Effect::Open { session, outbox, doc, frames } => {
+                self.subscribe(session, outbox, doc, frames);
+            }
+            Effect::Close { session, doc } => self.close(&session, &doc),
+            Effect::Presence { session, doc, state } => self.presence(&session, &doc, state),
+            Effect::Mutated { reply, result } => {
+                // The caller may have gone (disconnect, timeout); the commit stands.
+                let _ = reply.send(result);
+            }
+            Effect::Got { reply, value } => {
+                let _ = reply.send(value);
+            }
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        session: SessionId,
+        outbox: Outbox,
+        doc: DocId,
+        mut frames: Vec<Utf8Bytes>,
+    ) {
+        let state = self.docs.entry(doc.clone()).or_default();
         for (other, presence) in &state.presence {
             if **other != *session {
                 frames.push(encode(&ServerMessage::Presence {
@@ -317,70 +798,6 @@ impl Shard {
             if state.subscribers.is_empty() && state.history.is_empty() {
                 self.docs.remove(doc);
             }
-        }
-    }
-
-    fn commit(&mut self, session: &SessionId, outbox: &Outbox, tx: Transaction, received: Instant) {
-        let doc = tx.doc.clone();
-        let tx_id = tx.tx_id.clone();
-        let logged = self.commit_log.as_ref().map(|_| tx.clone());
-        let result = self.store.commit(tx);
-        // A durable log append goes here: after the store decided, before
-        // anything is broadcast or acknowledged.
-        let ack = match result {
-            Commit::Applied { version, change } => {
-                if let (Some(log), Some(tx)) = (&self.commit_log, logged) {
-                    log.record(tx, version);
-                }
-                self.metrics.commits.inc();
-                if let Some(change) = change {
-                    self.broadcast_change(change, Some(session));
-                }
-                ServerMessage::Committed { doc, tx_id, version }
-            }
-            Commit::Rejected(rejection) => {
-                self.metrics.rejections.with_label_values(&[reason(&rejection)]).inc();
-                ServerMessage::Rejected { doc, tx_id, rejection }
-            }
-            Commit::Duplicate(Outcome::Committed { version }) => {
-                self.metrics.duplicates.inc();
-                ServerMessage::Committed { doc, tx_id, version }
-            }
-            Commit::Duplicate(Outcome::Rejected { rejection }) => {
-                self.metrics.duplicates.inc();
-                ServerMessage::Rejected { doc, tx_id, rejection }
-            }
-        };
-        // If the ack does not fit, the outbox has closed the session (4001);
-        // the client resubmits and the dedup window answers.
-        let _ = outbox.push(encode(&ack));
-        self.metrics.commit_latency.observe(received.elapsed().as_secs_f64());
-    }
-
-    /// Records `change` in the history and pushes it to every subscriber but
-    /// `skip` (the submitter, who gets `committed` instead).
-    fn broadcast_change(&mut self, change: Change, skip: Option<&SessionId>) {
-        let doc = change.doc.clone();
-        let version = change.version;
-        let frame = encode(&ServerMessage::Change(change));
-        let state = self.docs.entry(doc.clone()).or_default();
-        state.history_bytes += frame.len();
-        state.history.push_back((version, frame.clone()));
-        while state.history.len() > self.history_max || state.history_bytes > self.history_bytes_max
-        {
-            match state.history.pop_front() {
-                Some((_, old)) => state.history_bytes -= old.len(),
-                None => break,
-            }
-        }
-        let mut overflowed = Vec::new();
-        for (subscriber, outbox) in &state.subscribers {
-            if Some(subscriber) != skip && outbox.push(frame.clone()).is_err() {
-                overflowed.push(subscriber.clone());
-            }
-        }
-        for subscriber in overflowed {
-            drop_subscriber(state, &doc, &subscriber);
         }
     }
 
@@ -429,15 +846,20 @@ impl Shard {
         };
         let logged = self.commit_log.as_ref().map(|_| tx.clone());
         match self.store.commit(tx) {
-            Commit::Applied { version, change } => {
+            Commit::Applied { version: committed, change } => {
                 if let (Some(log), Some(tx)) = (&self.commit_log, logged) {
-                    log.record(tx, version);
+                    log.record(tx, committed);
                 }
                 self.metrics.commits.inc();
                 if let Some(change) = change {
-                    self.broadcast_change(change, None);
+                    let author = if session.is_empty() {
+                        "~server".into()
+                    } else {
+                        format!("~mutator:{session}")
+                    };
+                    self.sequence_change(change, version, Vec::new(), author, None);
                 }
-                Ok((version, mutation.result))
+                Ok((committed, mutation.result))
             }
             Commit::Rejected(rejection) | Commit::Duplicate(Outcome::Rejected { rejection }) => {
                 self.metrics.rejections.with_label_values(&[reason(&rejection)]).inc();
@@ -509,6 +931,130 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::durable;
+    use crate::outbox::Outgoing;
+    use crate::storage::{
+        DataDir, Recovered, SqliteOptions, SqliteStorage, Storage, StorageError, SyncMode,
+    };
+
+    /// SQLite, except that every append after the first `appends_ok` fails
+    /// (an injected disk error).
+    struct Faulty {
+        inner: SqliteStorage,
+        appends_ok: usize,
+    }
+
+    impl Storage for Faulty {
+        fn append(&mut self, entries: &[LogEntry]) -> Result<(), StorageError> {
+            if self.appends_ok == 0 {
+                let source = std::io::Error::other("injected write failure");
+                return Err(StorageError::Io { path: "injected".into(), source });
+            }
+            self.appends_ok -= 1;
+            self.inner.append(entries)
+        }
+        fn save_snapshots(&mut self, snapshots: &[DocumentState]) -> Result<(), StorageError> {
+            self.inner.save_snapshots(snapshots)
+        }
+        fn recover(&mut self, recent: usize) -> Result<Recovered, StorageError> {
+            self.inner.recover(recent)
+        }
+        fn document_at(&mut self, d: &DocId, v: Version) -> Result<Option<Value>, StorageError> {
+            self.inner.document_at(d, v)
+        }
+        fn log(
+            &mut self,
+            d: &DocId,
+            a: Version,
+            b: Version,
+        ) -> Result<Vec<LogEntry>, StorageError> {
+            self.inner.log(d, a, b)
+        }
+        fn import(&mut self, docs: &[DocumentState]) -> Result<(), StorageError> {
+            self.inner.import(docs)
+        }
+    }
+
+    async fn next_text(outbox: &Outbox) -> Value {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), outbox.next()).await;
+        match next.unwrap() {
+            Some(Outgoing::Text(text)) => serde_json::from_str(&text).unwrap(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_append_is_never_acknowledged_and_closes_the_session_with_1011() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions {
+            sync: SyncMode::Full,
+            history_retained_commits: 1000,
+            snapshot_spacing_commits: 1000,
+            limits: Default::default(),
+        };
+        let data_dir = DataDir::lock(dir.path()).unwrap();
+        let inner = SqliteStorage::open(dir.path(), options).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let failed = CancellationToken::new();
+        let (links, thread) = durable::spawn(
+            Box::new(Faulty { inner, appends_ok: 1 }),
+            data_dir,
+            SyncMode::Full,
+            1,
+            16,
+            metrics.clone(),
+            failed.clone(),
+        )
+        .unwrap();
+        let config = Config { shards: 1, ..Config::default() };
+        let stop = CancellationToken::new();
+        let storage =
+            ShardStorage { links, snapshot_every_commits: 1000, replay_commits_max: 1000 };
+        let (shards, tasks) = spawn_shards(&config, &metrics, None, None, Some(storage), &stop);
+        let outbox = Outbox::new(100, 1 << 20, metrics.clone());
+        let session: SessionId = "s".into();
+        let doc = DocId::parse("d").unwrap();
+        let open = ShardCommand::Open {
+            session: session.clone(),
+            outbox: outbox.clone(),
+            doc: doc.clone(),
+            version: None,
+        };
+        assert!(shards.send(&doc, open).await);
+        assert_eq!(next_text(&outbox).await["type"], "snapshot");
+        assert_eq!(next_text(&outbox).await["type"], "opened");
+        let commit = |id: &str| ShardCommand::Commit {
+            session: session.clone(),
+            outbox: outbox.clone(),
+            tx: serde_json::from_value(json!({"doc": "d", "tx_id": id, "base": 0,
+                "writes": [{"op": "incr", "path": "/n", "value": 1}]}))
+            .unwrap(),
+            received: Instant::now(),
+        };
+        assert!(shards.send(&doc, commit("t-1")).await);
+        let ack = next_text(&outbox).await;
+        assert_eq!((&ack["type"], &ack["version"]), (&json!("committed"), &json!(1)));
+
+        assert!(shards.send(&doc, commit("t-2")).await);
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), outbox.next()).await;
+        assert!(
+            matches!(next.unwrap(), Some(Outgoing::Close { code: close_code::INTERNAL_ERROR, .. })),
+            "the unlogged commit must not be acknowledged"
+        );
+        assert!(failed.is_cancelled());
+        assert_eq!(metrics.storage_failed.get(), 1);
+        // The storage thread has stopped (releasing the directory); only the
+        // first commit is on disk.
+        tokio::task::spawn_blocking(move || thread.join().unwrap()).await.unwrap();
+        let mut storage = SqliteStorage::open(dir.path(), options).unwrap();
+        let recovered = storage.recover(10).unwrap();
+        let tail: Vec<&str> = recovered.docs[0].tail.iter().map(|c| c.tx_id.as_str()).collect();
+        assert_eq!(tail, ["t-1"]);
+        stop.cancel();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
 
     #[test]
     fn the_borrowed_snapshot_encodes_like_the_protocol_type() {
@@ -517,5 +1063,19 @@ mod tests {
         let frame = encode(&SnapshotRef { doc: &doc, version: Version(3), value: &value });
         let decoded: ServerMessage = serde_json::from_str(&frame).unwrap();
         assert_eq!(decoded, ServerMessage::Snapshot { doc, version: Version(3), value });
+    }
+
+    #[test]
+    fn the_borrowed_change_encodes_like_the_protocol_type() {
+        let change = Change {
+            doc: DocId::parse("d").unwrap(),
+            version: Version(4),
+            tx_id: TxId::parse("t-1").unwrap(),
+            patch: serde_json::from_value(json!([{"op": "incr", "path": "/n", "value": 1}]))
+                .unwrap(),
+        };
+        let frame = encode(&change_message(&change));
+        let decoded: ServerMessage = serde_json::from_str(&frame).unwrap();
+        assert_eq!(decoded, ServerMessage::Change(change));
     }
 }

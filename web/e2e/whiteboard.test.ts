@@ -330,16 +330,19 @@ describe("whiteboard", () => {
       await own.restart();
       await synced(alice, 15_000);
       await shot(alice, "restart-recovered");
-      // The server keeps documents in memory until durability lands: the
-      // board it had is gone, and the page re-published what it held pending.
+      // The server is durable: the rectangle it acknowledged before the kill
+      // is still on the board, and the page re-published the ellipse it held
+      // pending while offline.
       const bobContext = await browser.newContext({ viewport: { width: 1280, height: 800 } });
       contexts.push(bobContext);
       const bob = await bobContext.newPage();
       await bob.goto(`${own.httpUrl}/#board=${board}`);
       await synced(bob);
       await bob.waitForFunction(() => document.querySelector('[data-testid="shape"][data-type="ellipse"]') !== null, undefined, { timeout: 5_000 });
+      await waitForShapes(bob, 2);
       // The page works normally afterwards: a new shape reaches the other context.
       const count = await shapeCount(bob);
+      assert.equal(count, 2, "both shapes survived the restart");
       await drawRect(alice, 300, 450, 100, 80);
       await waitForShapes(bob, count + 1);
       await converged(alice, bob);

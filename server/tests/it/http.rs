@@ -98,8 +98,10 @@ async fn shutdown_tells_sessions_and_closes_them_with_1001() {
 
 #[tokio::test]
 async fn the_binary_serves_prints_its_address_and_stops_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)

@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod crash;
 mod documents;
+mod durability;
 mod http;
 mod limits;
 mod pubsub;

@@ -320,10 +320,11 @@ describe("resume", () => {
       await pending;
       const b = await client(own.wsUrl);
       const db = await b.open(id);
-      // The server keeps documents in memory (no --data yet): what it had is
-      // gone, and what the client still held pending is published again.
+      // The server is durable: what it acknowledged before the kill is still
+      // there, and what the client held pending is published after it.
+      assert.equal(db.get("/before"), 1);
       assert.equal(db.get("/during"), 2);
-      await waitFor(() => da.version === db.version, "a caught up with the fresh server");
+      await waitFor(() => da.version === db.version, "a caught up with the restarted server");
       assert.deepEqual(da.value, db.value);
     } finally {
       await own.stop();

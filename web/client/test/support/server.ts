@@ -3,7 +3,9 @@
 // as the first line of standard output, which is parsed here. No fixed ports.
 
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 
 import { repoPath } from "./paths.js";
@@ -36,6 +38,12 @@ export class ConcordServer {
   /** `127.0.0.1:41234` */
   address = "";
 
+  /**
+   * Each server gets its own fresh data directory (the binary is durable by
+   * default), kept across `restart` so a restarted server has its documents.
+   */
+  readonly dataDir = mkdtempSync(join(tmpdir(), "concord-test-"));
+
   private constructor(readonly options: ServerOptions) {}
 
   static async start(options: ServerOptions = {}): Promise<ConcordServer> {
@@ -45,7 +53,7 @@ export class ConcordServer {
   }
 
   async #spawn(listen: string): Promise<void> {
-    const args = ["serve", "--listen", listen, ...(this.options.args ?? [])];
+    const args = ["serve", "--listen", listen, "--data", this.dataDir, ...(this.options.args ?? [])];
     if (this.options.staticDir) args.push("--static", this.options.staticDir);
     const child = spawn(concordBinary(), args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" } });
     this.#child = child;
@@ -93,7 +101,7 @@ export class ConcordServer {
     });
   }
 
-  /** Kills the server and starts a new one on the same address (in-memory data does not survive). */
+  /** Kills the server and starts a new one on the same address and data directory. */
   async restart(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
     await this.stop(signal);
     const address = this.address;
