@@ -1086,7 +1086,11 @@ function detach(ws: WebSocketLike): void {
   ws.onopen = null;
   ws.onmessage = null;
   ws.onclose = null;
-  ws.onerror = null;
+  // Not null: closing a socket that is still connecting makes Node's `ws`
+  // emit "closed before the connection was established" as an 'error', and an
+  // 'error' with no listener is thrown. The socket is abandoned; its late
+  // errors mean nothing.
+  ws.onerror = () => {};
 }
 
 const decoder = new TextDecoder();
