@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use concord_engine::protocol::rpc_code;
 use serde_json::{json, Map, Value};
 
 /// A JSON-RPC 2.0 error object.
@@ -22,24 +23,18 @@ pub struct RpcError {
 }
 
 impl RpcError {
-    pub const PARSE_ERROR: i64 = -32700;
-    pub const INVALID_REQUEST: i64 = -32600;
-    pub const METHOD_NOT_FOUND: i64 = -32601;
-    pub const INVALID_PARAMS: i64 = -32602;
-    pub const INTERNAL_ERROR: i64 = -32603;
-    // Concord's server errors (−32000…−32099), as docs/protocol.md lists
-    // them; the server defines the same numbers.
-    /// The callee did not answer within the server's call timeout.
-    pub const TIMEOUT: i64 = -32000;
-    /// The callee's session ended before it answered.
-    pub const CALLEE_GONE: i64 = -32001;
-    /// Too many calls in flight (at the server for the caller, or at this
-    /// client for the procedures it handles).
-    pub const TOO_MANY_CALLS: i64 = -32002;
-    /// A server mutator's transaction was rejected; `data` holds the rejection.
-    pub const MUTATION_REJECTED: i64 = -32003;
-    /// The server is shutting down.
-    pub const SHUTTING_DOWN: i64 = -32004;
+    // The codes are defined once, in the protocol module shared with the
+    // server (`concord_engine::protocol::rpc_code`, which documents each).
+    pub const PARSE_ERROR: i64 = rpc_code::PARSE_ERROR;
+    pub const INVALID_REQUEST: i64 = rpc_code::INVALID_REQUEST;
+    pub const METHOD_NOT_FOUND: i64 = rpc_code::METHOD_NOT_FOUND;
+    pub const INVALID_PARAMS: i64 = rpc_code::INVALID_PARAMS;
+    pub const INTERNAL_ERROR: i64 = rpc_code::INTERNAL_ERROR;
+    pub const TIMEOUT: i64 = rpc_code::TIMEOUT;
+    pub const CALLEE_GONE: i64 = rpc_code::CALLEE_GONE;
+    pub const TOO_MANY_CALLS: i64 = rpc_code::TOO_MANY_CALLS;
+    pub const MUTATION_REJECTED: i64 = rpc_code::MUTATION_REJECTED;
+    pub const SHUTTING_DOWN: i64 = rpc_code::SHUTTING_DOWN;
 
     pub fn new(code: i64, message: impl Into<String>) -> Self {
         Self { code, message: message.into(), data: None }

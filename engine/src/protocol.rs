@@ -286,6 +286,33 @@ fn is_true(value: &bool) -> bool {
     *value
 }
 
+/// JSON-RPC 2.0 error codes as Concord uses them: the standard ones and
+/// Concord's server errors (−32000…−32099). One list for server and clients.
+pub mod rpc_code {
+    /// Not used by Concord: a frame that is not JSON gets `malformed_json`.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// Not a valid JSON-RPC 2.0 request, notification or response.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// No server procedure or registered client provides the method.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// The procedure refused its parameters.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// The procedure failed (or panicked).
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// No answer within the server's call timeout.
+    pub const TIMEOUT: i64 = -32000;
+    /// The client that registered the method disconnected before answering.
+    pub const CALLEE_GONE: i64 = -32001;
+    /// Too many calls in flight (at the server for the caller, or at a
+    /// client for the procedures it handles).
+    pub const TOO_MANY_CALLS: i64 = -32002;
+    /// A mutator's patch was rejected by the store (`data` holds the
+    /// rejection); the document is unchanged.
+    pub const MUTATION_REJECTED: i64 = -32003;
+    /// The server is shutting down.
+    pub const SHUTTING_DOWN: i64 = -32004;
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

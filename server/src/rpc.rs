@@ -18,30 +18,9 @@ use serde_json::{json, Map, Value};
 
 use crate::shard::Documents;
 
-/// Standard JSON-RPC 2.0 codes and Concord's server errors (−32000…−32099).
-pub mod code {
-    /// Not used by Concord: a frame that is not JSON gets `malformed_json`.
-    pub const PARSE_ERROR: i64 = -32700;
-    /// Not a valid JSON-RPC 2.0 request, notification or response.
-    pub const INVALID_REQUEST: i64 = -32600;
-    /// No server procedure or registered client provides the method.
-    pub const METHOD_NOT_FOUND: i64 = -32601;
-    /// The procedure refused its parameters.
-    pub const INVALID_PARAMS: i64 = -32602;
-    /// The procedure failed (or panicked).
-    pub const INTERNAL_ERROR: i64 = -32603;
-    /// No answer within `rpc_call_timeout`.
-    pub const TIMEOUT: i64 = -32000;
-    /// The client that registered the method disconnected before answering.
-    pub const CALLEE_GONE: i64 = -32001;
-    /// The caller already has `rpc_pending_calls_max` calls in flight.
-    pub const TOO_MANY_CALLS: i64 = -32002;
-    /// A mutator's patch was rejected by the store (`data` holds the
-    /// rejection); the document is unchanged.
-    pub const MUTATION_REJECTED: i64 = -32003;
-    /// The server is shutting down.
-    pub const SHUTTING_DOWN: i64 = -32004;
-}
+/// Standard JSON-RPC 2.0 codes and Concord's server errors (−32000…−32099),
+/// defined once in the protocol module shared with the clients.
+pub use concord_engine::protocol::rpc_code as code;
 
 /// A JSON-RPC error object.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
