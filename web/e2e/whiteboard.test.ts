@@ -310,7 +310,7 @@ describe("whiteboard", () => {
 
   test("the page recovers when the server restarts mid-session", async () => {
     // A server of its own, so the restart does not disturb other tests.
-    const own = await ConcordServer.start({ staticDir: DIST });
+    const own = await ConcordServer.start({ staticDir: DIST, durable: true });
     try {
       const board = freshBoard("restart");
       const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });

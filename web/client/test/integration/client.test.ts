@@ -307,7 +307,7 @@ describe("resume", () => {
 
   test("after a server restart the client reconnects and re-publishes its pending writes", async () => {
     // A server of its own: restarting it must not disturb the other tests.
-    const own = await ConcordServer.start();
+    const own = await ConcordServer.start({ durable: true });
     try {
       const id = docId("restart");
       const a = await client(own.wsUrl);

@@ -15,6 +15,8 @@ export interface ServerOptions {
   staticDir?: string;
   /** Extra arguments for `concord serve`. */
   args?: string[];
+  /** Keep a data directory (kept across `restart`); default in memory. */
+  durable?: boolean;
   /** Listen address; default `127.0.0.1:0` (a free port). */
   listen?: string;
 }
@@ -53,7 +55,10 @@ export class ConcordServer {
   }
 
   async #spawn(listen: string): Promise<void> {
-    const args = ["serve", "--listen", listen, "--data", this.dataDir, ...(this.options.args ?? [])];
+    // Durable only where a test restarts the server and checks what survived;
+    // the other suites keep the in-memory server they were written against.
+    const storage = this.options.durable ? ["--data", this.dataDir] : ["--memory"];
+    const args = ["serve", "--listen", listen, ...storage, ...(this.options.args ?? [])];
     if (this.options.staticDir) args.push("--static", this.options.staticDir);
     const child = spawn(concordBinary(), args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" } });
     this.#child = child;
