@@ -331,6 +331,26 @@ mod tests {
         assert_eq!(serde_json::to_value(&message).unwrap(), raw);
     }
 
+    /// Numbers travel as text between JavaScript and Rust; a value must come
+    /// back as the same f64 JavaScript sent, or replicas diverge from the
+    /// server by one ulp (serde_json needs `float_roundtrip` for this).
+    #[test]
+    fn numbers_decode_to_the_nearest_double_and_print_back_unchanged() {
+        for text in ["1795899803623.8887", "0.1", "5e-324", "1.7976931348623157e308"] {
+            let frame = format!(
+                r#"{{"type":"commit","tx":{{"doc":"d","tx_id":"t","base":0,"reads":[],
+                "writes":[{{"op":"add","path":"/z","value":{text}}}]}}}}"#
+            );
+            let message = ClientMessage::decode(&frame, 8).unwrap();
+            let ClientMessage::Commit { tx } = &message else { panic!("not a commit") };
+            let value = serde_json::to_value(&tx.writes).unwrap();
+            let number = &value[0]["value"];
+            let exact: f64 = text.parse().unwrap();
+            assert_eq!(number.as_f64(), Some(exact), "{text} decoded");
+            assert_eq!(number.to_string().parse::<f64>().unwrap(), exact, "{text} printed");
+        }
+    }
+
     #[test]
     fn unknown_types_and_fields_are_refused() {
         assert!(serde_json::from_value::<ClientMessage>(json!({"type": "nuke"})).is_err());
