@@ -13,7 +13,8 @@ pub const READ_SET_POINTERS_MAX: usize = 1_000;
 pub const JSON_DEPTH_MAX: usize = 64;
 /// Largest a document may grow to after a patch, as approximate encoded bytes.
 pub const DOC_SIZE_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Most transaction ids the store remembers for duplicate detection.
+/// Transaction ids the store always remembers for duplicate detection (it
+/// keeps two generations of this many, so it may remember up to twice as many).
 pub const TX_DEDUP_ENTRIES_MAX: usize = 100_000;
 /// Most nodes one document's version index keeps before it is compacted.
 pub const INDEX_NODES_MAX: usize = 200_000;

@@ -463,6 +463,13 @@ pub fn value_depth(value: &Value) -> usize {
 /// count passes `budget_bytes` (then any number over the budget is returned),
 /// so that measuring a huge value costs no more than the budget allows.
 pub fn encoded_size_estimate(value: &Value, budget_bytes: usize) -> usize {
+    // Most writes replace a scalar: size it without allocating a stack.
+    match value {
+        Value::Null | Value::Bool(_) => return 5,
+        Value::Number(_) => return 8,
+        Value::String(s) => return s.len() + 2,
+        Value::Array(_) | Value::Object(_) => {}
+    }
     let mut total = 0usize;
     let mut stack = vec![value];
     while let Some(node) = stack.pop() {

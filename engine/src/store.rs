@@ -215,9 +215,37 @@ impl Document {
 pub struct Store {
     limits: Limits,
     docs: HashMap<DocId, Document, RandomState>,
-    outcomes: HashMap<TxId, Outcome, RandomState>,
-    /// Tx ids in the order they were decided, for evicting the oldest.
-    outcome_order: VecDeque<TxId>,
+    outcomes: OutcomeWindow,
+}
+
+/// The dedup window: decided tx ids and their outcomes, in two generations
+/// of at most `Limits::tx_dedup_entries_max` each. New ids go into the
+/// current generation; when it is full, the previous one is forgotten whole
+/// and the current one takes its place. So the last `tx_dedup_entries_max`
+/// ids are always remembered (and up to twice as many may be), and a commit
+/// never evicts one id at a time: a per-commit removal from a 100,000-entry
+/// map cost a cache miss and, through tombstones, periodic in-place rehashes
+/// of the whole table (docs/benchmarks.md).
+#[derive(Debug, Default)]
+struct OutcomeWindow {
+    current: HashMap<TxId, Outcome, RandomState>,
+    previous: HashMap<TxId, Outcome, RandomState>,
+}
+
+impl OutcomeWindow {
+    fn get(&self, tx_id: &TxId) -> Option<&Outcome> {
+        self.current.get(tx_id).or_else(|| self.previous.get(tx_id))
+    }
+
+    fn insert(&mut self, tx_id: TxId, outcome: Outcome, generation_entries_max: usize) {
+        if self.current.len() >= generation_entries_max {
+            // `clear` keeps the allocation, so the generations stop growing
+            // once both have been filled.
+            self.previous.clear();
+            std::mem::swap(&mut self.previous, &mut self.current);
+        }
+        self.current.insert(tx_id, outcome);
+    }
 }
 
 impl Store {
@@ -263,7 +291,7 @@ impl Store {
     /// the log before the newest snapshot), so a resubmission after a restart
     /// is still answered with its original outcome.
     pub fn remember_committed(&mut self, tx_id: TxId, version: Version) {
-        if !self.outcomes.contains_key(&tx_id) {
+        if self.outcomes.get(&tx_id).is_none() {
             self.remember(tx_id, Outcome::Committed { version });
         }
     }
@@ -374,13 +402,7 @@ impl Store {
     }
 
     fn remember(&mut self, tx_id: TxId, outcome: Outcome) {
-        self.outcome_order.push_back(tx_id.clone());
-        self.outcomes.insert(tx_id, outcome);
-        while self.outcome_order.len() > self.limits.tx_dedup_entries_max {
-            if let Some(oldest) = self.outcome_order.pop_front() {
-                self.outcomes.remove(&oldest);
-            }
-        }
+        self.outcomes.insert(tx_id, outcome, self.limits.tx_dedup_entries_max);
     }
 }
 

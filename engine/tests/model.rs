@@ -21,7 +21,6 @@
 //! then on demands `Stale` for every base below the highest horizon seen.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 use concord_engine::certificate::{Checker, CommittedTx};
@@ -497,9 +496,12 @@ enum Expected {
 struct Model {
     limits: Limits,
     docs: Vec<ModelDoc>,
-    /// The store's dedup window: remembered outcomes, oldest first.
-    window: VecDeque<TxId>,
-    outcomes: HashMap<TxId, Outcome>,
+    /// The store's dedup window, spelled out: every decided id in order,
+    /// and where the current generation starts. An id is remembered while
+    /// it is in the current generation or the one before it; a generation
+    /// holds at most `tx_dedup_entries_max` ids.
+    decided: Vec<(TxId, Outcome)>,
+    generation_start: usize,
     /// Per document, the highest validation horizon the store has reported;
     /// it never goes back down.
     horizons: Vec<Version>,
@@ -510,14 +512,14 @@ impl Model {
         Self {
             limits,
             docs: DOCS.iter().map(|_| ModelDoc::new()).collect(),
-            window: VecDeque::new(),
-            outcomes: HashMap::new(),
+            decided: Vec::new(),
+            generation_start: 0,
             horizons: vec![Version::ZERO; DOCS.len()],
         }
     }
 
     fn decide(&self, doc: usize, tx: &Transaction) -> Expected {
-        if let Some(outcome) = self.outcomes.get(&tx.tx_id) {
+        if let Some(outcome) = self.remembered(&tx.tx_id) {
             return Expected::Duplicate(outcome.clone());
         }
         let too_large = |what, len, max| Expected::Reject(Rejection::TooLarge { what, len, max });
@@ -554,12 +556,19 @@ impl Model {
     }
 
     fn remember(&mut self, tx_id: TxId, outcome: Outcome) {
-        self.window.push_back(tx_id.clone());
-        self.outcomes.insert(tx_id, outcome);
-        while self.window.len() > self.limits.tx_dedup_entries_max {
-            let oldest = self.window.pop_front().unwrap();
-            self.outcomes.remove(&oldest);
+        if self.decided.len() - self.generation_start >= self.limits.tx_dedup_entries_max {
+            self.generation_start = self.decided.len();
         }
+        self.decided.push((tx_id, outcome));
+    }
+
+    /// The newest outcome of `tx_id` among the two remembered generations.
+    fn remembered(&self, tx_id: &TxId) -> Option<&Outcome> {
+        let previous_start = self.generation_start.saturating_sub(self.limits.tx_dedup_entries_max);
+        self.decided[previous_start..]
+            .iter()
+            .rev()
+            .find_map(|(id, outcome)| (id == tx_id).then_some(outcome))
     }
 }
 
@@ -723,7 +732,7 @@ fn run(steps: &[Step], limits: Limits) -> Result<(), TestCaseError> {
         }
         prop_assert_eq!(
             store.outcome_of(&tx.tx_id),
-            model.outcomes.get(&tx.tx_id),
+            model.remembered(&tx.tx_id),
             "remembered outcome after {}",
             context()
         );
