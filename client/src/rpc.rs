@@ -10,76 +10,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use concord_engine::protocol::rpc_code;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-/// A JSON-RPC 2.0 error object.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("JSON-RPC error {code}: {message}")]
-pub struct RpcError {
-    pub code: i64,
-    pub message: String,
-    pub data: Option<Value>,
-}
-
-impl RpcError {
-    // The codes are defined once, in the protocol module shared with the
-    // server (`concord_engine::protocol::rpc_code`, which documents each).
-    pub const PARSE_ERROR: i64 = rpc_code::PARSE_ERROR;
-    pub const INVALID_REQUEST: i64 = rpc_code::INVALID_REQUEST;
-    pub const METHOD_NOT_FOUND: i64 = rpc_code::METHOD_NOT_FOUND;
-    pub const INVALID_PARAMS: i64 = rpc_code::INVALID_PARAMS;
-    pub const INTERNAL_ERROR: i64 = rpc_code::INTERNAL_ERROR;
-    pub const TIMEOUT: i64 = rpc_code::TIMEOUT;
-    pub const CALLEE_GONE: i64 = rpc_code::CALLEE_GONE;
-    pub const TOO_MANY_CALLS: i64 = rpc_code::TOO_MANY_CALLS;
-    pub const MUTATION_REJECTED: i64 = rpc_code::MUTATION_REJECTED;
-    pub const SHUTTING_DOWN: i64 = rpc_code::SHUTTING_DOWN;
-
-    pub fn new(code: i64, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), data: None }
-    }
-
-    pub fn invalid_params(message: impl Into<String>) -> Self {
-        Self::new(Self::INVALID_PARAMS, message)
-    }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(Self::INTERNAL_ERROR, message)
-    }
-
-    pub fn method_not_found(method: &str) -> Self {
-        Self::new(Self::METHOD_NOT_FOUND, format!("method not found: {method}"))
-    }
-
-    #[must_use]
-    pub fn with_data(mut self, data: Value) -> Self {
-        self.data = Some(data);
-        self
-    }
-
-    fn to_json(&self) -> Value {
-        let mut object = Map::new();
-        object.insert("code".into(), self.code.into());
-        object.insert("message".into(), self.message.clone().into());
-        if let Some(data) = &self.data {
-            object.insert("data".into(), data.clone());
-        }
-        Value::Object(object)
-    }
-
-    fn from_json(value: &Value) -> Self {
-        Self {
-            code: value.get("code").and_then(Value::as_i64).unwrap_or(Self::INTERNAL_ERROR),
-            message: value
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("malformed error object")
-                .to_owned(),
-            data: value.get("data").cloned(),
-        }
-    }
-}
+pub use concord_engine::protocol::RpcError;
 
 /// What a procedure handler returns.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, RpcError>> + Send>>;

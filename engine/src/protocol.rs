@@ -286,6 +286,79 @@ fn is_true(value: &bool) -> bool {
     *value
 }
 
+/// A JSON-RPC 2.0 error object: what a procedure fails with and what a
+/// caller gets back. One type for the server and the Rust client.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("JSON-RPC error {code}: {message}")]
+pub struct RpcError {
+    /// One of `rpc_code`, or an application's own code.
+    pub code: i64,
+    pub message: String,
+    /// Structured detail, when there is some.
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    pub const PARSE_ERROR: i64 = rpc_code::PARSE_ERROR;
+    pub const INVALID_REQUEST: i64 = rpc_code::INVALID_REQUEST;
+    pub const METHOD_NOT_FOUND: i64 = rpc_code::METHOD_NOT_FOUND;
+    pub const INVALID_PARAMS: i64 = rpc_code::INVALID_PARAMS;
+    pub const INTERNAL_ERROR: i64 = rpc_code::INTERNAL_ERROR;
+    pub const TIMEOUT: i64 = rpc_code::TIMEOUT;
+    pub const CALLEE_GONE: i64 = rpc_code::CALLEE_GONE;
+    pub const TOO_MANY_CALLS: i64 = rpc_code::TOO_MANY_CALLS;
+    pub const MUTATION_REJECTED: i64 = rpc_code::MUTATION_REJECTED;
+    pub const SHUTTING_DOWN: i64 = rpc_code::SHUTTING_DOWN;
+
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), data: None }
+    }
+
+    pub fn invalid_params(message: impl Into<String>) -> Self {
+        Self::new(rpc_code::INVALID_PARAMS, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(rpc_code::INTERNAL_ERROR, message)
+    }
+
+    pub fn method_not_found(method: &str) -> Self {
+        Self::new(rpc_code::METHOD_NOT_FOUND, format!("method not found: {method}"))
+    }
+
+    /// Attaches structured detail (the `data` member).
+    #[must_use]
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    /// The `error` member of a JSON-RPC response.
+    pub fn to_json(&self) -> Value {
+        let mut object = serde_json::Map::new();
+        object.insert("code".into(), self.code.into());
+        object.insert("message".into(), self.message.clone().into());
+        if let Some(data) = &self.data {
+            object.insert("data".into(), data.clone());
+        }
+        Value::Object(object)
+    }
+
+    /// Reads an `error` member; a malformed one becomes an internal error
+    /// rather than a failure, since the caller still needs an answer.
+    pub fn from_json(value: &Value) -> Self {
+        Self {
+            code: value.get("code").and_then(Value::as_i64).unwrap_or(rpc_code::INTERNAL_ERROR),
+            message: value
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("malformed error object")
+                .to_owned(),
+            data: value.get("data").cloned(),
+        }
+    }
+}
+
 /// JSON-RPC 2.0 error codes as Concord uses them: the standard ones and
 /// Concord's server errors (−32000…−32099). One list for server and clients.
 pub mod rpc_code {

@@ -22,47 +22,7 @@ use crate::shard::Documents;
 /// defined once in the protocol module shared with the clients.
 pub use concord_engine::protocol::rpc_code as code;
 
-/// A JSON-RPC error object.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("JSON-RPC error {code}: {message}")]
-pub struct RpcError {
-    pub code: i64,
-    pub message: String,
-    pub data: Option<Value>,
-}
-
-impl RpcError {
-    pub fn new(code: i64, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), data: None }
-    }
-
-    /// Attaches structured detail (the `data` member).
-    #[must_use]
-    pub fn with_data(mut self, data: Value) -> Self {
-        self.data = Some(data);
-        self
-    }
-
-    pub fn invalid_params(message: impl Into<String>) -> Self {
-        Self::new(code::INVALID_PARAMS, message)
-    }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(code::INTERNAL_ERROR, message)
-    }
-
-    pub(crate) fn method_not_found(method: &str) -> Self {
-        Self::new(code::METHOD_NOT_FOUND, format!("method {method:?} not found"))
-    }
-
-    pub(crate) fn to_json(&self) -> Value {
-        let mut error = json!({"code": self.code, "message": self.message});
-        if let (Some(data), Value::Object(map)) = (&self.data, &mut error) {
-            map.insert("data".into(), data.clone());
-        }
-        error
-    }
-}
+pub use concord_engine::protocol::RpcError;
 
 /// What a procedure knows about its call.
 #[derive(Debug, Clone)]
