@@ -160,9 +160,13 @@ const JSONRPC = "2.0";
 
 /** Connects and resolves once the first session is up. */
 export async function connect(url: string, options: ConnectOptions = {}): Promise<Client> {
-  const client = new Client(url, options);
+  return readyOrClosed(new Client(url, options), options.connectTimeoutMs);
+}
+
+/** Resolves with `client` once its first session is up; closes it if that fails. */
+export async function readyOrClosed<C extends Client>(client: C, timeoutMs?: number): Promise<C> {
   try {
-    await client.ready(options.connectTimeoutMs);
+    await client.ready(timeoutMs);
   } catch (error) {
     client.close();
     throw error;

@@ -3,7 +3,7 @@
 
 import WebSocket from "ws";
 
-import { Client as BaseClient, type ConnectOptions, type WebSocketConstructor } from "./client.js";
+import { Client as BaseClient, readyOrClosed, type ConnectOptions, type WebSocketConstructor } from "./client.js";
 
 export * from "./index.js";
 
@@ -18,12 +18,5 @@ export class Client extends BaseClient {
 
 /** Connects and resolves once the first session is up (WebSocket from `ws` unless given). */
 export async function connect(url: string, options: ConnectOptions = {}): Promise<Client> {
-  const client = new Client(url, options);
-  try {
-    await client.ready(options.connectTimeoutMs);
-  } catch (error) {
-    client.close();
-    throw error;
-  }
-  return client;
+  return readyOrClosed(new Client(url, options), options.connectTimeoutMs);
 }
