@@ -25,6 +25,12 @@ pub const WS_MESSAGE_BYTES_MAX: usize = 2 * 1024 * 1024;
 pub const WS_FRAME_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// Bytes tungstenite may buffer before writing to the socket.
 pub const WS_WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// Initial capacity of each session's WebSocket read buffer, and the most
+/// read from the socket at once, in bytes. tungstenite zero-fills the free
+/// capacity before every read, so its default (128 KiB) made every idle
+/// session resident for 128 KiB and every read cost a 128 KiB memset. A
+/// larger message still grows the buffer to its length.
+pub const WS_READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Deepest JSON nesting of a whole client message (the envelope adds up to
 /// 5 levels to a document value, so this sits above the document limit).
 pub const MESSAGE_JSON_DEPTH_MAX: usize = 80;
@@ -155,6 +161,7 @@ pub struct Config {
     pub ws_message_bytes_max: usize,
     pub ws_frame_bytes_max: usize,
     pub ws_write_buffer_bytes: usize,
+    pub ws_read_buffer_bytes: usize,
     pub message_json_depth_max: usize,
     pub outbound_queue_messages_max: usize,
     pub outbound_queue_bytes_max: usize,
@@ -204,6 +211,7 @@ impl Default for Config {
             ws_message_bytes_max: WS_MESSAGE_BYTES_MAX,
             ws_frame_bytes_max: WS_FRAME_BYTES_MAX,
             ws_write_buffer_bytes: WS_WRITE_BUFFER_BYTES,
+            ws_read_buffer_bytes: WS_READ_BUFFER_BYTES,
             message_json_depth_max: MESSAGE_JSON_DEPTH_MAX,
             outbound_queue_messages_max: OUTBOUND_QUEUE_MESSAGES_MAX,
             outbound_queue_bytes_max: OUTBOUND_QUEUE_BYTES_MAX,

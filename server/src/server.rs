@@ -598,6 +598,7 @@ async fn ws_handler(
     upgrade
         .max_message_size(config.ws_message_bytes_max)
         .max_frame_size(config.ws_frame_bytes_max)
+        .read_buffer_size(config.ws_read_buffer_bytes)
         .write_buffer_size(config.ws_write_buffer_bytes)
         .max_write_buffer_size(write_buffer_max)
         .on_upgrade(move |socket| async move {
