@@ -28,8 +28,16 @@ export function hasMember(object: JsonObject, key: string): boolean {
   return hasOwn.call(object, key);
 }
 
-/** Sets a member as plain data: `__proto__` becomes an own property. */
+/**
+ * Sets a member as plain data: `__proto__` becomes an own property. It is
+ * the only accessor on `Object.prototype`; for every other key, assignment
+ * already makes (or overwrites) an own data property, and is much cheaper.
+ */
 export function setMember(object: JsonObject, key: string, value: Json): void {
+  if (key !== "__proto__") {
+    object[key] = value;
+    return;
+  }
   Object.defineProperty(object, key, {
     value,
     writable: true,

@@ -11,6 +11,15 @@ export class InvalidPointer extends Error {
   override name = "InvalidPointer";
 }
 
+/**
+ * Pointers parsed recently, by their string form. Every incoming change
+ * names its paths as strings, and a board's changes name the same few paths
+ * over and over; a `Pointer` is immutable, so one parse can serve them all.
+ * Emptied whole when full, so it stays bounded whatever the input.
+ */
+const PARSED_POINTERS_MAX = 4096;
+const parsedPointers = new Map<string, Pointer>();
+
 /** Anything that names a location: a pointer string (`"/a/0"`), a token list (`["a", 0]`) or a `Pointer`. */
 export type Path = string | readonly (string | number)[] | Pointer;
 
@@ -33,9 +42,14 @@ export class Pointer {
       throw new InvalidPointer(`JSON Pointer is ${utf8Length(raw)} bytes, over the limit`);
     }
     if (raw === "") return Pointer.root;
+    const known = parsedPointers.get(raw);
+    if (known !== undefined) return known;
     if (!raw.startsWith("/")) throw new InvalidPointer("a JSON Pointer must be empty or start with '/'");
-    const tokens = raw.slice(1).split("/").map(unescape);
-    return new Pointer(tokens, raw);
+    const tokens = Object.freeze(raw.slice(1).split("/").map(unescape));
+    const pointer = new Pointer(tokens, raw);
+    if (parsedPointers.size >= PARSED_POINTERS_MAX) parsedPointers.clear();
+    parsedPointers.set(raw, pointer);
+    return pointer;
   }
 
   /** Builds a pointer from unescaped tokens. */
