@@ -26,5 +26,8 @@ step "web: TypeScript client and whiteboard (unit, integration, Chromium e2e)"
 cargo build --locked -p concord-server --bin concord
 CONCORD_BIN="$PWD/target/debug/concord" web/test.sh
 
+step "benchmark harnesses still measure what they claim (concord-bench ran in tests; bench/peers smoke)"
+CONCORD_BIN="$PWD/target/debug/concord" PEERS_NO_DOCS=1 bench/peers/run.sh --smoke
+
 echo
 echo "all suites passed"
