@@ -95,6 +95,13 @@ impl Outbox {
         self.shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// True when `messages` frames of `bytes` in all take at most half of
+    /// this queue's bounds: a burst that a reader keeping up can take
+    /// without overflowing, even with other traffic queued beside it.
+    pub(crate) fn takes_burst(&self, messages: usize, bytes: usize) -> bool {
+        messages <= self.shared.messages_max / 2 && bytes <= self.shared.bytes_max / 2
+    }
+
     /// Queues one text frame, or overflows the session (see module docs).
     pub(crate) fn push(&self, frame: Utf8Bytes) -> Result<(), Refused> {
         let len = frame.len();

@@ -671,14 +671,17 @@ impl Shard {
                 return Some(Vec::new());
             }
             let first = state.history.front()?.0;
-            (first <= held.next()).then(|| {
-                state
-                    .history
-                    .iter()
-                    .filter(|(v, _)| *v > held)
-                    .map(|(_, frame)| frame.clone())
-                    .collect::<Vec<_>>()
-            })
+            if first > held.next() {
+                return None;
+            }
+            let missed = state.history.iter().filter(|(v, _)| *v > held);
+            let (count, bytes) = missed.clone().fold((0, 0), |(n, b), (_, f)| (n + 1, b + f.len()));
+            // Missed changes that would fill the session's outbound queue
+            // would close it as a slow consumer before it could read them
+            // (a resume after a 4001 would loop): one snapshot instead.
+            outbox
+                .takes_burst(count, bytes)
+                .then(|| missed.map(|(_, frame)| frame.clone()).collect::<Vec<_>>())
         });
         let mut frames = match catch_up {
             Some(changes) => changes,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use concord_engine::protocol::close_code;
 use concord_server::Config;
 use futures_util::StreamExt;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::{start, wait_until, Client, End};
 
@@ -77,6 +77,48 @@ async fn a_subscriber_that_stops_reading_is_closed_within_its_bound_while_others
     assert_eq!(opened, version);
     let last = before.last().unwrap();
     assert!(last["type"] == "snapshot" || last["version"] == version, "{last}");
+    server.shutdown().await;
+}
+
+/// A resume that missed more changes than the outbound queue takes in one
+/// burst gets a snapshot, not a catch-up that would close it as a slow
+/// consumer before it could read; a short gap still gets the changes.
+#[tokio::test]
+async fn a_resume_too_far_behind_for_the_queue_gets_a_snapshot_instead_of_a_4001() {
+    let config = Config { outbound_queue_messages_max: 8, ..Config::default() };
+    let server = start(config).await;
+    let mut writer = Client::connect(&server).await;
+    writer.open("d", None).await;
+    let mut version = 0;
+    for i in 0..20 {
+        let write = json!([{"op": "add", "path": "/n", "value": i}]);
+        writer.commit("d", &format!("w-{i}"), version, json!([]), write).await;
+        version = writer.expect("committed").await["version"].as_u64().unwrap();
+    }
+    let mut far = Client::connect(&server).await;
+    let (before, opened) = far.open("d", Some(1)).await;
+    assert_eq!(opened, version);
+    let kinds: Vec<&Value> = before.iter().map(|m| &m["type"]).collect();
+    assert_eq!(kinds, ["snapshot"], "19 missed changes do not fit a queue of 8");
+    assert_eq!(before[0]["value"], json!({"n": 19}));
+    let mut near = Client::connect(&server).await;
+    let (before, _) = near.open("d", Some(version - 3)).await;
+    let versions: Vec<u64> = before.iter().map(|m| m["version"].as_u64().unwrap()).collect();
+    assert_eq!(versions, [version - 2, version - 1, version], "{before:?}");
+    assert!(before.iter().all(|m| m["type"] == "change"));
+    // Both sessions are alive and get the next change.
+    writer
+        .commit(
+            "d",
+            "w-last",
+            version,
+            json!([]),
+            json!([{"op": "incr", "path": "/n", "value": 1}]),
+        )
+        .await;
+    writer.expect("committed").await;
+    assert_eq!(far.expect("change").await["version"], version + 1);
+    assert_eq!(near.expect("change").await["version"], version + 1);
     server.shutdown().await;
 }
 
