@@ -464,19 +464,13 @@ pub fn value_depth(value: &Value) -> usize {
 /// so that measuring a huge value costs no more than the budget allows.
 pub fn encoded_size_estimate(value: &Value, budget_bytes: usize) -> usize {
     // Most writes replace a scalar: size it without allocating a stack.
-    match value {
-        Value::Null | Value::Bool(_) => return 5,
-        Value::Number(_) => return 8,
-        Value::String(s) => return s.len() + 2,
-        Value::Array(_) | Value::Object(_) => {}
+    if let Some(bytes) = scalar_size_estimate(value) {
+        return bytes;
     }
     let mut total = 0usize;
     let mut stack = vec![value];
     while let Some(node) = stack.pop() {
         total += match node {
-            Value::Null | Value::Bool(_) => 5,
-            Value::Number(_) => 8,
-            Value::String(s) => s.len() + 2,
             Value::Array(items) => {
                 stack.extend(items.iter());
                 2 + items.len()
@@ -488,12 +482,23 @@ pub fn encoded_size_estimate(value: &Value, budget_bytes: usize) -> usize {
                 }
                 2
             }
+            scalar => scalar_size_estimate(scalar).unwrap_or(0),
         };
         if total > budget_bytes {
             return total;
         }
     }
     total
+}
+
+/// `encoded_size_estimate` of a scalar; `None` for an array or object.
+fn scalar_size_estimate(value: &Value) -> Option<usize> {
+    match value {
+        Value::Null | Value::Bool(_) => Some(5),
+        Value::Number(_) => Some(8),
+        Value::String(s) => Some(s.len() + 2),
+        Value::Array(_) | Value::Object(_) => None,
+    }
 }
 
 #[cfg(test)]

@@ -674,14 +674,13 @@ impl Shard {
             if first > held.next() {
                 return None;
             }
-            let missed = state.history.iter().filter(|(v, _)| *v > held);
-            let (count, bytes) = missed.clone().fold((0, 0), |(n, b), (_, f)| (n + 1, b + f.len()));
+            let missed: Vec<Utf8Bytes> =
+                state.history.iter().filter(|(v, _)| *v > held).map(|(_, f)| f.clone()).collect();
             // Missed changes that would fill the session's outbound queue
             // would close it as a slow consumer before it could read them
             // (a resume after a 4001 would loop): one snapshot instead.
-            outbox
-                .takes_burst(count, bytes)
-                .then(|| missed.map(|(_, frame)| frame.clone()).collect::<Vec<_>>())
+            let bytes = missed.iter().map(|frame| frame.len()).sum();
+            outbox.takes_burst(missed.len(), bytes).then_some(missed)
         });
         let mut frames = match catch_up {
             Some(changes) => changes,
