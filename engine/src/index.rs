@@ -25,6 +25,7 @@
 
 use std::collections::HashMap;
 
+use compact_str::CompactString;
 use foldhash::fast::RandomState;
 
 use crate::ids::Version;
@@ -45,7 +46,9 @@ pub enum ReadCheck {
 struct Node {
     written: Version,
     subtree: Version,
-    children: HashMap<String, Node, RandomState>,
+    /// Keyed inline (up to 24 bytes): a lookup compares keys without
+    /// following a pointer, and making an owned key allocates nothing.
+    children: HashMap<CompactString, Node, RandomState>,
 }
 
 impl Node {
@@ -123,15 +126,10 @@ impl VersionIndex {
         let mut created = 0;
         for token in pointer.tokens() {
             node.subtree = version;
-            // Look up before inserting: the token is cloned only for a new node.
-            if !node.children.contains_key(token.as_str()) {
+            node = node.children.entry(CompactString::from(token.as_str())).or_insert_with(|| {
                 created += 1;
-                node.children.insert(token.clone(), Node::default());
-            }
-            let Some(child) = node.children.get_mut(token.as_str()) else {
-                unreachable!("inserted just above");
-            };
-            node = child;
+                Node::default()
+            });
         }
         node.written = version;
         node.subtree = version;

@@ -21,6 +21,7 @@
 //! - `error`: typed errors.
 
 pub mod certificate;
+pub mod doc;
 pub mod error;
 pub mod ids;
 pub mod index;
@@ -31,6 +32,7 @@ pub mod protocol;
 pub mod replica;
 pub mod store;
 
+pub use doc::{Doc, JsonTree};
 pub use error::{InvalidId, InvalidPointer, PatchError, PatchOpError};
 pub use ids::{DocId, TxId, Version};
 pub use limits::Limits;

@@ -20,6 +20,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
 
+use crate::doc::{JsonTree, Members, Node, NodeMut};
 use crate::error::{PatchError, PatchOpError};
 use crate::limits::Limits;
 use crate::pointer::{parse_array_index, Pointer};
@@ -79,45 +80,52 @@ pub type Patch = Vec<PatchOp>;
 
 /// What a successful application leaves behind: how to undo it, where it
 /// wrote, and how much it changed the document's size estimate.
-#[derive(Debug, Default)]
-pub struct Applied {
-    undo: Vec<Undo>,
+#[derive(Debug)]
+pub struct Applied<T = Value> {
+    undo: Vec<Undo<T>>,
     /// Locations written, under the array rule in the module docs.
     pub writes: Vec<Pointer>,
     /// Change in `encoded_size_estimate` of the document.
     pub size_delta_bytes: i64,
 }
 
-impl Applied {
+impl<T: JsonTree> Applied<T> {
+    /// Room for `ops` ops, most of which write one location and log one
+    /// undo step: sized once rather than grown.
+    fn with_capacity(ops: usize) -> Self {
+        Self { undo: Vec::with_capacity(ops), writes: Vec::with_capacity(ops), size_delta_bytes: 0 }
+    }
+
     /// Reverts the patch this came from. `doc` must be exactly as the patch
     /// left it.
-    pub fn undo(self, doc: &mut Value) {
+    pub fn undo(self, doc: &mut T) {
         undo_all(doc, self.undo);
     }
 }
 
 #[derive(Debug)]
-enum Undo {
+enum Undo<T> {
     /// Put the old value back at an existing location.
-    Restore(Pointer, Value),
+    Restore(Pointer, T),
     /// Remove what an `add` inserted.
     Remove(Pointer),
     /// Re-insert what a `remove` took out.
-    Insert(Pointer, Value),
+    Insert(Pointer, T),
 }
 
 /// Applies `patch` to `doc`, whose size estimate is `doc_size_bytes`.
 ///
 /// On success the document holds the result; on failure it is unchanged and
-/// the error names the failing op.
-pub fn apply(
-    doc: &mut Value,
+/// the error names the failing op. `doc` is a replica's `Value` or the
+/// store's [`Doc`](crate::Doc): one code path for both.
+pub fn apply<T: JsonTree>(
+    doc: &mut T,
     doc_size_bytes: usize,
     patch: &[PatchOp],
     limits: &Limits,
-) -> Result<Applied, PatchError> {
+) -> Result<Applied<T>, PatchError> {
     let budget = Budget { size_bytes: doc_size_bytes, limits };
-    let mut run = Run { doc, applied: Applied::default(), budget };
+    let mut run = Run { doc, applied: Applied::with_capacity(patch.len()), budget };
     for (op_index, op) in patch.iter().enumerate() {
         if let Err(error) = run.op(op) {
             let Run { doc, applied, .. } = run;
@@ -130,9 +138,9 @@ pub fn apply(
     Ok(run.applied)
 }
 
-struct Run<'a> {
-    doc: &'a mut Value,
-    applied: Applied,
+struct Run<'a, T> {
+    doc: &'a mut T,
+    applied: Applied<T>,
     budget: Budget<'a>,
 }
 
@@ -173,7 +181,12 @@ impl Budget<'_> {
 
     /// Checks depth and size of a value about to be placed at `path`, and
     /// books its size.
-    fn admit(&mut self, path: &Pointer, slot: Slot<'_>, value: &Value) -> Result<(), PatchOpError> {
+    fn admit<T: JsonTree>(
+        &mut self,
+        path: &Pointer,
+        slot: Slot<'_>,
+        value: &T,
+    ) -> Result<(), PatchOpError> {
         let depth = path.depth() + value_depth(value);
         if depth > self.limits.json_depth_max {
             let max = self.limits.json_depth_max;
@@ -188,18 +201,18 @@ impl Budget<'_> {
         Ok(())
     }
 
-    fn release(&mut self, slot: Slot<'_>, value: &Value) {
+    fn release<T: JsonTree>(&mut self, slot: Slot<'_>, value: &T) {
         let bytes = encoded_size_estimate(value, usize::MAX) + slot.bytes();
         self.size_bytes = self.size_bytes.saturating_sub(bytes);
     }
 }
 
-impl Run<'_> {
+impl<T: JsonTree> Run<'_, T> {
     fn op(&mut self, op: &PatchOp) -> Result<(), PatchOpError> {
         match op {
-            PatchOp::Add { path, value } => self.add(path, value.clone()),
+            PatchOp::Add { path, value } => self.add(path, T::from_json(value)),
             PatchOp::Remove { path } => self.remove(path).map(drop),
-            PatchOp::Replace { path, value } => self.replace(path, value.clone()),
+            PatchOp::Replace { path, value } => self.replace(path, T::from_json(value)),
             PatchOp::Move { from, path } => {
                 if from == path {
                     return resolve(self.doc, from)
@@ -235,7 +248,7 @@ impl Run<'_> {
         }
     }
 
-    fn add(&mut self, path: &Pointer, value: Value) -> Result<(), PatchOpError> {
+    fn add(&mut self, path: &Pointer, value: T) -> Result<(), PatchOpError> {
         let Some((last, parent_tokens)) = path.tokens().split_last() else {
             self.budget.admit(path, Slot::Root, &value)?;
             let old = std::mem::replace(self.doc, value);
@@ -246,25 +259,25 @@ impl Run<'_> {
         };
         let parent = resolve_tokens_mut(self.doc, parent_tokens)
             .ok_or_else(|| PatchOpError::PathNotFound { path: parent_of(path) })?;
-        match parent {
-            Value::Object(map) => {
+        match parent.node_mut() {
+            NodeMut::Object(map) => {
                 let slot = Slot::Member(last);
                 self.budget.admit(path, slot, &value)?;
-                match map.get_mut(last.as_str()) {
+                match map.get_mut(last) {
                     Some(existing) => {
                         let old = std::mem::replace(existing, value);
                         self.budget.release(slot, &old);
                         self.applied.undo.push(Undo::Restore(path.clone(), old));
                     }
                     None => {
-                        map.insert(last.clone(), value);
+                        map.insert(last, value);
                         self.applied.undo.push(Undo::Remove(path.clone()));
                     }
                 }
                 self.applied.writes.push(path.clone());
                 Ok(())
             }
-            Value::Array(items) => {
+            NodeMut::Array(items) => {
                 let len = items.len();
                 let index = if last == "-" { Some(len) } else { parse_array_index(last) };
                 let index = index
@@ -277,22 +290,22 @@ impl Run<'_> {
                 self.applied.undo.push(Undo::Remove(at));
                 Ok(())
             }
-            _ => Err(PatchOpError::ParentNotContainer { path: path.clone() }),
+            NodeMut::Scalar => Err(PatchOpError::ParentNotContainer { path: path.clone() }),
         }
     }
 
-    fn remove(&mut self, path: &Pointer) -> Result<Value, PatchOpError> {
+    fn remove(&mut self, path: &Pointer) -> Result<T, PatchOpError> {
         let Some((last, parent_tokens)) = path.tokens().split_last() else {
             return Err(PatchOpError::RemoveRoot);
         };
         let not_found = || PatchOpError::PathNotFound { path: path.clone() };
         let parent = resolve_tokens_mut(self.doc, parent_tokens).ok_or_else(not_found)?;
-        let (removed, slot, at, write) = match parent {
-            Value::Object(map) => {
-                let removed = map.remove(last.as_str()).ok_or_else(not_found)?;
+        let (removed, slot, at, write) = match parent.node_mut() {
+            NodeMut::Object(map) => {
+                let removed = map.remove(last).ok_or_else(not_found)?;
                 (removed, Slot::Member(last), path.clone(), path.clone())
             }
-            Value::Array(items) => {
+            NodeMut::Array(items) => {
                 let len = items.len();
                 let index = parse_array_index(last)
                     .filter(|i| *i < len)
@@ -302,7 +315,7 @@ impl Run<'_> {
                 let write = if index + 1 == len { at.clone() } else { parent_of(path) };
                 (removed, Slot::Element, at, write)
             }
-            _ => return Err(not_found()),
+            NodeMut::Scalar => return Err(not_found()),
         };
         self.budget.release(slot, &removed);
         self.applied.undo.push(Undo::Insert(at, removed.clone()));
@@ -310,20 +323,23 @@ impl Run<'_> {
         Ok(removed)
     }
 
-    fn replace(&mut self, path: &Pointer, value: Value) -> Result<(), PatchOpError> {
+    fn replace(&mut self, path: &Pointer, value: T) -> Result<(), PatchOpError> {
         let not_found = || PatchOpError::PathNotFound { path: path.clone() };
         let (target, slot) = match path.tokens().split_last() {
             None => (&mut *self.doc, Slot::Root),
-            Some((last, parent_tokens)) => match resolve_tokens_mut(self.doc, parent_tokens) {
-                Some(Value::Object(map)) => {
-                    (map.get_mut(last.as_str()).ok_or_else(not_found)?, Slot::Member(last))
+            Some((last, parent_tokens)) => {
+                let parent = resolve_tokens_mut(self.doc, parent_tokens).ok_or_else(not_found)?;
+                match parent.node_mut() {
+                    NodeMut::Object(map) => {
+                        (map.get_mut(last).ok_or_else(not_found)?, Slot::Member(last))
+                    }
+                    NodeMut::Array(items) => {
+                        let index = parse_array_index(last).ok_or_else(not_found)?;
+                        (items.get_mut(index).ok_or_else(not_found)?, Slot::Element)
+                    }
+                    NodeMut::Scalar => return Err(not_found()),
                 }
-                Some(Value::Array(items)) => {
-                    let index = parse_array_index(last).ok_or_else(not_found)?;
-                    (items.get_mut(index).ok_or_else(not_found)?, Slot::Element)
-                }
-                _ => return Err(not_found()),
-            },
+            }
         };
         self.budget.admit(path, slot, &value)?;
         let old = std::mem::replace(target, value);
@@ -334,15 +350,14 @@ impl Run<'_> {
     }
 
     fn incr(&mut self, path: &Pointer, delta: &Number) -> Result<(), PatchOpError> {
-        match resolve(self.doc, path) {
-            None => self.add(path, Value::Number(delta.clone())),
-            Some(Value::Number(current)) => {
-                let sum = add_numbers(current, delta)
-                    .ok_or_else(|| PatchOpError::NumberOverflow { path: path.clone() })?;
-                self.replace(path, Value::Number(sum))
-            }
-            Some(_) => Err(PatchOpError::NotANumber { path: path.clone() }),
-        }
+        let current = match resolve(self.doc, path).map(JsonTree::node) {
+            None => return self.add(path, T::from_number(delta.clone())),
+            Some(Node::Number(current)) => current,
+            Some(_) => return Err(PatchOpError::NotANumber { path: path.clone() }),
+        };
+        let sum = add_numbers(current, delta)
+            .ok_or_else(|| PatchOpError::NumberOverflow { path: path.clone() })?;
+        self.replace(path, T::from_number(sum))
     }
 }
 
@@ -363,43 +378,46 @@ pub fn add_numbers(a: &Number, b: &Number) -> Option<Number> {
 }
 
 /// JSON equality for `test`: numbers compare by value (`1` equals `1.0`).
-pub fn json_equal(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+pub fn json_equal<A: JsonTree, B: JsonTree>(a: &A, b: &B) -> bool {
+    match (a.node(), b.node()) {
+        (Node::Number(x), Node::Number(y)) => match (x.as_i64(), y.as_i64()) {
             (Some(x), Some(y)) => x == y,
             _ => match (x.as_u64(), y.as_u64()) {
                 (Some(x), Some(y)) => x == y,
                 _ => x.as_f64() == y.as_f64(),
             },
         },
-        (Value::Array(x), Value::Array(y)) => {
+        (Node::Array(x), Node::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_equal(a, b))
         }
-        (Value::Object(x), Value::Object(y)) => {
+        (Node::Object(x), Node::Object(y)) => {
             x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
         }
-        _ => a == b,
+        (Node::Null, Node::Null) => true,
+        (Node::Bool(x), Node::Bool(y)) => x == y,
+        (Node::String(x), Node::String(y)) => x == y,
+        _ => false,
     }
 }
 
 /// The value at `pointer`, if any.
-pub fn resolve<'v>(doc: &'v Value, pointer: &Pointer) -> Option<&'v Value> {
-    pointer.tokens().iter().try_fold(doc, |node, token| match node {
-        Value::Object(map) => map.get(token),
-        Value::Array(items) => items.get(parse_array_index(token)?),
+pub fn resolve<'v, T: JsonTree>(doc: &'v T, pointer: &Pointer) -> Option<&'v T> {
+    pointer.tokens().iter().try_fold(doc, |node, token| match node.node() {
+        Node::Object(map) => map.get(token),
+        Node::Array(items) => items.get(parse_array_index(token)?),
         _ => None,
     })
 }
 
-fn resolve_tokens_mut<'v>(doc: &'v mut Value, tokens: &[String]) -> Option<&'v mut Value> {
-    tokens.iter().try_fold(doc, |node, token| match node {
-        Value::Object(map) => map.get_mut(token),
-        Value::Array(items) => items.get_mut(parse_array_index(token)?),
-        _ => None,
+fn resolve_tokens_mut<'v, T: JsonTree>(doc: &'v mut T, tokens: &[String]) -> Option<&'v mut T> {
+    tokens.iter().try_fold(doc, |node, token| match node.node_mut() {
+        NodeMut::Object(map) => map.get_mut(token),
+        NodeMut::Array(items) => items.get_mut(parse_array_index(token)?),
+        NodeMut::Scalar => None,
     })
 }
 
-fn resolve_mut<'v>(doc: &'v mut Value, pointer: &Pointer) -> Option<&'v mut Value> {
+fn resolve_mut<'v, T: JsonTree>(doc: &'v mut T, pointer: &Pointer) -> Option<&'v mut T> {
     resolve_tokens_mut(doc, pointer.tokens())
 }
 
@@ -412,15 +430,15 @@ fn sibling(path: &Pointer, index: usize) -> Pointer {
     parent_of(path).child(index.to_string())
 }
 
-fn undo_all(doc: &mut Value, undo: Vec<Undo>) {
+fn undo_all<T: JsonTree>(doc: &mut T, undo: Vec<Undo<T>>) {
     for step in undo.into_iter().rev() {
         let done = match step {
             Undo::Restore(path, old) => resolve_mut(doc, &path).map(|slot| *slot = old).is_some(),
             Undo::Remove(path) => {
-                let last = path.last().unwrap_or_default().to_owned();
-                match resolve_mut(doc, &parent_of(&path)) {
-                    Some(Value::Object(map)) => map.remove(&last).is_some(),
-                    Some(Value::Array(items)) => match parse_array_index(&last) {
+                let last = path.last().unwrap_or_default();
+                match resolve_mut(doc, &parent_of(&path)).map(JsonTree::node_mut) {
+                    Some(NodeMut::Object(map)) => map.remove(last).is_some(),
+                    Some(NodeMut::Array(items)) => match parse_array_index(last) {
                         Some(i) if i < items.len() => {
                             items.remove(i);
                             true
@@ -431,10 +449,10 @@ fn undo_all(doc: &mut Value, undo: Vec<Undo>) {
                 }
             }
             Undo::Insert(path, value) => {
-                let last = path.last().unwrap_or_default().to_owned();
-                match resolve_mut(doc, &parent_of(&path)) {
-                    Some(Value::Object(map)) => map.insert(last, value).is_none(),
-                    Some(Value::Array(items)) => match parse_array_index(&last) {
+                let last = path.last().unwrap_or_default();
+                match resolve_mut(doc, &parent_of(&path)).map(JsonTree::node_mut) {
+                    Some(NodeMut::Object(map)) => map.insert(last, value).is_none(),
+                    Some(NodeMut::Array(items)) => match parse_array_index(last) {
                         Some(i) if i <= items.len() => {
                             items.insert(i, value);
                             true
@@ -451,10 +469,10 @@ fn undo_all(doc: &mut Value, undo: Vec<Undo>) {
 }
 
 /// Nesting depth of a value: 0 for a scalar, 1 for a flat array or object.
-pub fn value_depth(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => 1 + items.iter().map(value_depth).max().unwrap_or(0),
-        Value::Object(map) => 1 + map.values().map(value_depth).max().unwrap_or(0),
+pub fn value_depth<T: JsonTree>(value: &T) -> usize {
+    match value.node() {
+        Node::Array(items) => 1 + items.iter().map(value_depth).max().unwrap_or(0),
+        Node::Object(map) => 1 + map.iter().map(|(_, v)| value_depth(v)).max().unwrap_or(0),
         _ => 0,
     }
 }
@@ -462,7 +480,7 @@ pub fn value_depth(value: &Value) -> usize {
 /// Approximate encoded size of `value` in bytes, walking at most until the
 /// count passes `budget_bytes` (then any number over the budget is returned),
 /// so that measuring a huge value costs no more than the budget allows.
-pub fn encoded_size_estimate(value: &Value, budget_bytes: usize) -> usize {
+pub fn encoded_size_estimate<T: JsonTree>(value: &T, budget_bytes: usize) -> usize {
     // Most writes replace a scalar: size it without allocating a stack.
     if let Some(bytes) = scalar_size_estimate(value) {
         return bytes;
@@ -470,19 +488,19 @@ pub fn encoded_size_estimate(value: &Value, budget_bytes: usize) -> usize {
     let mut total = 0usize;
     let mut stack = vec![value];
     while let Some(node) = stack.pop() {
-        total += match node {
-            Value::Array(items) => {
+        total += match node.node() {
+            Node::Array(items) => {
                 stack.extend(items.iter());
                 2 + items.len()
             }
-            Value::Object(map) => {
-                for (key, child) in map {
+            Node::Object(map) => {
+                for (key, child) in map.iter() {
                     total += key.len() + 4;
                     stack.push(child);
                 }
                 2
             }
-            scalar => scalar_size_estimate(scalar).unwrap_or(0),
+            _ => scalar_size_estimate(node).unwrap_or(0),
         };
         if total > budget_bytes {
             return total;
@@ -492,12 +510,12 @@ pub fn encoded_size_estimate(value: &Value, budget_bytes: usize) -> usize {
 }
 
 /// `encoded_size_estimate` of a scalar; `None` for an array or object.
-fn scalar_size_estimate(value: &Value) -> Option<usize> {
-    match value {
-        Value::Null | Value::Bool(_) => Some(5),
-        Value::Number(_) => Some(8),
-        Value::String(s) => Some(s.len() + 2),
-        Value::Array(_) | Value::Object(_) => None,
+fn scalar_size_estimate<T: JsonTree>(value: &T) -> Option<usize> {
+    match value.node() {
+        Node::Null | Node::Bool(_) => Some(5),
+        Node::Number(_) => Some(8),
+        Node::String(s) => Some(s.len() + 2),
+        Node::Array(_) | Node::Object(_) => None,
     }
 }
 

@@ -12,6 +12,7 @@ use foldhash::fast::RandomState;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::doc::Doc;
 use crate::error::PatchError;
 use crate::ids::{DocId, TxId, Version};
 use crate::index::{ReadCheck, VersionIndex};
@@ -155,7 +156,7 @@ pub enum ReplayError {
 /// One document's authoritative state.
 #[derive(Debug)]
 struct Document {
-    value: Value,
+    value: Doc,
     version: Version,
     size_bytes: usize,
     index: VersionIndex,
@@ -166,7 +167,7 @@ struct Document {
 }
 
 impl Document {
-    fn new(value: Value, version: Version, limits: &Limits) -> Self {
+    fn new(value: Doc, version: Version, limits: &Limits) -> Self {
         let size_bytes = patch::encoded_size_estimate(&value, usize::MAX);
         Self {
             value,
@@ -261,13 +262,13 @@ impl Store {
     /// written).
     pub fn get(&self, doc: &DocId) -> (Value, Version) {
         match self.docs.get(doc) {
-            Some(d) => (d.value.clone(), d.version),
+            Some(d) => (d.value.to_value(), d.version),
             None => (Value::Object(Default::default()), Version::ZERO),
         }
     }
 
     /// A borrowed view of `doc`'s value, if it was ever written.
-    pub fn value(&self, doc: &DocId) -> Option<&Value> {
+    pub fn value(&self, doc: &DocId) -> Option<&Doc> {
         self.docs.get(doc).map(|d| &d.value)
     }
 
@@ -283,7 +284,7 @@ impl Store {
     /// Installs a document at a version (restoring from a snapshot). History
     /// before `version` is unknown, so older bases get `Stale`.
     pub fn restore(&mut self, doc: DocId, value: Value, version: Version) {
-        let document = Document::new(value, version, &self.limits);
+        let document = Document::new(Doc::from(&value), version, &self.limits);
         self.docs.insert(doc, document);
     }
 
@@ -391,8 +392,7 @@ impl Store {
     /// before inserting so the id is cloned only for a new document.
     fn document_mut(&mut self, doc: &DocId) -> &mut Document {
         if !self.docs.contains_key(doc) {
-            let empty =
-                Document::new(Value::Object(Default::default()), Version::ZERO, &self.limits);
+            let empty = Document::new(Doc::empty_object(), Version::ZERO, &self.limits);
             self.docs.insert(doc.clone(), empty);
         }
         match self.docs.get_mut(doc) {

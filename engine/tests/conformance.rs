@@ -1,6 +1,7 @@
 //! RFC 6902 conformance: every enabled case of the vendored
 //! `json-patch-test-suite` (see `data/json-patch-tests/README.md`) runs
-//! through `concord_engine::patch::apply`.
+//! through `concord_engine::patch::apply`, on both JSON representations:
+//! the replicas' `serde_json::Value` and the store's `Doc`, which must agree.
 //!
 //! What each case promises, and how it is checked:
 //! - a case with `expected` must apply, and the resulting document must equal
@@ -26,7 +27,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use concord_engine::patch::{self, PatchOp};
-use concord_engine::{Limits, Pointer};
+use concord_engine::{Doc, JsonTree, Limits, Pointer};
 use serde_json::{Map, Value};
 
 /// The two files of the suite, embedded so the test does not depend on the
@@ -66,11 +67,30 @@ fn run(doc: &Value, patch_json: &Value) -> Run {
             }
         }
     };
-    let mut working = doc.clone();
+    let on_value = apply_to(doc.clone(), &ops);
+    // The store applies patches to its own representation: it must agree
+    // with the replicas' `Value` on every case, errors included.
+    let on_doc = apply_to(Doc::from(doc), &ops);
+    let on_doc_as_value = match &on_doc {
+        Ok(applied) => Ok(applied.to_value()),
+        Err((reason, left)) => Err((reason.clone(), left.to_value())),
+    };
+    if on_doc_as_value != on_value {
+        let reason = format!("the store's Doc gave {on_doc_as_value:?}, Value gave {on_value:?}");
+        return Run::Failed { reason, doc: Value::Null };
+    }
+    match on_value {
+        Ok(applied) => Run::Applied(applied),
+        Err((reason, doc)) => Run::Failed { reason, doc },
+    }
+}
+
+/// Applies `ops` to `working`: the result, or the error and what was left.
+fn apply_to<T: JsonTree>(mut working: T, ops: &[PatchOp]) -> Result<T, (String, T)> {
     let size = patch::encoded_size_estimate(&working, usize::MAX);
-    match patch::apply(&mut working, size, &ops, &Limits::default()) {
-        Ok(_) => Run::Applied(working),
-        Err(error) => Run::Failed { reason: error.to_string(), doc: working },
+    match patch::apply(&mut working, size, ops, &Limits::default()) {
+        Ok(_) => Ok(working),
+        Err(error) => Err((error.to_string(), working)),
     }
 }
 

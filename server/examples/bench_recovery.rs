@@ -118,7 +118,7 @@ fn fill(dir: &std::path::Path, args: &Args) {
         if args.snapshot_every > 0 && *count >= args.snapshot_every {
             replay_total -= *count;
             since.remove(&d);
-            let value = store.value(&docs[d]).unwrap().clone();
+            let value = store.value(&docs[d]).unwrap().to_value();
             snapshots.push(DocumentState { doc: docs[d].clone(), version, value });
         }
         if args.snapshot_every > 0 && replay_total >= args.replay_max {

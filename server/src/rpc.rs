@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use concord_engine::{DocId, Patch, Version};
+use concord_engine::{Doc, DocId, Patch, Version};
 use serde_json::{json, Map, Value};
 
 use crate::shard::Documents;
@@ -41,13 +41,14 @@ pub type ProcedureFuture = Pin<Box<dyn Future<Output = Result<Value, RpcError>> 
 pub(crate) type Procedure = Arc<dyn Fn(CallContext, Value) -> ProcedureFuture + Send + Sync>;
 
 /// What a mutator sees: runs on the shard that owns `doc`, with its current
-/// value and version.
+/// value (the store's own representation: read it with `get`, `pointer`,
+/// `as_i64`…, or copy it out with `to_value`) and version.
 #[derive(Debug)]
 pub struct MutatorCall<'a> {
     /// The call's params; always an object with a string member `doc`.
     pub params: &'a Value,
     pub doc: &'a DocId,
-    pub value: &'a Value,
+    pub value: &'a Doc,
     pub version: Version,
     pub session: &'a str,
 }

@@ -38,7 +38,7 @@ use concord_engine::certificate::CommittedTx;
 use concord_engine::protocol::{close_code, PresenceEvent, ServerMessage};
 use concord_engine::store::Outcome;
 use concord_engine::{
-    Change, Commit, DocId, Patch, Pointer, Rejection, Store, Transaction, TxId, Version,
+    Change, Commit, Doc, DocId, Patch, Pointer, Rejection, Store, Transaction, TxId, Version,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -387,7 +387,7 @@ struct Shard {
 struct SnapshotRef<'a> {
     doc: &'a DocId,
     version: Version,
-    value: &'a Value,
+    value: &'a Doc,
 }
 
 /// A change message serialised from a borrowed change, so the change itself
@@ -618,7 +618,7 @@ impl Shard {
             // a copy, not the encoding.
             if let Some(value) = self.store.value(&change.doc) {
                 let doc = change.doc.clone();
-                log.snapshots.push(DocumentState { doc, version, value: value.clone() });
+                log.snapshots.push(DocumentState { doc, version, value: value.to_value() });
             }
         }
         log.batch.push(LogEntry { change, base, reads, time_ms: now_ms(), author });
@@ -627,7 +627,7 @@ impl Shard {
             for (doc, _) in log.since_snapshot.drain() {
                 if let Some(value) = self.store.value(&doc) {
                     let version = self.store.version(&doc);
-                    log.snapshots.push(DocumentState { doc, version, value: value.clone() });
+                    log.snapshots.push(DocumentState { doc, version, value: value.to_value() });
                 }
             }
             log.replay_total = 0;
@@ -685,7 +685,7 @@ impl Shard {
         let mut frames = match catch_up {
             Some(changes) => changes,
             None => {
-                let empty = Value::Object(Default::default());
+                let empty = Doc::empty_object();
                 let value = self.store.value(&doc).unwrap_or(&empty);
                 vec![encode(&SnapshotRef { doc: &doc, version: current, value })]
             }
@@ -828,7 +828,7 @@ impl Shard {
         params: &Value,
         mutator: &MutatorFn,
     ) -> Result<(Version, Value), RpcError> {
-        let empty = Value::Object(Default::default());
+        let empty = Doc::empty_object();
         let value = self.store.value(doc).unwrap_or(&empty);
         let version = self.store.version(doc);
         let call = MutatorCall { params, doc, value, version, session };
@@ -1062,7 +1062,8 @@ mod tests {
     fn the_borrowed_snapshot_encodes_like_the_protocol_type() {
         let doc = DocId::parse("d").unwrap();
         let value = json!({"a": [1, 2]});
-        let frame = encode(&SnapshotRef { doc: &doc, version: Version(3), value: &value });
+        let frame =
+            encode(&SnapshotRef { doc: &doc, version: Version(3), value: &Doc::from(&value) });
         let decoded: ServerMessage = serde_json::from_str(&frame).unwrap();
         assert_eq!(decoded, ServerMessage::Snapshot { doc, version: Version(3), value });
     }

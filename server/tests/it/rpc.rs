@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use concord_engine::certificate::Checker;
-use concord_engine::{DocId, PatchOp, Pointer};
+use concord_engine::{Doc, DocId, PatchOp, Pointer};
 use concord_server::{Config, Mutation, RpcError, RunningServer, ServerBuilder};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -35,7 +35,7 @@ async fn rpc_server(config: Config, notes: mpsc::Sender<Value>) -> RunningServer
         // Read-modify-write of /n: as a client transaction it would conflict
         // under contention; as a mutator it runs on the owning shard.
         .mutator("counter.bump", |call| {
-            let n = call.value.get("n").and_then(Value::as_i64).unwrap_or(0);
+            let n = call.value.get("n").and_then(Doc::as_i64).unwrap_or(0);
             let by = call
                 .params
                 .get("by")
