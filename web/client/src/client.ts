@@ -714,7 +714,7 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
 
   /** Transactions sent and not yet confirmed or rejected. */
   get pendingCount(): number {
-    return this.#replica?.pending().length ?? 0;
+    return this.#replica?.pendingCount ?? 0;
   }
 
   /** The pending transactions, oldest first. */
@@ -1005,21 +1005,22 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
    * pending patch on new state can show or hide it.
    */
   #rebased(writes: Pointer[], viewUnchanged = false): Pointer[] {
-    if (viewUnchanged || !this.#replica) return writes;
+    if (viewUnchanged || !this.#replica?.hasPending) return writes;
     return [...writes, ...this.#replica.pendingWrites()];
   }
 
   /** After any change to the view or the pending set: notify listeners and wake waiting runs. */
   #changed(origin: ChangeEvent["origin"], pointers: Pointer[], viewUnchanged = false): void {
     if (!viewUnchanged) this.#snapshot = undefined;
-    for (const waiter of [...this.#retryWaiters]) {
+    // `wake` deletes the waiter from its set, which is safe while iterating it.
+    for (const waiter of this.#retryWaiters) {
       if (origin === "snapshot" || waiter.reads.some((r) => pointers.some((w) => w.overlaps(r)))) waiter.wake();
     }
     const replica = this.#replica;
-    for (const waiter of [...this.#resolutionWaiters]) {
+    for (const waiter of this.#resolutionWaiters) {
       if (!replica || waiter.txIds.every((id) => !replica.isPending(id))) waiter.wake();
     }
-    if (!viewUnchanged) this.emit("change", { origin, version: this.version, writes: pointers.map(String) });
+    if (!viewUnchanged) this.emit("change", { origin, version: this.version, writes: pointers.map((p) => p.toString()) });
     const pending = this.pendingCount;
     if (pending !== this.#lastPending) {
       this.#lastPending = pending;

@@ -6,14 +6,21 @@
 export type Listener<T> = (event: T) => void;
 
 export class Emitter<Events extends object> {
-  #listeners = new Map<keyof Events, Set<Listener<never>>>();
+  /**
+   * Each event's listeners in the order added. A list is replaced, never
+   * changed, so `emit` walks the list it started with without copying it:
+   * a listener added meanwhile waits for the next event, one removed still
+   * gets this one.
+   */
+  #listeners = new Map<keyof Events, readonly Listener<never>[]>();
   onListenerError: (error: unknown) => void = (error) => console.error("concord: a listener threw", error);
 
   /** Adds a listener; returns a function that removes it. */
   on<K extends keyof Events>(name: K, listener: Listener<Events[K]>): () => void {
-    let set = this.#listeners.get(name);
-    if (!set) this.#listeners.set(name, (set = new Set()));
-    set.add(listener as Listener<never>);
+    const listeners = this.#listeners.get(name) ?? [];
+    if (!listeners.includes(listener as Listener<never>)) {
+      this.#listeners.set(name, [...listeners, listener as Listener<never>]);
+    }
     return () => this.off(name, listener);
   }
 
@@ -27,14 +34,17 @@ export class Emitter<Events extends object> {
   }
 
   off<K extends keyof Events>(name: K, listener: Listener<Events[K]>): void {
-    this.#listeners.get(name)?.delete(listener as Listener<never>);
+    const listeners = this.#listeners.get(name);
+    if (listeners?.includes(listener as Listener<never>)) {
+      this.#listeners.set(name, listeners.filter((l) => l !== listener));
+    }
   }
 
   /** @internal */
   emit<K extends keyof Events>(name: K, event: Events[K]): void {
-    const set = this.#listeners.get(name);
-    if (!set) return;
-    for (const listener of [...set]) {
+    const listeners = this.#listeners.get(name);
+    if (!listeners) return;
+    for (const listener of listeners) {
       try {
         (listener as Listener<Events[K]>)(event);
       } catch (error) {

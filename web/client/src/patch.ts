@@ -404,8 +404,11 @@ class Run {
 
 /** The value at `pointer`, or `undefined` when there is none. */
 export function resolve(doc: Json, pointer: Pointer): Json | undefined {
+  const tokens = pointer.tokens;
   let node: Json | undefined = doc;
-  for (const token of pointer.tokens) {
+  // An indexed loop: iterating a parsed pointer's frozen tokens with `for-of` is slower in V8.
+  for (let i = 0; i < tokens.length; i++) {
+    const token = tokens[i] as string;
     if (Array.isArray(node)) {
       const index = parseArrayIndex(token);
       node = index === undefined ? undefined : node[index];
@@ -496,13 +499,13 @@ export function valueDepth(value: Json): number {
  * exactly as the engine counts it.
  */
 export function encodedSizeEstimate(value: Json, budgetBytes: number): number {
+  // Most writes replace a scalar: size it without allocating a stack.
+  if (value === null || typeof value !== "object") return scalarSizeEstimate(value);
   let total = 0;
   const stack: Json[] = [value];
   while (stack.length > 0) {
     const node = stack.pop() as Json;
-    if (node === null || typeof node === "boolean") total += 5;
-    else if (typeof node === "number") total += 8;
-    else if (typeof node === "string") total += utf8Length(node) + 2;
+    if (node === null || typeof node !== "object") total += scalarSizeEstimate(node);
     else if (Array.isArray(node)) {
       for (const item of node) stack.push(item);
       total += 2 + node.length;
@@ -516,4 +519,11 @@ export function encodedSizeEstimate(value: Json, budgetBytes: number): number {
     if (total > budgetBytes) return total;
   }
   return total;
+}
+
+/** `encodedSizeEstimate` of a scalar. */
+function scalarSizeEstimate(value: null | boolean | number | string): number {
+  if (typeof value === "number") return 8;
+  if (typeof value === "string") return utf8Length(value) + 2;
+  return 5;
 }

@@ -113,25 +113,77 @@ interface Pending {
   visible: boolean;
 }
 
-/** The mutable state a replica shares with the transaction running on it. */
-interface ViewState {
-  box: DocBox;
-  sizeBytes: number;
+/**
+ * The document a replica holds, shared with the transaction running on it,
+ * and its size estimate for the document-size limit. Measuring walks the
+ * whole document (milliseconds for a board of thousands of shapes, most of a
+ * late join), so a snapshot is measured only when a patch first needs the
+ * limit, and the estimate is kept up to date from then on. (TypeScript only:
+ * engine/src/replica.rs measures every snapshot.)
+ */
+class View {
+  readonly box: DocBox;
   readonly limits: Limits;
+  /** The same limits without a document-size limit, for server changes while unmeasured. */
+  readonly #limitsUnsized: Limits;
+  /** `encodedSizeEstimate` of the document; `undefined` until first needed. */
+  #sizeBytes: number | undefined;
+
+  constructor(value: Json, limits: Limits) {
+    this.box = { value };
+    this.limits = limits;
+    this.#limitsUnsized = { ...limits, docSizeBytesMax: Infinity };
+  }
+
+  /** Replaces the document (a snapshot); it is measured again only when needed. */
+  reset(value: Json): void {
+    this.box.value = value;
+    this.#sizeBytes = undefined;
+  }
+
+  /** Applies `patch` under every limit, measuring the document first if it never was. Throws `PatchError`. */
+  apply(patch: readonly PatchOp[]): Applied {
+    const sizeBytes = (this.#sizeBytes ??= encodedSizeEstimate(this.box.value, Infinity));
+    const applied = applyPatch(this.box, sizeBytes, patch, this.limits);
+    this.#sizeBytes = Math.max(0, sizeBytes + applied.sizeDeltaBytes);
+    return applied;
+  }
+
+  /**
+   * Applies a change the server committed. While the document is unmeasured,
+   * its size limit is left to the server, which enforced it before
+   * committing: measuring here would give up the laziness for every replica
+   * that only watches, as it gets nothing but server changes. Once measured,
+   * the change is checked like any patch. (Unmeasured, the result's
+   * `sizeDeltaBytes` means nothing; a committed change is never undone.)
+   */
+  applyCommitted(patch: readonly PatchOp[]): Applied {
+    if (this.#sizeBytes !== undefined) return this.apply(patch);
+    return applyPatch(this.box, 0, patch, this.#limitsUnsized);
+  }
+
+  /** Undoes applications made through `apply`, newest first. */
+  undo(applied: readonly Applied[]): void {
+    for (let i = applied.length - 1; i >= 0; i--) {
+      const one = applied[i] as Applied;
+      one.undo(this.box);
+      if (this.#sizeBytes !== undefined) this.#sizeBytes = Math.max(0, this.#sizeBytes - one.sizeDeltaBytes);
+    }
+  }
 }
 
 /** A client's copy of one document. */
 export class Replica {
   readonly doc: string;
   #version: number;
-  readonly #state: ViewState;
+  readonly #view: View;
   readonly #pending: Pending[] = [];
 
   /** A replica holding `value` at `version` (from a snapshot). */
   constructor(doc: string, value: Json, version: number, limits: Limits = DEFAULT_LIMITS) {
     this.doc = doc;
     this.#version = version;
-    this.#state = { box: { value }, sizeBytes: encodedSizeEstimate(value, Infinity), limits };
+    this.#view = new View(value, limits);
   }
 
   /** The confirmed version: every change up to it has been applied. */
@@ -141,13 +193,13 @@ export class Replica {
 
   /** The optimistic view: confirmed state plus pending writes. Live: do not mutate it. */
   get view(): Json {
-    return this.#state.box.value;
+    return this.#view.box.value;
   }
 
   /** The confirmed state without pending writes (a copy; for tests and diagnostics). */
   confirmed(): Json {
     this.#hidePending();
-    const confirmed = cloneJson(this.#state.box.value);
+    const confirmed = cloneJson(this.#view.box.value);
     this.#showPending();
     return confirmed;
   }
@@ -161,6 +213,10 @@ export class Replica {
     return this.#pending.length > 0;
   }
 
+  get pendingCount(): number {
+    return this.#pending.length;
+  }
+
   isPending(txId: string): boolean {
     return this.#pending.some((p) => p.tx.tx_id === txId);
   }
@@ -172,13 +228,17 @@ export class Replica {
 
   /** Locations the pending transaction `txId` wrote in the view (under the array rule); empty when not pending. */
   pendingWrites(txId?: string): Pointer[] {
-    return this.#pending.filter((p) => txId === undefined || p.tx.tx_id === txId).flatMap((p) => p.writes);
+    const writes: Pointer[] = [];
+    for (const pending of this.#pending) {
+      if (txId === undefined || pending.tx.tx_id === txId) writes.push(...pending.writes);
+    }
+    return writes;
   }
 
   /** Runs `fn` as transaction `txId` against the view. */
   run<T>(txId: string, fn: (tx: Tx) => T): RunOutcome<T> {
-    const pendingWrites = this.#pending.flatMap((p) => p.writes);
-    const tx = new Tx(this.#state);
+    const pendingWrites = this.pendingWrites();
+    const tx = new Tx(this.#view);
     let result: { ok: true; value: T } | { ok: false; error: unknown };
     try {
       result = { ok: true, value: fn(tx) };
@@ -199,7 +259,8 @@ export class Replica {
       const pendingTxIds = this.#pending.map((p) => p.tx.tx_id);
       outcome = { kind: "blocked", pendingTxIds };
     } else {
-      const localWrites = undo.flatMap((a) => a.writes);
+      const localWrites: Pointer[] = [];
+      for (const applied of undo) localWrites.push(...applied.writes);
       const transaction: Transaction = {
         doc: this.doc,
         tx_id: txId,
@@ -210,16 +271,8 @@ export class Replica {
       this.#pending.push({ tx: transaction, undo, writes: localWrites, visible: true });
       return { kind: "submit", value: result.value, tx: transaction, afterCommit };
     }
-    this.#undoRun(undo);
+    this.#view.undo(undo);
     return outcome;
-  }
-
-  #undoRun(undo: Applied[]): void {
-    for (let i = undo.length - 1; i >= 0; i--) {
-      const applied = undo[i] as Applied;
-      this.#state.sizeBytes = Math.max(0, this.#state.sizeBytes - applied.sizeDeltaBytes);
-      applied.undo(this.#state.box);
-    }
   }
 
   /** Applies a change from the server's stream. Changes at or below the held version are duplicates and ignored. */
@@ -244,8 +297,7 @@ export class Replica {
     let effect: ChangeEffect | undefined;
     let failure: unknown;
     try {
-      const applied = applyPatch(this.#state.box, this.#state.sizeBytes, change.patch, this.#state.limits);
-      this.#state.sizeBytes = Math.max(0, this.#state.sizeBytes + applied.sizeDeltaBytes);
+      const applied = this.#view.applyCommitted(change.patch);
       this.#version = change.version;
       effect = { writes: applied.writes };
       if (own >= 0) effect.committed = change.tx_id;
@@ -307,8 +359,7 @@ export class Replica {
   /** Replaces the confirmed state with a snapshot; pending transactions stay pending, re-applied on top. */
   reset(value: Json, version: number): void {
     this.#hidePending();
-    this.#state.sizeBytes = encodedSizeEstimate(value, Infinity);
-    this.#state.box.value = value;
+    this.#view.reset(value);
     this.#version = version;
     this.#showPending();
   }
@@ -317,7 +368,7 @@ export class Replica {
   #hidePending(): void {
     for (let i = this.#pending.length - 1; i >= 0; i--) {
       const pending = this.#pending[i] as Pending;
-      this.#undoRun(pending.undo);
+      this.#view.undo(pending.undo);
       pending.undo = [];
       pending.visible = false;
     }
@@ -327,8 +378,7 @@ export class Replica {
   #showPending(): void {
     for (const pending of this.#pending) {
       try {
-        const applied = applyPatch(this.#state.box, this.#state.sizeBytes, pending.tx.writes, this.#state.limits);
-        this.#state.sizeBytes = Math.max(0, this.#state.sizeBytes + applied.sizeDeltaBytes);
+        const applied = this.#view.apply(pending.tx.writes);
         pending.writes = applied.writes.slice();
         pending.undo = [applied];
         pending.visible = true;
@@ -342,7 +392,7 @@ export class Replica {
 
 /** A running transaction: reads and writes go through it. */
 export class Tx {
-  readonly #state: ViewState;
+  readonly #view: View;
   readonly #reads: Pointer[] = [];
   readonly #writes: PatchOp[] = [];
   readonly #undo: Applied[] = [];
@@ -352,8 +402,8 @@ export class Tx {
   #finished = false;
 
   /** @internal */
-  constructor(state: ViewState) {
-    this.#state = state;
+  constructor(view: View) {
+    this.#view = view;
   }
 
   /** @internal Ends the run and hands its records to the replica. */
@@ -371,7 +421,7 @@ export class Tx {
     this.#live();
     const pointer = Pointer.from(path);
     this.#recordRead(pointer);
-    const value = resolve(this.#state.box.value, pointer);
+    const value = resolve(this.#view.box.value, pointer);
     return value === undefined ? undefined : (cloneJson(value) as T);
   }
 
@@ -448,12 +498,7 @@ export class Tx {
     try {
       return fn(this);
     } catch (error) {
-      const undone = this.#undo.splice(marks[1]);
-      for (let i = undone.length - 1; i >= 0; i--) {
-        const applied = undone[i] as Applied;
-        this.#state.sizeBytes = Math.max(0, this.#state.sizeBytes - applied.sizeDeltaBytes);
-        applied.undo(this.#state.box);
-      }
+      this.#view.undo(this.#undo.splice(marks[1]));
       this.#writes.length = marks[0];
       this.#covered.length = marks[2];
       this.#afterCommit.length = marks[3];
@@ -483,12 +528,11 @@ export class Tx {
     }
     let applied: Applied;
     try {
-      applied = applyPatch(this.#state.box, this.#state.sizeBytes, [op], this.#state.limits);
+      applied = this.#view.apply([op]);
     } catch (error) {
       if (error instanceof PatchError) throw new PatchError(this.#writes.length, error.error);
       throw error;
     }
-    this.#state.sizeBytes = Math.max(0, this.#state.sizeBytes + applied.sizeDeltaBytes);
     this.#undo.push(applied);
     this.#writes.push(op);
     if (covers) this.#covered.push(covers);
@@ -496,7 +540,7 @@ export class Tx {
 
   #parentIsArray(pointer: Pointer): boolean {
     const parent = pointer.parent();
-    return parent !== undefined && Array.isArray(resolve(this.#state.box.value, parent));
+    return parent !== undefined && Array.isArray(resolve(this.#view.box.value, parent));
   }
 }
 

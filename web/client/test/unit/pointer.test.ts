@@ -40,6 +40,17 @@ test("prefix and overlap relations", () => {
   assert.ok(!Pointer.parse("/ab").overlaps(a), "token-wise, not string-wise");
 });
 
+test("parents drop the last token, and parsed pointers and their parents are shared, so frozen", () => {
+  const x = Pointer.parse("/shapes/a~1b/x");
+  assert.equal(x.parent()?.toString(), "/shapes/a~1b");
+  assert.equal(x.parent()?.parent()?.toString(), "/shapes");
+  assert.ok(x.parent()?.parent()?.parent()?.isRoot);
+  assert.equal(Pointer.root.parent(), undefined);
+  assert.ok(Object.isFrozen(x.tokens) && Object.isFrozen(x.parent()?.tokens));
+  assert.deepEqual(Pointer.parse("/shapes/a~1b/x").parent()?.tokens, ["shapes", "a/b"], "the same again from the cache");
+  assert.throws(() => Pointer.parse(7 as unknown as string), InvalidPointer, "a non-string is refused, cache or not");
+});
+
 test("array indices follow RFC 6901", () => {
   assert.equal(parseArrayIndex("0"), 0);
   assert.equal(parseArrayIndex("12"), 12);

@@ -5,7 +5,17 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Replica, type Json, type RunOutcome, type Transaction, type Tx } from "../../src/index.js";
+import {
+  DEFAULT_LIMITS,
+  encodedSizeEstimate,
+  Replica,
+  type Json,
+  type JsonObject,
+  type Limits,
+  type RunOutcome,
+  type Transaction,
+  type Tx,
+} from "../../src/index.js";
 
 function replica(value: Json): Replica {
   return new Replica("d", value, 0);
@@ -257,4 +267,97 @@ test("values given to set are copied and checked for JSON", () => {
   });
   assert.equal(fromGet.kind, "read_only");
   assert.deepEqual(r.view, { s: { x: 1 } });
+});
+
+// The size estimate behind the document-size limit is measured lazily: a
+// snapshot is walked only when a local write first needs the limit.
+
+function board(shapes: number): JsonObject {
+  const out: JsonObject = {};
+  for (let i = 0; i < shapes; i++) out[`s${i}`] = { x: i, y: i };
+  return { shapes: out };
+}
+
+/** A server change at `version` from another client. */
+function remote(r: Replica, version: number, patch: Transaction["writes"]): void {
+  r.applyChange({ doc: "d", version, tx_id: `other-${version}`, patch });
+}
+
+/**
+ * The replica's size estimate as a refused write reports it: a string too
+ * large for any document is refused with the size it would have made, which
+ * is the estimate plus the string and its key.
+ */
+function sizeEstimateOf(r: Replica, limits: Limits): number {
+  const probe = "p".repeat(limits.docSizeBytesMax);
+  const outcome = r.run("probe", (tx) => tx.set("/probe", probe));
+  assert.equal(outcome.kind, "patch");
+  const error = (outcome as Extract<RunOutcome<unknown>, { kind: "patch" }>).error.error;
+  assert.equal(error.reason, "size_exceeded");
+  const probeBytes = probe.length + 2 + "probe".length + 4;
+  return (error as { size_bytes: number }).size_bytes - probeBytes;
+}
+
+test("a snapshot is not measured until a local write needs the size limit", () => {
+  // Measuring lists the members of every object; a Proxy counts the listings.
+  let listed = 0;
+  const shapes = new Proxy(board(100).shapes as JsonObject, {
+    ownKeys(target) {
+      listed++;
+      return Reflect.ownKeys(target);
+    },
+  });
+  const r = new Replica("d", { shapes }, 1);
+  remote(r, 2, [
+    { op: "add", path: "/shapes/s0/x", value: 5 },
+    { op: "add", path: "/shapes/s100", value: { x: 0, y: 0 } },
+  ]);
+  assert.equal(listed, 0, "neither the snapshot nor a server change measured the document");
+  submit(r, "t1", (tx) => tx.set("/shapes/s1/x", 7));
+  assert.ok(listed > 0, "the first local write measured it");
+});
+
+test("a local write over the size limit is refused after a snapshot and server changes, with no local write before", () => {
+  const snapshot = board(10);
+  // Room for the server's new shape (35 bytes), not for that and a label (15 more).
+  const limits = { ...DEFAULT_LIMITS, docSizeBytesMax: encodedSizeEstimate(snapshot, Infinity) + 40 };
+  const r = new Replica("d", snapshot, 1, limits);
+  remote(r, 2, [{ op: "add", path: "/shapes/s10", value: { x: 1, y: 1 } }]);
+  const before = structuredClone(r.view);
+  const outcome = r.run("t1", (tx) => tx.set("/shapes/s0/label", "abcd"));
+  assert.equal(outcome.kind, "patch", "the label would take the document over the limit");
+  assert.deepEqual((outcome as Extract<RunOutcome<unknown>, { kind: "patch" }>).error.error, {
+    reason: "size_exceeded",
+    size_bytes: encodedSizeEstimate(before, Infinity) + 15,
+    max_bytes: limits.docSizeBytesMax,
+  });
+  assert.deepEqual(r.view, before);
+  assert.ok(!r.hasPending);
+});
+
+test("the size estimate equals a fresh measurement after server changes, local writes and resyncs", () => {
+  const limits = { ...DEFAULT_LIMITS, docSizeBytesMax: 100_000 };
+  const fresh = (r: Replica) => encodedSizeEstimate(r.view, Infinity);
+  const r = new Replica("d", board(20), 1, limits);
+  remote(r, 2, [
+    { op: "remove", path: "/shapes/s3" },
+    { op: "add", path: "/shapes/s20", value: { x: 1, y: 1, text: "héllo" } },
+  ]);
+  submit(r, "t1", (tx) => tx.set("/shapes/s0/label", "a longer label"));
+  remote(r, 3, [{ op: "replace", path: "/shapes/s1", value: { x: 2 } }]);
+  assert.equal(sizeEstimateOf(r, limits), fresh(r), "measured at the local write, then kept up to date");
+
+  // A resync while t1 is pending: the snapshot is measured to re-apply t1.
+  r.reset(board(5), 10);
+  assert.equal(sizeEstimateOf(r, limits), fresh(r), "with a pending write re-applied on the snapshot");
+  r.onCommitted("t1", 11);
+  remote(r, 12, [{ op: "add", path: "/shapes/s9", value: { x: 0, y: 0 } }]);
+  assert.equal(sizeEstimateOf(r, limits), fresh(r), "after the pending write was confirmed");
+
+  // A resync with nothing pending: unmeasured until the next local write.
+  r.reset(board(30), 20);
+  remote(r, 21, [{ op: "remove", path: "/shapes/s0" }]);
+  submit(r, "t2", (tx) => tx.remove("/shapes/s1"));
+  remote(r, 22, [{ op: "add", path: "/shapes/s1", value: [1, 2, 3] }]);
+  assert.equal(sizeEstimateOf(r, limits), fresh(r), "measured again after the resync");
 });
