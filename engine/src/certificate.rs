@@ -307,7 +307,9 @@ fn check_commit(
     }
     if wrote {
         history.states.push(next);
-        history.commits.push(Replayed { tx_id: tx.tx_id.clone(), writes: applied.writes });
+        history
+            .commits
+            .push(Replayed { tx_id: tx.tx_id.clone(), writes: applied.writes.into_vec() });
     }
     Ok(tx.reads.len())
 }

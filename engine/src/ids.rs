@@ -36,6 +36,14 @@ impl DocId {
     }
 }
 
+/// Lets a map keyed by `DocId` look up by reference and clone the id only
+/// when it inserts (`hashbrown`'s `entry_ref`).
+impl From<&DocId> for DocId {
+    fn from(id: &DocId) -> Self {
+        id.clone()
+    }
+}
+
 /// The id a client gives a transaction: 1–64 printable ASCII characters.
 ///
 /// Clients make it unique per client (the Rust and TypeScript clients use a

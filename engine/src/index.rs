@@ -23,10 +23,9 @@
 //! no longer be validated precisely, so it gets `Stale` — the client resyncs
 //! and re-runs — never a wrong answer.
 
-use std::collections::HashMap;
-
 use compact_str::CompactString;
 use foldhash::fast::RandomState;
+use hashbrown::HashMap;
 
 use crate::ids::Version;
 use crate::pointer::Pointer;
@@ -126,15 +125,19 @@ impl VersionIndex {
         let mut created = 0;
         for token in pointer.tokens() {
             node.subtree = version;
-            node = node.children.entry(CompactString::from(token.as_str())).or_insert_with(|| {
+            // The key is built only for a new node.
+            node = node.children.entry_ref(token.as_str()).or_insert_with(|| {
                 created += 1;
                 Node::default()
             });
         }
         node.written = version;
         node.subtree = version;
-        let dropped: usize = node.children.values().map(Node::count).sum();
-        node.children = HashMap::default();
+        let mut dropped = 0;
+        if !node.children.is_empty() {
+            dropped = node.children.values().map(Node::count).sum();
+            node.children = HashMap::default();
+        }
         self.node_count = self.node_count + created - dropped;
         if self.node_count > self.node_count_max {
             self.compact(version);

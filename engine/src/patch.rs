@@ -19,6 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
+use smallvec::SmallVec;
 
 use crate::doc::{JsonTree, Members, Node, NodeMut};
 use crate::error::{PatchError, PatchOpError};
@@ -78,13 +79,18 @@ impl PatchOp {
 /// A write set: ops applied in order, all or none.
 pub type Patch = Vec<PatchOp>;
 
+/// Locations a patch wrote. Most patches write one or two, which then need
+/// no allocation.
+pub type Writes = SmallVec<[Pointer; 2]>;
+
 /// What a successful application leaves behind: how to undo it, where it
 /// wrote, and how much it changed the document's size estimate.
 #[derive(Debug)]
 pub struct Applied<T = Value> {
-    undo: Vec<Undo<T>>,
+    /// Inline for a one-op patch, the commonest: no allocation.
+    undo: SmallVec<[Undo<T>; 1]>,
     /// Locations written, under the array rule in the module docs.
-    pub writes: Vec<Pointer>,
+    pub writes: Writes,
     /// Change in `encoded_size_estimate` of the document.
     pub size_delta_bytes: i64,
 }
@@ -93,7 +99,8 @@ impl<T: JsonTree> Applied<T> {
     /// Room for `ops` ops, most of which write one location and log one
     /// undo step: sized once rather than grown.
     fn with_capacity(ops: usize) -> Self {
-        Self { undo: Vec::with_capacity(ops), writes: Vec::with_capacity(ops), size_delta_bytes: 0 }
+        let (undo, writes) = (SmallVec::with_capacity(ops), SmallVec::with_capacity(ops));
+        Self { undo, writes, size_delta_bytes: 0 }
     }
 
     /// Reverts the patch this came from. `doc` must be exactly as the patch
@@ -430,7 +437,7 @@ fn sibling(path: &Pointer, index: usize) -> Pointer {
     parent_of(path).child(index.to_string())
 }
 
-fn undo_all<T: JsonTree>(doc: &mut T, undo: Vec<Undo<T>>) {
+fn undo_all<T: JsonTree>(doc: &mut T, undo: SmallVec<[Undo<T>; 1]>) {
     for step in undo.into_iter().rev() {
         let done = match step {
             Undo::Restore(path, old) => resolve_mut(doc, &path).map(|slot| *slot = old).is_some(),

@@ -250,7 +250,7 @@ impl Replica {
                     self.size_bytes.saturating_add_signed(applied.size_delta_bytes as isize);
                 self.version = change.version;
                 let committed = own.map(|_| change.tx_id.clone());
-                Ok(ChangeEffect { writes: applied.writes, committed })
+                Ok(ChangeEffect { writes: applied.writes.into_vec(), committed })
             }
             Err(error) => Err(ReplicaError::Diverged { version: change.version, error }),
         };
@@ -342,7 +342,7 @@ impl Replica {
                 Ok(applied) => {
                     self.size_bytes =
                         self.size_bytes.saturating_add_signed(applied.size_delta_bytes as isize);
-                    pending.writes.clone_from(&applied.writes);
+                    pending.writes = applied.writes.to_vec();
                     pending.undo.push(applied);
                     pending.visible = true;
                 }

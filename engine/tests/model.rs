@@ -641,7 +641,11 @@ fn check_step(
                     let mut scratch = model_doc.value().clone();
                     let applied =
                         patch::apply(&mut scratch, 0, &tx.writes, &Limits::default()).unwrap();
-                    prop_assert_eq!(&applied.writes, &writes, "written locations");
+                    prop_assert_eq!(
+                        applied.writes.as_slice(),
+                        writes.as_slice(),
+                        "written locations"
+                    );
                     model_doc.states.push(value);
                     model_doc.commits.push(ModelCommit { tx_id: tx.tx_id.clone(), writes });
                 }
@@ -730,8 +734,9 @@ fn run(steps: &[Step], limits: Limits) -> Result<(), TestCaseError> {
             prop_assert_eq!(&value, model_doc.value(), "{} after {}", id, context());
             prop_assert_eq!(version, model_doc.version(), "{} after {}", id, context());
         }
+        let remembered = store.outcome_of(&tx.tx_id);
         prop_assert_eq!(
-            store.outcome_of(&tx.tx_id),
+            remembered.as_ref(),
             model.remembered(&tx.tx_id),
             "remembered outcome after {}",
             context()
