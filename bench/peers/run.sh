@@ -57,7 +57,9 @@ export PEERS_VERSIONS="$versions"
 export PEERS_COMMAND="bench/peers/run.sh${*:+ $*}"
 
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
-out="$here/results/peers-$([[ $smoke == 1 ]] && echo smoke-)$stamp.json"
+kind=""
+[[ $smoke == 1 ]] && kind="smoke-"
+out="$here/results/peers-$kind$stamp.json"
 step "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 step "running (results: ${out#"$repo/"})"
 status=0
