@@ -47,6 +47,10 @@ pub const HUB_QUEUE_COMMANDS_MAX: usize = 4096;
 pub const CHANGE_HISTORY_MAX: usize = 1024;
 /// Most bytes of serialised changes kept per document for catch-up.
 pub const CHANGE_HISTORY_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Most bytes of encoded snapshots each shard keeps, so that sessions
+/// opening a document at an unchanged version share one encoding (a class
+/// joining one board) instead of each paying for its own.
+pub const SNAPSHOT_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Sustained messages per second one session may send.
 pub const RATE_MESSAGES_PER_SECOND: u32 = 500;
 /// Messages one session may send in a burst above the sustained rate.
@@ -169,6 +173,7 @@ pub struct Config {
     pub hub_queue_commands_max: usize,
     pub change_history_max: usize,
     pub change_history_bytes_max: usize,
+    pub snapshot_cache_bytes_max: usize,
     pub rate_messages_per_second: u32,
     pub rate_burst_messages_max: u32,
     pub ping_interval: Duration,
@@ -219,6 +224,7 @@ impl Default for Config {
             hub_queue_commands_max: HUB_QUEUE_COMMANDS_MAX,
             change_history_max: CHANGE_HISTORY_MAX,
             change_history_bytes_max: CHANGE_HISTORY_BYTES_MAX,
+            snapshot_cache_bytes_max: SNAPSHOT_CACHE_BYTES_MAX,
             rate_messages_per_second: RATE_MESSAGES_PER_SECOND,
             rate_burst_messages_max: RATE_BURST_MESSAGES_MAX,
             ping_interval: PING_INTERVAL,

@@ -7,7 +7,10 @@
 //! document the shard also keeps its subscribers (sessions that opened it),
 //! their presence, and a bounded history of recent changes
 //! (`change_history_max` changes and `change_history_bytes_max` bytes) so a
-//! reconnecting client gets just what it missed.
+//! reconnecting client gets just what it missed, and the last snapshot it
+//! encoded while that is still the current version, so sessions opening an
+//! unchanged document share one encoding (`snapshot_cache_bytes_max` bytes
+//! per shard).
 //!
 //! A shard works in two steps. *Sequencing* decides each command at once:
 //! `Store::commit`, the log entry, the frames to send (each change is
@@ -233,6 +236,8 @@ pub(crate) fn spawn_shards(
             docs: HashMap::new(),
             history_max: config.change_history_max,
             history_bytes_max: config.change_history_bytes_max,
+            snapshot_bytes: 0,
+            snapshot_bytes_max: config.snapshot_cache_bytes_max,
             metrics: metrics.clone(),
             commit_log: commit_log.clone(),
             tx_prefix: format!("~srv{nonce:016x}.{index}."),
@@ -281,6 +286,9 @@ struct DocState {
     /// when a change is sequenced; only ever sent through a released effect.
     history: VecDeque<(Version, Utf8Bytes)>,
     history_bytes: usize,
+    /// The snapshot frame last encoded, and its version; dropped when a
+    /// change is sequenced, and only ever sent at its own version.
+    snapshot: Option<(Version, Utf8Bytes)>,
 }
 
 /// A visible consequence of a command, carried out at release.
@@ -363,6 +371,9 @@ struct Shard {
     docs: HashMap<DocId, DocState>,
     history_max: usize,
     history_bytes_max: usize,
+    /// Bytes of the snapshot frames held in `docs`, and their bound.
+    snapshot_bytes: usize,
+    snapshot_bytes_max: usize,
     metrics: Metrics,
     commit_log: Option<CommitLog>,
     tx_prefix: String,
@@ -652,6 +663,9 @@ impl Shard {
 
     fn record_history(&mut self, doc: &DocId, version: Version, frame: Utf8Bytes) {
         let state = self.docs.entry(doc.clone()).or_default();
+        if let Some((_, stale)) = state.snapshot.take() {
+            self.snapshot_bytes -= stale.len();
+        }
         state.history_bytes += frame.len();
         state.history.push_back((version, frame));
         while state.history.len() > self.history_max || state.history_bytes > self.history_bytes_max
@@ -684,11 +698,22 @@ impl Shard {
         });
         let mut frames = match catch_up {
             Some(changes) => changes,
-            None => {
-                let empty = Doc::empty_object();
-                let value = self.store.value(&doc).unwrap_or(&empty);
-                vec![encode(&SnapshotRef { doc: &doc, version: current, value })]
-            }
+            None => match &state.snapshot {
+                Some((version, frame)) if *version == current => vec![frame.clone()],
+                _ => {
+                    let empty = Doc::empty_object();
+                    let value = self.store.value(&doc).unwrap_or(&empty);
+                    let frame = encode(&SnapshotRef { doc: &doc, version: current, value });
+                    if let Some((_, stale)) = state.snapshot.take() {
+                        self.snapshot_bytes -= stale.len();
+                    }
+                    if self.snapshot_bytes + frame.len() <= self.snapshot_bytes_max {
+                        self.snapshot_bytes += frame.len();
+                        state.snapshot = Some((current, frame.clone()));
+                    }
+                    vec![frame]
+                }
+            },
         };
         frames.push(encode(&ServerMessage::Opened { doc: doc.clone(), version: current }));
         self.emit(Effect::Open { session, outbox, doc, frames });
@@ -798,7 +823,10 @@ impl Shard {
             // Opening never-written documents must not grow memory: forget
             // the state of a document nobody watches and that has no history.
             if state.subscribers.is_empty() && state.history.is_empty() {
-                self.docs.remove(doc);
+                let cached = self.docs.remove(doc).and_then(|removed| removed.snapshot);
+                if let Some((_, frame)) = cached {
+                    self.snapshot_bytes -= frame.len();
+                }
             }
         }
     }
@@ -933,6 +961,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::config::SNAPSHOT_CACHE_BYTES_MAX;
     use crate::durable;
     use crate::outbox::Outgoing;
     use crate::storage::{
@@ -1056,6 +1085,70 @@ mod tests {
         for task in tasks {
             task.await.unwrap();
         }
+    }
+
+    fn outbox_serial() -> u64 {
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Opens `doc` for a new session; returns its snapshot frame.
+    async fn open_snapshot(shards: &ShardSet, doc: &DocId, metrics: &Metrics) -> Utf8Bytes {
+        let outbox = Outbox::new(100, 1 << 20, metrics.clone());
+        let session: SessionId = format!("s{}", outbox_serial()).into();
+        let open =
+            ShardCommand::Open { session, outbox: outbox.clone(), doc: doc.clone(), version: None };
+        assert!(shards.send(doc, open).await);
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), outbox.next()).await;
+        match next.unwrap() {
+            Some(Outgoing::Text(frame)) => frame,
+            other => panic!("expected the snapshot, got {other:?}"),
+        }
+    }
+
+    async fn snapshots_of_unchanged_documents(cache_bytes_max: usize) -> (bool, Value) {
+        let config =
+            Config { shards: 1, snapshot_cache_bytes_max: cache_bytes_max, ..Config::default() };
+        let (metrics, stop) = (Metrics::new().unwrap(), CancellationToken::new());
+        let (shards, tasks) = spawn_shards(&config, &metrics, None, None, None, &stop);
+        let doc = DocId::parse("board").unwrap();
+        let first = open_snapshot(&shards, &doc, &metrics).await;
+        let second = open_snapshot(&shards, &doc, &metrics).await;
+        assert_eq!(first, second);
+        let shared = first.as_str().as_ptr() == second.as_str().as_ptr();
+
+        let outbox = Outbox::new(100, 1 << 20, metrics.clone());
+        let commit = ShardCommand::Commit {
+            session: "writer".into(),
+            outbox: outbox.clone(),
+            tx: serde_json::from_value(json!({"doc": "board", "tx_id": "w-1", "base": 0,
+                "writes": [{"op": "add", "path": "/n", "value": 1}]}))
+            .unwrap(),
+            received: Instant::now(),
+        };
+        assert!(shards.send(&doc, commit).await);
+        assert_eq!(next_text(&outbox).await["type"], "committed");
+        let after: Value =
+            serde_json::from_str(open_snapshot(&shards, &doc, &metrics).await.as_str()).unwrap();
+        stop.cancel();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        (shared, after)
+    }
+
+    #[tokio::test]
+    async fn sessions_opening_an_unchanged_document_share_one_snapshot_encoding() {
+        let (shared, after) = snapshots_of_unchanged_documents(SNAPSHOT_CACHE_BYTES_MAX).await;
+        assert!(shared, "the second open reuses the first one's frame");
+        assert_eq!((&after["version"], &after["value"]), (&json!(1), &json!({"n": 1})));
+    }
+
+    #[tokio::test]
+    async fn the_snapshot_cache_holds_no_more_than_its_limit() {
+        let (shared, after) = snapshots_of_unchanged_documents(0).await;
+        assert!(!shared, "with no room, every open encodes its own snapshot");
+        assert_eq!((&after["version"], &after["value"]), (&json!(1), &json!({"n": 1})));
     }
 
     #[test]
