@@ -47,6 +47,10 @@ pub const HUB_QUEUE_COMMANDS_MAX: usize = 4096;
 pub const CHANGE_HISTORY_MAX: usize = 1024;
 /// Most bytes of serialised changes kept per document for catch-up.
 pub const CHANGE_HISTORY_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Most documents a server holds. A commit (or mutation) that would create
+/// one more is refused with `limit_reached`; documents recovered at start
+/// count, and existing documents stay writable.
+pub const DOCS_MAX: usize = 100_000;
 /// Most bytes of encoded snapshots each shard keeps, so that sessions
 /// opening a document at an unchanged version share one encoding (a class
 /// joining one board) instead of each paying for its own.
@@ -174,6 +178,7 @@ pub struct Config {
     pub change_history_max: usize,
     pub change_history_bytes_max: usize,
     pub snapshot_cache_bytes_max: usize,
+    pub docs_max: usize,
     pub rate_messages_per_second: u32,
     pub rate_burst_messages_max: u32,
     pub ping_interval: Duration,
@@ -225,6 +230,7 @@ impl Default for Config {
             change_history_max: CHANGE_HISTORY_MAX,
             change_history_bytes_max: CHANGE_HISTORY_BYTES_MAX,
             snapshot_cache_bytes_max: SNAPSHOT_CACHE_BYTES_MAX,
+            docs_max: DOCS_MAX,
             rate_messages_per_second: RATE_MESSAGES_PER_SECOND,
             rate_burst_messages_max: RATE_BURST_MESSAGES_MAX,
             ping_interval: PING_INTERVAL,

@@ -131,6 +131,8 @@ struct Serve {
     change_history_bytes_max: usize,
     #[arg(long, env = "CONCORD_SNAPSHOT_CACHE_BYTES_MAX", default_value_t = config::SNAPSHOT_CACHE_BYTES_MAX)]
     snapshot_cache_bytes_max: usize,
+    #[arg(long, env = "CONCORD_DOCS_MAX", default_value_t = config::DOCS_MAX)]
+    docs_max: usize,
     #[arg(long, env = "CONCORD_RATE_MESSAGES_PER_SECOND", default_value_t = config::RATE_MESSAGES_PER_SECOND)]
     rate_messages_per_second: u32,
     #[arg(long, env = "CONCORD_RATE_BURST_MESSAGES_MAX", default_value_t = config::RATE_BURST_MESSAGES_MAX)]
@@ -198,6 +200,7 @@ impl Serve {
             change_history_max: self.change_history_max,
             change_history_bytes_max: self.change_history_bytes_max,
             snapshot_cache_bytes_max: self.snapshot_cache_bytes_max,
+            docs_max: self.docs_max,
             rate_messages_per_second: self.rate_messages_per_second,
             rate_burst_messages_max: self.rate_burst_messages_max,
             ping_interval: Duration::from_millis(self.ping_interval_ms),

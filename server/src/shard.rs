@@ -33,12 +33,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use axum::extract::ws::Utf8Bytes;
 use concord_engine::certificate::CommittedTx;
-use concord_engine::protocol::{close_code, PresenceEvent, ServerMessage};
+use concord_engine::protocol::{close_code, ErrorCode, PresenceEvent, ServerMessage};
 use concord_engine::store::Outcome;
 use concord_engine::{
     Change, Commit, Doc, DocId, Patch, Pointer, Rejection, Store, Transaction, TxId, Version,
@@ -215,6 +216,7 @@ pub(crate) fn spawn_shards(
     links.reverse();
     let mut senders = Vec::with_capacity(config.shards);
     let mut tasks = Vec::with_capacity(config.shards);
+    let docs_held = Arc::new(AtomicUsize::new(0));
     for index in 0..config.shards {
         let (sender, receiver) = mpsc::channel(config.shard_queue_commands_max);
         let since_snapshot: HashMap<DocId, u64> = since.pop().unwrap_or_default();
@@ -230,14 +232,18 @@ pub(crate) fn spawn_shards(
             replay_total: since_snapshot.values().sum(),
             since_snapshot,
         });
+        let store = stores.pop().unwrap_or_else(|| Store::new(config.limits));
+        docs_held.fetch_add(store.doc_ids().count(), Ordering::Relaxed);
         let mut shard = Shard {
             index,
-            store: stores.pop().unwrap_or_else(|| Store::new(config.limits)),
+            store,
             docs: HashMap::new(),
             history_max: config.change_history_max,
             history_bytes_max: config.change_history_bytes_max,
             snapshot_bytes: 0,
             snapshot_bytes_max: config.snapshot_cache_bytes_max,
+            docs_held: docs_held.clone(),
+            docs_max: config.docs_max,
             metrics: metrics.clone(),
             commit_log: commit_log.clone(),
             tx_prefix: format!("~srv{nonce:016x}.{index}."),
@@ -374,6 +380,9 @@ struct Shard {
     /// Bytes of the snapshot frames held in `docs`, and their bound.
     snapshot_bytes: usize,
     snapshot_bytes_max: usize,
+    /// Documents held by all shards together, and their bound.
+    docs_held: Arc<AtomicUsize>,
+    docs_max: usize,
     metrics: Metrics,
     commit_log: Option<CommitLog>,
     tx_prefix: String,
@@ -661,6 +670,30 @@ impl Shard {
         self.emit(Effect::Broadcast { doc, frame, skip });
     }
 
+    /// Commits `tx`, unless its document is new and the server already
+    /// holds `docs_max` documents (`None`). A slot is reserved before the
+    /// commit and given back if the document still does not exist after it
+    /// (a transaction refused as too large never creates it), so the bound
+    /// holds exactly across shards.
+    fn commit_within_docs_max(&mut self, tx: Transaction) -> Option<Commit> {
+        if self.store.value(&tx.doc).is_some() {
+            return Some(self.store.commit(tx));
+        }
+        let max = self.docs_max;
+        let reserved = self.docs_held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+            (held < max).then_some(held + 1)
+        });
+        if reserved.is_err() {
+            return None;
+        }
+        let doc = tx.doc.clone();
+        let result = self.store.commit(tx);
+        if self.store.value(&doc).is_none() {
+            self.docs_held.fetch_sub(1, Ordering::AcqRel);
+        }
+        Some(result)
+    }
+
     fn record_history(&mut self, doc: &DocId, version: Version, frame: Utf8Bytes) {
         let state = self.docs.entry(doc.clone()).or_default();
         if let Some((_, stale)) = state.snapshot.take() {
@@ -725,7 +758,17 @@ impl Shard {
         let logged = self.commit_log.as_ref().map(|_| tx.clone());
         let base = tx.base;
         let reads = if self.log.is_some() { tx.reads.clone() } else { Vec::new() };
-        let result = self.store.commit(tx);
+        let Some(result) = self.commit_within_docs_max(tx) else {
+            let message = format!("the server holds its limit of {} documents", self.docs_max);
+            let refusal = ServerMessage::Error {
+                code: ErrorCode::LimitReached,
+                message,
+                doc: Some(doc),
+                tx_id: Some(tx_id),
+            };
+            self.emit(Effect::Reply { outbox, frame: encode(&refusal), received });
+            return;
+        };
         let ack = match result {
             Commit::Applied { version, change } => {
                 if let (Some(log), Some(tx)) = (&self.commit_log, logged) {
@@ -875,7 +918,11 @@ impl Shard {
             writes: mutation.writes,
         };
         let logged = self.commit_log.as_ref().map(|_| tx.clone());
-        match self.store.commit(tx) {
+        let Some(result) = self.commit_within_docs_max(tx) else {
+            let message = format!("the server holds its limit of {} documents", self.docs_max);
+            return Err(RpcError::new(code::MUTATION_REJECTED, message));
+        };
+        match result {
             Commit::Applied { version: committed, change } => {
                 if let (Some(log), Some(tx)) = (&self.commit_log, logged) {
                     log.record(tx, committed);

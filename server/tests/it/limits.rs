@@ -206,3 +206,36 @@ async fn per_session_counts_are_bounded() {
     a.expect_error("bad_id").await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_number_of_documents_is_bounded_and_existing_ones_stay_writable() {
+    let limits = Limits { patch_ops_max: 2, ..Limits::default() };
+    let config = Config { docs_max: 2, shards: 2, limits, ..Config::default() };
+    let server = start(config).await;
+    let mut a = Client::connect(&server).await;
+    for doc in ["d1", "d2", "d3"] {
+        a.open(doc, None).await;
+    }
+    let write = json!([{"op": "add", "path": "/n", "value": 1}]);
+    // Refused before it reaches a document: creates none, takes no slot.
+    let too_large = json!([{"op": "add", "path": "/a", "value": 1},
+        {"op": "add", "path": "/b", "value": 1}, {"op": "add", "path": "/c", "value": 1}]);
+    a.commit("d3", "t0", 0, json!([]), too_large).await;
+    assert_eq!(a.expect("rejected").await["rejection"]["reason"], "too_large");
+    a.commit("d1", "t1", 0, json!([]), write.clone()).await;
+    a.expect("committed").await;
+    a.commit("d2", "t2", 0, json!([]), write.clone()).await;
+    a.expect("committed").await;
+
+    a.commit("d3", "t3", 0, json!([]), write.clone()).await;
+    let refused = a.expect_error("limit_reached").await;
+    assert_eq!((&refused["doc"], &refused["tx_id"]), (&json!("d3"), &json!("t3")));
+    let d3 = server.document(&DocId::parse("d3").unwrap()).await.unwrap();
+    assert_eq!(d3, (json!({}), concord_engine::Version(0)), "nothing was created");
+
+    a.commit("d1", "t4", 1, json!([]), json!([{"op": "incr", "path": "/n", "value": 1}])).await;
+    a.expect("committed").await;
+    let (d1, _) = server.document(&DocId::parse("d1").unwrap()).await.unwrap();
+    assert_eq!(d1["n"], 2);
+    server.shutdown().await;
+}

@@ -286,3 +286,20 @@ async fn a_caller_that_disconnects_leaves_nothing_behind() {
     assert_eq!(other.expect_rpc().await["result"], 2);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_mutation_that_would_create_a_document_past_the_limit_is_refused() {
+    let (notes, _noted) = mpsc::channel(8);
+    let server = rpc_server(Config { docs_max: 1, ..Config::default() }, notes).await;
+    let mut a = Client::connect(&server).await;
+    a.rpc(call(json!(1), "counter.bump", json!({"doc": "c1", "by": 1}))).await;
+    assert_eq!(a.expect_rpc().await["result"]["result"], 1);
+    a.rpc(call(json!(2), "counter.bump", json!({"doc": "c2", "by": 1}))).await;
+    let reply = a.expect_rpc().await;
+    assert_eq!(reply["error"]["code"], -32003, "{reply}");
+    assert_eq!(server.document(&DocId::parse("c2").unwrap()).await.unwrap().1 .0, 0);
+    a.rpc(call(json!(3), "counter.bump", json!({"doc": "c1", "by": 1}))).await;
+    let reply = a.expect_rpc().await;
+    assert_eq!(reply["result"]["result"], 2, "existing documents stay writable");
+    server.shutdown().await;
+}
