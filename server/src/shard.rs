@@ -297,6 +297,13 @@ struct DocState {
     snapshot: Option<(Version, Utf8Bytes)>,
 }
 
+impl DocState {
+    /// Forgets the cached snapshot frame; returns the bytes it held.
+    fn drop_snapshot(&mut self) -> usize {
+        self.snapshot.take().map_or(0, |(_, frame)| frame.len())
+    }
+}
+
 /// A visible consequence of a command, carried out at release.
 enum Effect {
     /// A change to every subscriber of `doc` but `skip` (the submitter).
@@ -671,34 +678,31 @@ impl Shard {
     }
 
     /// Commits `tx`, unless its document is new and the server already
-    /// holds `docs_max` documents (`None`). A slot is reserved before the
-    /// commit and given back if the document still does not exist after it
-    /// (a transaction refused as too large never creates it), so the bound
-    /// holds exactly across shards.
-    fn commit_within_docs_max(&mut self, tx: Transaction) -> Option<Commit> {
+    /// holds `docs_max` documents (then the refusal's message). A slot is
+    /// reserved before the commit and given back if the document still does
+    /// not exist after it (a transaction refused as too large never creates
+    /// it), so the bound holds exactly across shards.
+    fn commit_within_docs_max(&mut self, tx: Transaction) -> Result<Commit, String> {
         if self.store.value(&tx.doc).is_some() {
-            return Some(self.store.commit(tx));
+            return Ok(self.store.commit(tx));
         }
         let max = self.docs_max;
-        let reserved = self.docs_held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-            (held < max).then_some(held + 1)
-        });
-        if reserved.is_err() {
-            return None;
-        }
+        self.docs_held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < max).then_some(held + 1)
+            })
+            .map_err(|_| format!("the server holds its limit of {max} documents"))?;
         let doc = tx.doc.clone();
         let result = self.store.commit(tx);
         if self.store.value(&doc).is_none() {
             self.docs_held.fetch_sub(1, Ordering::AcqRel);
         }
-        Some(result)
+        Ok(result)
     }
 
     fn record_history(&mut self, doc: &DocId, version: Version, frame: Utf8Bytes) {
         let state = self.docs.entry(doc.clone()).or_default();
-        if let Some((_, stale)) = state.snapshot.take() {
-            self.snapshot_bytes -= stale.len();
-        }
+        self.snapshot_bytes -= state.drop_snapshot();
         state.history_bytes += frame.len();
         state.history.push_back((version, frame));
         while state.history.len() > self.history_max || state.history_bytes > self.history_bytes_max
@@ -731,25 +735,30 @@ impl Shard {
         });
         let mut frames = match catch_up {
             Some(changes) => changes,
-            None => match &state.snapshot {
-                Some((version, frame)) if *version == current => vec![frame.clone()],
-                _ => {
-                    let empty = Doc::empty_object();
-                    let value = self.store.value(&doc).unwrap_or(&empty);
-                    let frame = encode(&SnapshotRef { doc: &doc, version: current, value });
-                    if let Some((_, stale)) = state.snapshot.take() {
-                        self.snapshot_bytes -= stale.len();
-                    }
-                    if self.snapshot_bytes + frame.len() <= self.snapshot_bytes_max {
-                        self.snapshot_bytes += frame.len();
-                        state.snapshot = Some((current, frame.clone()));
-                    }
-                    vec![frame]
-                }
-            },
+            None => vec![self.snapshot_frame(&doc, current)],
         };
         frames.push(encode(&ServerMessage::Opened { doc: doc.clone(), version: current }));
         self.emit(Effect::Open { session, outbox, doc, frames });
+    }
+
+    /// The snapshot of `doc` at `current`: the cached frame when it is of
+    /// this version, else a new encoding, cached while the bytes allow.
+    fn snapshot_frame(&mut self, doc: &DocId, current: Version) -> Utf8Bytes {
+        let state = self.docs.entry(doc.clone()).or_default();
+        if let Some((version, frame)) = &state.snapshot {
+            if *version == current {
+                return frame.clone();
+            }
+        }
+        let empty = Doc::empty_object();
+        let value = self.store.value(doc).unwrap_or(&empty);
+        let frame = encode(&SnapshotRef { doc, version: current, value });
+        self.snapshot_bytes -= state.drop_snapshot();
+        if self.snapshot_bytes + frame.len() <= self.snapshot_bytes_max {
+            self.snapshot_bytes += frame.len();
+            state.snapshot = Some((current, frame.clone()));
+        }
+        frame
     }
 
     fn commit(&mut self, session: SessionId, outbox: Outbox, tx: Transaction, received: Instant) {
@@ -758,16 +767,18 @@ impl Shard {
         let logged = self.commit_log.as_ref().map(|_| tx.clone());
         let base = tx.base;
         let reads = if self.log.is_some() { tx.reads.clone() } else { Vec::new() };
-        let Some(result) = self.commit_within_docs_max(tx) else {
-            let message = format!("the server holds its limit of {} documents", self.docs_max);
-            let refusal = ServerMessage::Error {
-                code: ErrorCode::LimitReached,
-                message,
-                doc: Some(doc),
-                tx_id: Some(tx_id),
-            };
-            self.emit(Effect::Reply { outbox, frame: encode(&refusal), received });
-            return;
+        let result = match self.commit_within_docs_max(tx) {
+            Ok(result) => result,
+            Err(message) => {
+                let refusal = ServerMessage::Error {
+                    code: ErrorCode::LimitReached,
+                    message,
+                    doc: Some(doc),
+                    tx_id: Some(tx_id),
+                };
+                self.emit(Effect::Reply { outbox, frame: encode(&refusal), received });
+                return;
+            }
         };
         let ack = match result {
             Commit::Applied { version, change } => {
@@ -866,9 +877,8 @@ impl Shard {
             // Opening never-written documents must not grow memory: forget
             // the state of a document nobody watches and that has no history.
             if state.subscribers.is_empty() && state.history.is_empty() {
-                let cached = self.docs.remove(doc).and_then(|removed| removed.snapshot);
-                if let Some((_, frame)) = cached {
-                    self.snapshot_bytes -= frame.len();
+                if let Some(mut removed) = self.docs.remove(doc) {
+                    self.snapshot_bytes -= removed.drop_snapshot();
                 }
             }
         }
@@ -918,10 +928,9 @@ impl Shard {
             writes: mutation.writes,
         };
         let logged = self.commit_log.as_ref().map(|_| tx.clone());
-        let Some(result) = self.commit_within_docs_max(tx) else {
-            let message = format!("the server holds its limit of {} documents", self.docs_max);
-            return Err(RpcError::new(code::MUTATION_REJECTED, message));
-        };
+        let result = self
+            .commit_within_docs_max(tx)
+            .map_err(|message| RpcError::new(code::MUTATION_REJECTED, message))?;
         match result {
             Commit::Applied { version: committed, change } => {
                 if let (Some(log), Some(tx)) = (&self.commit_log, logged) {

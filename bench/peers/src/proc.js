@@ -4,6 +4,7 @@
 import { execFileSync, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
 
 let clockTicks;
 /** Clock ticks per second, the unit of utime/stime in /proc/<pid>/stat. */
@@ -115,4 +116,16 @@ export async function startServer(name, command, args, parse, env = {}) {
       });
     },
   };
+}
+
+/**
+ * Starts one of the peers' servers, `servers/<name>.js`: a Node script that
+ * listens on 127.0.0.1:0 and prints `PORT <n>`. Resolves with its ws:// URL.
+ */
+export function startPeerServer(name) {
+  const script = fileURLToPath(new URL(`../servers/${name}.js`, import.meta.url));
+  return startServer(name, process.execPath, [script], (line) => {
+    const m = /^PORT (\d+)/.exec(line);
+    return m ? `ws://127.0.0.1:${m[1]}` : undefined;
+  });
 }

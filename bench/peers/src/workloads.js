@@ -108,13 +108,10 @@ export async function w1(adapter, server, { clients: C, ops: K, timeoutMs }) {
     }
   }
   for (const b of boards) b.close();
-  const ops = C * K;
-  const seconds = (t1 - t0) / 1000;
+  const rate = throughput(C, K, t0, t1);
+  const { ops } = rate;
   return {
-    clients: C,
-    ops,
-    seconds,
-    opsPerSec: ops / seconds,
+    ...rate,
     ackedPerSec: ops / ((tAcked - t0) / 1000),
     ackP50: ack.p(50),
     ackP99: ack.p(99),
@@ -128,6 +125,13 @@ export async function w1(adapter, server, { clients: C, ops: K, timeoutMs }) {
     serverRss: mem.rss,
     errors,
   };
+}
+
+/** The fields every closed-loop result starts with: C clients × K ops between t0 and t1 (ms). */
+function throughput(C, K, t0, t1) {
+  const ops = C * K;
+  const seconds = (t1 - t0) / 1000;
+  return { clients: C, ops, seconds, opsPerSec: ops / seconds };
 }
 
 /**
@@ -165,13 +169,10 @@ export async function w2(adapter, server, { clients: C, ops: K, timeoutMs }, mod
   const loadgenCpu = lgCpu(lg0);
   for (const c of counters) c.close();
   const final = await adapter.readCounter(server.url, doc);
-  const ops = C * K;
-  const seconds = (t1 - t0) / 1000;
+  const rate = throughput(C, K, t0, t1);
+  const { ops } = rate;
   return {
-    clients: C,
-    ops,
-    seconds,
-    opsPerSec: ops / seconds,
+    ...rate,
     ackP50: ack.p(50),
     ackP99: ack.p(99),
     final,

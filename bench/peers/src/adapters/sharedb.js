@@ -1,11 +1,10 @@
 // ShareDB: json0 (the default type), in-memory backend, over `ws`
 // (servers/sharedb.js), with ShareDB's own browser/Node client.
 
-import { fileURLToPath } from "node:url";
 
 import ShareDB from "sharedb/lib/client/index.js";
 
-import { startServer } from "../proc.js";
+import { startPeerServer } from "../proc.js";
 import { meteredWebSocket } from "../socket.js";
 
 export const name = "ShareDB";
@@ -16,12 +15,8 @@ export function diagnostics() {
   return {};
 }
 
-export async function start() {
-  const script = fileURLToPath(new URL("../../servers/sharedb.js", import.meta.url));
-  return startServer("sharedb", process.execPath, [script], (line) => {
-    const m = /^PORT (\d+)/.exec(line);
-    return m ? `ws://127.0.0.1:${m[1]}` : undefined;
-  });
+export function start() {
+  return startPeerServer("sharedb");
 }
 
 function cb(resolve, reject) {

@@ -9,13 +9,12 @@
 // clients one extra parse per incoming message, which the other systems'
 // clients do not pay.
 
-import { fileURLToPath } from "node:url";
 
 import * as decoding from "lib0/decoding";
 import { WebsocketProvider } from "y-websocket";
 import * as Y from "yjs";
 
-import { startServer } from "../proc.js";
+import { startPeerServer } from "../proc.js";
 import { meteredWebSocket } from "../socket.js";
 
 export const name = "Yjs";
@@ -28,12 +27,8 @@ export function diagnostics() {
   return {};
 }
 
-export async function start() {
-  const script = fileURLToPath(new URL("../../servers/yjs.js", import.meta.url));
-  return startServer("yjs", process.execPath, [script], (line) => {
-    const m = /^PORT (\d+)/.exec(line);
-    return m ? `ws://127.0.0.1:${m[1]}` : undefined;
-  });
+export function start() {
+  return startPeerServer("yjs");
 }
 
 async function session(url, docId) {
