@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::report::{Latencies, Report};
 use crate::server::{ProcessUsage, ServerKind, ServerProcess};
+use crate::start::start_together;
 use crate::wire::{run_tag, Conn, Incoming};
 
 /// Most connection attempts in flight while the sessions are set up.
@@ -131,15 +132,7 @@ pub async fn run(
         tasks.spawn(session_task(context));
     }
     let generator_before = ProcessUsage::read_self()?;
-    // Wait for every session to be open; a session that failed to set up
-    // would leave the barrier short, so watch the tasks meanwhile.
-    tokio::select! {
-        _ = start.wait() => {}
-        Some(failed) = tasks.join_next() => {
-            failed??;
-            bail!("a session ended before the start");
-        }
-    }
+    start_together(&start, &mut tasks).await?;
     let server_before = server.usage()?;
     let started = Instant::now();
     let mut acks = Latencies::new()?;

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::report::{Latencies, Report};
 use crate::server::{ProcessUsage, ServerProcess};
+use crate::start::start_together;
 use crate::wire::{run_tag, Conn, Incoming};
 
 const DOC_INCR: &str = "bench-counter-incr";
@@ -79,13 +80,7 @@ pub async fn run(
         };
     }
     let generator_before = ProcessUsage::read_self()?;
-    tokio::select! {
-        _ = start.wait() => {}
-        Some(failed) = tasks.join_next() => {
-            failed??;
-            bail!("a client ended before the start");
-        }
-    }
+    start_together(&start, &mut tasks).await?;
     let server_before = server.usage()?;
     let started = Instant::now();
     let mut latencies = Latencies::new()?;

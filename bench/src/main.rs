@@ -28,6 +28,7 @@ mod idle;
 mod join;
 mod report;
 mod server;
+mod start;
 mod wire;
 
 use std::path::PathBuf;
