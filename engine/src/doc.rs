@@ -21,11 +21,13 @@ use std::fmt;
 
 use compact_str::CompactString;
 use foldhash::fast::RandomState;
+use hashbrown::HashMap;
 use indexmap::IndexMap;
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Number, Value};
 
-use crate::pointer::Pointer;
+use crate::ids::Version;
+use crate::pointer::{parse_array_index, Pointer};
 
 /// A borrowed view of one JSON node.
 #[derive(Debug)]
@@ -129,36 +131,128 @@ pub type DocMembers = IndexMap<CompactString, Doc, RandomState>;
 /// A JSON document as the store holds it. See the module docs for why it is
 /// not a `serde_json::Value`; convert with `Doc::from(&value)` and
 /// [`Doc::to_value`].
-#[derive(Debug, Clone, PartialEq, Default)]
-pub enum Doc {
+///
+/// Each node also carries its version stamps (see [`crate::index`]): the
+/// store validates reads against the very tree it applies patches to, so a
+/// commit descends one tree, not a document and a separate index. Stamps
+/// are bookkeeping, not content: equality, serialisation and `to_value`
+/// ignore them.
+#[derive(Debug, Clone, Default)]
+pub struct Doc {
+    node: DocNode,
+    /// The last commit that wrote this location itself (replacing everything
+    /// below it); `Version::ZERO` when that was at or before the index's
+    /// horizon.
+    pub(crate) written: Version,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+enum DocNode {
     #[default]
     Null,
     Bool(bool),
     Number(Number),
     String(CompactString),
-    Array(Vec<Doc>),
-    /// Boxed so that a `Doc` stays 32 bytes: an object entry (hash, key,
-    /// value) is then 64 bytes, the size of one cache line, so a lookup
-    /// touches at most two.
-    Object(Box<DocMembers>),
+    /// Containers are boxed so that a node is 24 bytes (the tag sits in a
+    /// niche of `CompactString`) and a `Doc`, with its stamp, 32: an object
+    /// entry (hash, key, value) is then 64 bytes, one cache line.
+    Array(Box<DocArray>),
+    Object(Box<DocObject>),
+}
+
+/// An array's elements and its stamps.
+#[derive(Debug, Clone, Default)]
+pub struct DocArray {
+    items: Vec<Doc>,
+    stamps: Stamps,
+}
+
+/// An object's members and its stamps.
+#[derive(Debug, Clone, Default)]
+pub struct DocObject {
+    members: DocMembers,
+    stamps: Stamps,
+}
+
+impl PartialEq for Doc {
+    fn eq(&self, other: &Self) -> bool {
+        self.node == other.node
+    }
+}
+
+impl PartialEq for DocArray {
+    fn eq(&self, other: &Self) -> bool {
+        self.items == other.items
+    }
+}
+
+impl PartialEq for DocObject {
+    fn eq(&self, other: &Self) -> bool {
+        self.members == other.members
+    }
+}
+
+/// A container's stamps.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stamps {
+    /// The last commit that wrote this container or anything inside it.
+    pub(crate) subtree: Version,
+    /// Members (or elements, by index token) that are gone, with the commit
+    /// that removed them, so that a read of an absent location conflicts
+    /// with its removal. Forgotten as the index's horizon passes them.
+    removed: Option<Box<HashMap<CompactString, Version, RandomState>>>,
+}
+
+impl Stamps {
+    /// When the member or element `token` was last removed, if the index
+    /// still remembers it.
+    pub(crate) fn removed_at(&self, token: &str) -> Version {
+        self.removed.as_ref().and_then(|removed| removed.get(token)).copied().unwrap_or_default()
+    }
+
+    pub(crate) fn remember_removed(&mut self, token: &str, version: Version) {
+        let removed = self.removed.get_or_insert_with(Box::default);
+        match removed.get_mut(token) {
+            Some(at) => *at = version,
+            None => {
+                removed.insert(CompactString::from(token), version);
+            }
+        }
+    }
+
+    /// Forgets the removal of `token` if it was at or before `horizon`.
+    pub(crate) fn forget_removed(&mut self, token: &str, horizon: Version) {
+        let Some(removed) = &mut self.removed else { return };
+        if removed.get(token).is_some_and(|at| *at <= horizon) {
+            removed.remove(token);
+        }
+        if removed.is_empty() {
+            self.removed = None;
+        }
+    }
 }
 
 impl Doc {
+    fn new(node: DocNode) -> Self {
+        Self { node, written: Version::ZERO }
+    }
+
     /// `{}`.
     pub fn empty_object() -> Self {
-        Doc::Object(Box::default())
+        Doc::new(DocNode::Object(Box::default()))
     }
 
     /// The same document as a `serde_json::Value`; costs a copy of it.
     pub fn to_value(&self) -> Value {
-        match self {
-            Doc::Null => Value::Null,
-            Doc::Bool(b) => Value::Bool(*b),
-            Doc::Number(n) => Value::Number(n.clone()),
-            Doc::String(s) => Value::String(s.as_str().to_owned()),
-            Doc::Array(items) => Value::Array(items.iter().map(Doc::to_value).collect()),
-            Doc::Object(members) => Value::Object(
-                members
+        match &self.node {
+            DocNode::Null => Value::Null,
+            DocNode::Bool(b) => Value::Bool(*b),
+            DocNode::Number(n) => Value::Number(n.clone()),
+            DocNode::String(s) => Value::String(s.as_str().to_owned()),
+            DocNode::Array(array) => Value::Array(array.items.iter().map(Doc::to_value).collect()),
+            DocNode::Object(object) => Value::Object(
+                object
+                    .members
                     .iter()
                     .map(|(key, value)| (key.as_str().to_owned(), value.to_value()))
                     .collect(),
@@ -168,8 +262,8 @@ impl Doc {
 
     /// The member `key` of an object.
     pub fn get(&self, key: &str) -> Option<&Doc> {
-        match self {
-            Doc::Object(members) => members.get(key),
+        match &self.node {
+            DocNode::Object(object) => object.members.get(key),
             _ => None,
         }
     }
@@ -180,22 +274,72 @@ impl Doc {
     }
 
     pub fn as_i64(&self) -> Option<i64> {
-        match self {
-            Doc::Number(n) => n.as_i64(),
+        match &self.node {
+            DocNode::Number(n) => n.as_i64(),
             _ => None,
         }
     }
 
     pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            Doc::Number(n) => n.as_f64(),
+        match &self.node {
+            DocNode::Number(n) => n.as_f64(),
             _ => None,
         }
     }
 
     pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Doc::String(s) => Some(s),
+        match &self.node {
+            DocNode::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The stamps of a container; `None` for a scalar.
+    pub(crate) fn stamps(&self) -> Option<&Stamps> {
+        match &self.node {
+            DocNode::Array(array) => Some(&array.stamps),
+            DocNode::Object(object) => Some(&object.stamps),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn stamps_mut(&mut self) -> Option<&mut Stamps> {
+        match &mut self.node {
+            DocNode::Array(array) => Some(&mut array.stamps),
+            DocNode::Object(object) => Some(&mut object.stamps),
+            _ => None,
+        }
+    }
+
+    /// The last commit that wrote this location or anything inside it, as
+    /// far as its stamps tell (its ancestors' stamps may be newer).
+    pub(crate) fn subtree(&self) -> Version {
+        self.stamps().map_or(self.written, |stamps| stamps.subtree.max(self.written))
+    }
+
+    /// The child at reference token `token`, or, when there is none, when
+    /// it was removed (`Version::ZERO` if never, or not remembered).
+    pub(crate) fn child(&self, token: &str) -> Result<&Doc, Version> {
+        match &self.node {
+            DocNode::Object(object) => {
+                object.members.get(token).ok_or_else(|| object.stamps.removed_at(token))
+            }
+            DocNode::Array(array) => parse_array_index(token)
+                .and_then(|index| array.items.get(index))
+                .ok_or_else(|| array.stamps.removed_at(token)),
+            _ => Err(Version::ZERO),
+        }
+    }
+
+    /// The child at reference token `token` and, either way, the stamps of
+    /// this container; `None` for a scalar.
+    pub(crate) fn child_mut(&mut self, token: &str) -> Option<(Option<&mut Doc>, &mut Stamps)> {
+        match &mut self.node {
+            DocNode::Object(object) => Some((object.members.get_mut(token), &mut object.stamps)),
+            DocNode::Array(array) => {
+                let child = parse_array_index(token).and_then(|index| array.items.get_mut(index));
+                Some((child, &mut array.stamps))
+            }
             _ => None,
         }
     }
@@ -203,12 +347,15 @@ impl Doc {
 
 impl From<&Value> for Doc {
     fn from(value: &Value) -> Self {
-        match value {
-            Value::Null => Doc::Null,
-            Value::Bool(b) => Doc::Bool(*b),
-            Value::Number(n) => Doc::Number(n.clone()),
-            Value::String(s) => Doc::String(CompactString::from(s.as_str())),
-            Value::Array(items) => Doc::Array(items.iter().map(Doc::from).collect()),
+        Doc::new(match value {
+            Value::Null => DocNode::Null,
+            Value::Bool(b) => DocNode::Bool(*b),
+            Value::Number(n) => DocNode::Number(n.clone()),
+            Value::String(s) => DocNode::String(CompactString::from(s.as_str())),
+            Value::Array(items) => DocNode::Array(Box::new(DocArray {
+                items: items.iter().map(Doc::from).collect(),
+                stamps: Stamps::default(),
+            })),
             Value::Object(members) => {
                 let mut map =
                     DocMembers::with_capacity_and_hasher(members.len(), RandomState::default());
@@ -217,9 +364,9 @@ impl From<&Value> for Doc {
                         .iter()
                         .map(|(key, value)| (CompactString::from(key.as_str()), Doc::from(value))),
                 );
-                Doc::Object(Box::new(map))
+                DocNode::Object(Box::new(DocObject { members: map, stamps: Stamps::default() }))
             }
-        }
+        })
     }
 }
 
@@ -229,46 +376,46 @@ impl From<Value> for Doc {
     }
 }
 
-impl Members<Doc> for DocMembers {
+impl Members<Doc> for DocObject {
     fn len(&self) -> usize {
-        IndexMap::len(self)
+        self.members.len()
     }
     fn get(&self, key: &str) -> Option<&Doc> {
-        IndexMap::get(self, key)
+        self.members.get(key)
     }
     fn get_mut(&mut self, key: &str) -> Option<&mut Doc> {
-        IndexMap::get_mut(self, key)
+        self.members.get_mut(key)
     }
     fn insert(&mut self, key: &str, value: Doc) -> Option<Doc> {
-        IndexMap::insert(self, CompactString::from(key), value)
+        self.members.insert(CompactString::from(key), value)
     }
     fn remove(&mut self, key: &str) -> Option<Doc> {
         // O(1): the last member takes the removed one's place.
-        IndexMap::swap_remove(self, key)
+        self.members.swap_remove(key)
     }
     fn iter(&self) -> impl Iterator<Item = (&str, &Doc)> {
-        IndexMap::iter(self).map(|(key, value)| (key.as_str(), value))
+        self.members.iter().map(|(key, value)| (key.as_str(), value))
     }
 }
 
 impl JsonTree for Doc {
-    type Members = DocMembers;
+    type Members = DocObject;
 
     fn node(&self) -> Node<'_, Self> {
-        match self {
-            Doc::Null => Node::Null,
-            Doc::Bool(b) => Node::Bool(*b),
-            Doc::Number(n) => Node::Number(n),
-            Doc::String(s) => Node::String(s),
-            Doc::Array(items) => Node::Array(items),
-            Doc::Object(members) => Node::Object(members.as_ref()),
+        match &self.node {
+            DocNode::Null => Node::Null,
+            DocNode::Bool(b) => Node::Bool(*b),
+            DocNode::Number(n) => Node::Number(n),
+            DocNode::String(s) => Node::String(s),
+            DocNode::Array(array) => Node::Array(&array.items),
+            DocNode::Object(object) => Node::Object(object.as_ref()),
         }
     }
 
     fn node_mut(&mut self) -> NodeMut<'_, Self> {
-        match self {
-            Doc::Array(items) => NodeMut::Array(items),
-            Doc::Object(members) => NodeMut::Object(members.as_mut()),
+        match &mut self.node {
+            DocNode::Array(array) => NodeMut::Array(&mut array.items),
+            DocNode::Object(object) => NodeMut::Object(object.as_mut()),
             _ => NodeMut::Scalar,
         }
     }
@@ -278,27 +425,27 @@ impl JsonTree for Doc {
     }
 
     fn from_number(number: Number) -> Self {
-        Doc::Number(number)
+        Doc::new(DocNode::Number(number))
     }
 }
 
 impl Serialize for Doc {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Doc::Null => serializer.serialize_unit(),
-            Doc::Bool(b) => serializer.serialize_bool(*b),
-            Doc::Number(n) => n.serialize(serializer),
-            Doc::String(s) => serializer.serialize_str(s),
-            Doc::Array(items) => {
-                let mut seq = serializer.serialize_seq(Some(items.len()))?;
-                for item in items {
+        match &self.node {
+            DocNode::Null => serializer.serialize_unit(),
+            DocNode::Bool(b) => serializer.serialize_bool(*b),
+            DocNode::Number(n) => n.serialize(serializer),
+            DocNode::String(s) => serializer.serialize_str(s),
+            DocNode::Array(array) => {
+                let mut seq = serializer.serialize_seq(Some(array.items.len()))?;
+                for item in &array.items {
                     seq.serialize_element(item)?;
                 }
                 seq.end()
             }
-            Doc::Object(members) => {
-                let mut map = serializer.serialize_map(Some(members.len()))?;
-                for (key, value) in members.iter() {
+            DocNode::Object(object) => {
+                let mut map = serializer.serialize_map(Some(object.members.len()))?;
+                for (key, value) in object.members.iter() {
                     map.serialize_entry(key.as_str(), value)?;
                 }
                 map.end()
@@ -314,7 +461,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_doc_is_32_bytes_so_an_object_entry_is_64() {
+    fn a_doc_is_32_bytes_with_its_stamp_so_an_object_entry_is_64() {
         assert_eq!(std::mem::size_of::<Doc>(), 32);
         assert_eq!(std::mem::size_of::<(u64, CompactString, Doc)>(), 64);
     }
@@ -331,8 +478,8 @@ mod tests {
     #[test]
     fn removing_a_member_keeps_the_others() {
         let mut doc = Doc::from(&json!({"a": 1, "b": 2, "c": 3}));
-        let Doc::Object(members) = &mut doc else { panic!("an object") };
-        assert_eq!(Members::remove(members.as_mut(), "a"), Some(Doc::Number(1.into())));
+        let NodeMut::Object(members) = doc.node_mut() else { panic!("an object") };
+        assert_eq!(Members::remove(members, "a"), Some(Doc::from_number(1.into())));
         assert_eq!(doc.to_value(), json!({"b": 2, "c": 3}));
     }
 }

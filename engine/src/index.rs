@@ -1,32 +1,39 @@
-//! The version index: per document, which locations were written when.
+//! The version index: which locations of a document were written when.
 //!
 //! It answers "was pointer `p`, an ancestor of `p` or a descendant of `p`
-//! written after version `b`?" by walking one trie path, so the cost is
+//! written after version `b`?" by walking the path to `p` once, so the cost is
 //! proportional to the depth of `p`, independent of document size and of
 //! history length.
 //!
-//! Each trie node is a location (a sequence of reference tokens) and keeps two
-//! versions: `written`, the last commit that wrote the location itself
-//! (replacing everything below it), and `subtree`, the last commit that wrote
-//! it or anything below it. A read of `p` at base `b` conflicts iff some node
-//! on the path to `p` has `written > b` (an ancestor or `p` itself was
-//! overwritten) or the node of `p` has `subtree > b` (something inside `p`
-//! changed). Absent locations need nothing special: creating a location is a
-//! write to it, so a read of an absent key conflicts with its creation.
+//! The versions live in the document itself (the store's [`Doc`]), so a
+//! commit validates and applies against one tree: the nodes validation
+//! touches are the nodes the patch then changes, already in cache. Every
+//! location keeps `written`, the last commit that wrote the location itself
+//! (replacing everything below it), and every container keeps `subtree`, the
+//! last commit that wrote it or anything inside it. A read of `p` at base `b`
+//! conflicts iff some location on the path to `p` has `written > b` (an
+//! ancestor or `p` itself was overwritten) or `p`'s `subtree > b` (something
+//! inside `p` changed).
+//!
+//! Absent locations: creating a location is a write to it, so a read of an
+//! absent key conflicts with its creation once it exists. A removed location
+//! leaves its removal version in its container (by reference token, so an
+//! array element removed from the end is remembered by its index), so a read
+//! of it still conflicts with the removal. A read that descends below a
+//! scalar or an absent location is covered by the stamps above it.
 //!
 //! ## Bounded memory
-//! A write to `p` drops the nodes below `p`: `p`'s own `written` now covers
-//! every read of them. Beyond that, when a document's trie passes
-//! `Limits::index_nodes_max` nodes, the index raises its *horizon* (halving
-//! the span of history it remembers) and prunes every node whose `subtree` is
-//! at or below the horizon. A transaction whose base is below the horizon can
-//! no longer be validated precisely, so it gets `Stale` — the client resyncs
-//! and re-runs — never a wrong answer.
+//! Stamps cost 8 bytes per location and 8 per container, bounded by the
+//! document size limit. Removals are the only history kept beyond the
+//! document: when a document remembers more than
+//! `Limits::removed_paths_max` of them, the oldest quarter is forgotten and
+//! the index's *horizon* rises to the newest forgotten removal. A transaction
+//! whose base is below the horizon can no longer be validated precisely, so
+//! it gets `Stale` (the client resyncs and re-runs), never a wrong answer.
 
-use compact_str::CompactString;
-use foldhash::fast::RandomState;
-use hashbrown::HashMap;
+use std::collections::VecDeque;
 
+use crate::doc::Doc;
 use crate::ids::Version;
 use crate::pointer::Pointer;
 
@@ -41,118 +48,135 @@ pub enum ReadCheck {
     Stale { horizon: Version },
 }
 
-#[derive(Debug, Default)]
-struct Node {
-    written: Version,
-    subtree: Version,
-    /// Keyed inline (up to 24 bytes): a lookup compares keys without
-    /// following a pointer, and making an owned key allocates nothing.
-    children: HashMap<CompactString, Node, RandomState>,
-}
-
-impl Node {
-    fn count(&self) -> usize {
-        1 + self.children.values().map(Node::count).sum::<usize>()
-    }
-
-    /// Removes children whose whole subtree is at or below `horizon`;
-    /// returns how many nodes went.
-    fn prune(&mut self, horizon: Version) -> usize {
-        let mut removed = 0;
-        self.children.retain(|_, child| {
-            if child.subtree <= horizon {
-                removed += child.count();
-                false
-            } else {
-                removed += child.prune(horizon);
-                true
-            }
-        });
-        removed
-    }
-}
-
-/// One document's write history, at path precision.
+/// One document's write history at path precision, beyond the stamps kept
+/// in the document: its horizon and the removals it remembers.
 #[derive(Debug)]
 pub struct VersionIndex {
-    root: Node,
     /// Bases below this can no longer be checked precisely.
     horizon: Version,
-    /// Nodes in the trie, the root included.
-    node_count: usize,
-    /// Compaction threshold, from `Limits::index_nodes_max`.
-    node_count_max: usize,
+    /// Remembered removals, oldest first (versions never decrease).
+    removed: VecDeque<(Version, Pointer)>,
+    /// Compaction threshold, from `Limits::removed_paths_max`.
+    removed_max: usize,
 }
 
 impl VersionIndex {
     /// An index for a document whose history before `horizon` is unknown
     /// (`Version::ZERO` for a new document; the snapshot version on restore).
-    pub fn new(horizon: Version, node_count_max: usize) -> Self {
-        let root = Node { written: horizon, subtree: horizon, children: HashMap::default() };
-        Self { root, horizon, node_count: 1, node_count_max: node_count_max.max(1) }
+    /// The document's stamps must be at or below `horizon`.
+    pub fn new(horizon: Version, removed_max: usize) -> Self {
+        Self { horizon, removed: VecDeque::new(), removed_max: removed_max.max(1) }
     }
 
     pub fn horizon(&self) -> Version {
         self.horizon
     }
 
-    pub fn node_count(&self) -> usize {
-        self.node_count
+    /// Removals remembered.
+    pub fn removed_count(&self) -> usize {
+        self.removed.len()
     }
 
     /// Was `pointer`, an ancestor or a descendant written after `base`?
-    pub fn check_read(&self, pointer: &Pointer, base: Version) -> ReadCheck {
+    pub fn check_read(&self, doc: &Doc, pointer: &Pointer, base: Version) -> ReadCheck {
         if base < self.horizon {
             return ReadCheck::Stale { horizon: self.horizon };
         }
-        let mut node = &self.root;
-        let mut newest = Version::ZERO;
+        let mut node = doc;
+        let mut newest = doc.written;
         for token in pointer.tokens() {
-            newest = newest.max(node.written);
-            match node.children.get(token.as_str()) {
-                Some(child) => node = child,
-                None => return verdict(newest, base),
+            match node.child(token) {
+                Ok(child) => {
+                    newest = newest.max(child.written);
+                    node = child;
+                }
+                Err(removed) => return verdict(newest.max(removed), base),
             }
         }
-        verdict(newest.max(node.subtree), base)
+        verdict(newest.max(node.subtree()), base)
     }
 
-    /// Records that the commit at `version` wrote `pointer`. Versions must be
-    /// recorded in increasing order.
-    pub fn record_write(&mut self, pointer: &Pointer, version: Version) {
-        debug_assert!(version >= self.root.subtree, "writes recorded out of order");
-        let mut node = &mut self.root;
-        let mut created = 0;
-        for token in pointer.tokens() {
-            node.subtree = version;
-            // The key is built only for a new node.
-            node = node.children.entry_ref(token.as_str()).or_insert_with(|| {
-                created += 1;
-                Node::default()
-            });
-        }
-        node.written = version;
-        node.subtree = version;
-        let mut dropped = 0;
-        if !node.children.is_empty() {
-            dropped = node.children.values().map(Node::count).sum();
-            node.children = HashMap::default();
-        }
-        self.node_count = self.node_count + created - dropped;
-        if self.node_count > self.node_count_max {
-            self.compact(version);
+    /// Records that the commit at `version`, already applied to `doc`, wrote
+    /// `pointer`. Versions must be recorded in increasing order.
+    pub fn record_write(&mut self, doc: &mut Doc, pointer: &Pointer, version: Version) {
+        if stamp_path(doc, pointer, version) == Stamped::Removal {
+            self.removed.push_back((version, pointer.clone()));
+            if self.removed.len() > self.removed_max {
+                self.compact(doc);
+            }
         }
     }
 
-    /// Raises the horizon, halving the remembered span each round, until the
-    /// trie is back under three quarters of its limit.
-    fn compact(&mut self, current: Version) {
-        let target = self.node_count_max / 4 * 3;
-        while self.node_count > target && self.horizon < current {
-            let span = current.0 - self.horizon.0;
-            self.horizon = Version(current.0 - span / 2);
-            self.node_count -= self.root.prune(self.horizon);
+    /// Forgets the oldest removals until a quarter of the limit is free (at
+    /// least one), raising the horizon past them.
+    fn compact(&mut self, doc: &mut Doc) {
+        let keep = self.removed_max - self.removed_max / 4;
+        while self.removed.len() > keep {
+            let Some((version, pointer)) = self.removed.pop_front() else { break };
+            self.horizon = self.horizon.max(version);
+            forget_removal(doc, &pointer, self.horizon);
         }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Stamped {
+    /// The location exists and is stamped.
+    Location,
+    /// The location is gone; its container remembers the removal.
+    Removal,
+    /// A container on the way is gone: nothing to stamp.
+    Covered,
+}
+
+/// Stamps `pointer` and its ancestors as written at `version`.
+fn stamp_path(doc: &mut Doc, pointer: &Pointer, version: Version) -> Stamped {
+    let Some((last, parents)) = pointer.tokens().split_last() else {
+        stamp(doc, version);
+        return Stamped::Location;
+    };
+    let mut node = doc;
+    for token in parents {
+        // A parent that is gone (or no longer a container) was removed or
+        // replaced by a later op of the same commit, whose own write, at this
+        // same version, covers everything below it.
+        let Some((Some(child), stamps)) = node.child_mut(token) else { return Stamped::Covered };
+        stamps.subtree = version;
+        node = child;
+    }
+    let Some((child, stamps)) = node.child_mut(last) else { return Stamped::Covered };
+    stamps.subtree = version;
+    match child {
+        Some(child) => {
+            stamp(child, version);
+            Stamped::Location
+        }
+        None => {
+            stamps.remember_removed(last, version);
+            Stamped::Removal
+        }
+    }
+}
+
+/// Marks `node` itself written at `version`.
+fn stamp(node: &mut Doc, version: Version) {
+    node.written = version;
+    if let Some(stamps) = node.stamps_mut() {
+        stamps.subtree = version;
+    }
+}
+
+/// Drops the removal of `pointer` from its container, unless a removal
+/// after `horizon` replaced it.
+fn forget_removal(doc: &mut Doc, pointer: &Pointer, horizon: Version) {
+    let Some((last, parents)) = pointer.tokens().split_last() else { return };
+    let mut node = doc;
+    for token in parents {
+        let Some((Some(child), _)) = node.child_mut(token) else { return };
+        node = child;
+    }
+    if let Some(stamps) = node.stamps_mut() {
+        stamps.forget_removed(last, horizon);
     }
 }
 
@@ -166,67 +190,163 @@ fn verdict(newest: Version, base: Version) -> ReadCheck {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{json, Value};
+
     use super::*;
+    use crate::limits::Limits;
+    use crate::patch::{self, PatchOp};
 
     fn p(raw: &str) -> Pointer {
         Pointer::parse(raw).unwrap()
     }
 
-    fn index_with(writes: &[(&str, u64)]) -> VersionIndex {
-        let mut index = VersionIndex::new(Version::ZERO, 1_000);
-        for (pointer, version) in writes {
-            index.record_write(&p(pointer), Version(*version));
-        }
-        index
+    /// A document built from `start`, then one commit per patch (versions
+    /// 1, 2, ...), each applied and recorded as the store does.
+    struct Indexed {
+        doc: Doc,
+        index: VersionIndex,
+        version: Version,
     }
 
-    fn check(writes: &[(&str, u64)], read: &str, base: u64) -> ReadCheck {
-        index_with(writes).check_read(&p(read), Version(base))
+    impl Indexed {
+        fn new(start: Value, removed_max: usize) -> Self {
+            Self {
+                doc: Doc::from(&start),
+                index: VersionIndex::new(Version::ZERO, removed_max),
+                version: Version::ZERO,
+            }
+        }
+
+        fn commit(&mut self, ops: Value) -> &mut Self {
+            let ops: Vec<PatchOp> = serde_json::from_value(ops).unwrap();
+            let applied = patch::apply(&mut self.doc, 0, &ops, &Limits::default()).unwrap();
+            self.version = self.version.next();
+            for pointer in &applied.writes {
+                self.index.record_write(&mut self.doc, pointer, self.version);
+            }
+            self
+        }
+
+        fn check(&self, read: &str, base: u64) -> ReadCheck {
+            self.index.check_read(&self.doc, &p(read), Version(base))
+        }
+    }
+
+    fn shapes() -> Value {
+        json!({"shapes": {"a": {"x": 1, "y": 1}, "b": {"x": 5, "y": 5}}, "order": ["a", "b"]})
     }
 
     #[test]
     fn siblings_never_conflict() {
-        assert_eq!(check(&[("/shapes/b/x", 5)], "/shapes/a/x", 1), ReadCheck::Clean);
-        assert_eq!(check(&[("/shapes/a/y", 5)], "/shapes/a/x", 1), ReadCheck::Clean);
+        let mut board = Indexed::new(shapes(), 100);
+        board.commit(json!([{"op": "replace", "path": "/shapes/b/x", "value": 6}]));
+        assert_eq!(board.check("/shapes/a/x", 0), ReadCheck::Clean);
+        assert_eq!(board.check("/shapes/b/y", 0), ReadCheck::Clean);
+        assert_eq!(board.check("/order", 0), ReadCheck::Clean);
     }
 
     #[test]
     fn ancestors_self_and_descendants_conflict() {
-        let writes = [("/shapes/a", 5)];
-        assert_eq!(check(&writes, "/shapes/a/x", 1), ReadCheck::Overwritten(Version(5)));
-        assert_eq!(check(&writes, "/shapes/a", 1), ReadCheck::Overwritten(Version(5)));
-        assert_eq!(check(&writes, "/shapes", 1), ReadCheck::Overwritten(Version(5)));
-        assert_eq!(check(&writes, "", 1), ReadCheck::Overwritten(Version(5)));
-        assert_eq!(check(&writes, "/shapes/a/x", 5), ReadCheck::Clean, "base at the write");
+        let mut board = Indexed::new(shapes(), 100);
+        board.commit(json!([{"op": "replace", "path": "/shapes/a", "value": {"x": 2}}]));
+        let overwritten = ReadCheck::Overwritten(Version(1));
+        assert_eq!(board.check("/shapes/a/x", 0), overwritten);
+        assert_eq!(board.check("/shapes/a/y", 0), overwritten, "gone with its parent");
+        assert_eq!(board.check("/shapes/a/y/deeper", 0), overwritten);
+        assert_eq!(board.check("/shapes/a", 0), overwritten);
+        assert_eq!(board.check("/shapes", 0), overwritten);
+        assert_eq!(board.check("", 0), overwritten);
+        assert_eq!(board.check("/shapes/a/x", 1), ReadCheck::Clean, "base at the write");
+        assert_eq!(board.check("/shapes/b", 0), ReadCheck::Clean);
     }
 
     #[test]
-    fn absent_paths_conflict_with_their_creation() {
-        assert_eq!(check(&[("/new", 2)], "/new", 1), ReadCheck::Overwritten(Version(2)));
-        assert_eq!(check(&[("/new", 2)], "/new/deeper", 1), ReadCheck::Overwritten(Version(2)));
-        assert_eq!(check(&[("/new", 2)], "/other", 1), ReadCheck::Clean);
+    fn absent_paths_conflict_with_their_creation_and_their_removal() {
+        let mut board = Indexed::new(shapes(), 100);
+        board.commit(json!([{"op": "add", "path": "/shapes/c", "value": {"x": 0}}]));
+        assert_eq!(board.check("/shapes/c", 0), ReadCheck::Overwritten(Version(1)));
+        assert_eq!(board.check("/shapes/c/x", 0), ReadCheck::Overwritten(Version(1)));
+        assert_eq!(board.check("/shapes/d", 0), ReadCheck::Clean);
+        board.commit(json!([{"op": "remove", "path": "/shapes/c"}]));
+        assert_eq!(board.check("/shapes/c", 1), ReadCheck::Overwritten(Version(2)));
+        assert_eq!(board.check("/shapes/c/x", 1), ReadCheck::Overwritten(Version(2)));
+        assert_eq!(board.check("/shapes/c", 2), ReadCheck::Clean);
+        assert_eq!(board.check("/shapes/a", 1), ReadCheck::Clean, "a sibling of the removed");
+        assert_eq!(board.index.removed_count(), 1);
     }
 
     #[test]
-    fn a_write_supersedes_what_lies_below_it() {
-        let index = index_with(&[("/a/b/c", 1), ("/a/b/d", 2), ("/a", 3)]);
-        assert_eq!(index.node_count(), 2, "root and /a");
-        assert_eq!(index.check_read(&p("/a/b/c"), Version(2)), ReadCheck::Overwritten(Version(3)));
+    fn a_scalar_read_through_conflicts_only_with_writes_above() {
+        let mut board = Indexed::new(json!({"n": 1, "m": 1}), 100);
+        board.commit(json!([{"op": "replace", "path": "/m", "value": 2}]));
+        assert_eq!(board.check("/n/inside", 0), ReadCheck::Clean);
+        assert_eq!(board.check("/m/inside", 0), ReadCheck::Overwritten(Version(1)));
     }
 
     #[test]
-    fn compaction_bounds_nodes_and_makes_old_bases_stale() {
-        let mut index = VersionIndex::new(Version::ZERO, 100);
-        for v in 1..=10_000u64 {
-            index.record_write(&p(&format!("/k{v}")), Version(v));
-            assert!(index.node_count() <= 100);
+    fn arrays_follow_the_array_rule() {
+        let mut board = Indexed::new(shapes(), 100);
+        board.commit(json!([{"op": "add", "path": "/order/-", "value": "c"}]));
+        assert_eq!(board.check("/order/0", 0), ReadCheck::Clean, "an append shifts nothing");
+        assert_eq!(board.check("/order/2", 0), ReadCheck::Overwritten(Version(1)));
+        board.commit(json!([{"op": "remove", "path": "/order/2"}]));
+        assert_eq!(board.check("/order/1", 1), ReadCheck::Clean, "the last removed shifts nothing");
+        assert_eq!(board.check("/order/2", 1), ReadCheck::Overwritten(Version(2)));
+        board.commit(json!([{"op": "add", "path": "/order/0", "value": "z"}]));
+        assert_eq!(board.check("/order/1", 2), ReadCheck::Overwritten(Version(3)), "an insert");
+        assert_eq!(board.check("/shapes", 2), ReadCheck::Clean);
+    }
+
+    #[test]
+    fn a_move_writes_both_ends() {
+        let mut board = Indexed::new(shapes(), 100);
+        board.commit(json!([{"op": "move", "from": "/shapes/a", "path": "/shapes/c"}]));
+        assert_eq!(board.check("/shapes/a/x", 0), ReadCheck::Overwritten(Version(1)));
+        assert_eq!(board.check("/shapes/c/x", 0), ReadCheck::Overwritten(Version(1)));
+        assert_eq!(board.check("/shapes/b/x", 0), ReadCheck::Clean);
+    }
+
+    #[test]
+    fn a_write_under_a_parent_removed_later_in_the_same_commit_is_covered_by_the_removal() {
+        let mut board = Indexed::new(shapes(), 100);
+        board.commit(json!([
+            {"op": "replace", "path": "/shapes/a/x", "value": 9},
+            {"op": "remove", "path": "/shapes/a"}
+        ]));
+        assert_eq!(board.check("/shapes/a/x", 0), ReadCheck::Overwritten(Version(1)));
+        assert_eq!(board.check("/shapes/b/x", 0), ReadCheck::Clean);
+    }
+
+    #[test]
+    fn compaction_bounds_removals_and_makes_old_bases_stale() {
+        let mut board = Indexed::new(json!({}), 100);
+        for v in 1..=5_000u64 {
+            let key = format!("/k{v}");
+            board.commit(json!([{"op": "add", "path": key, "value": v}]));
+            board.commit(json!([{"op": "remove", "path": key}]));
+            assert!(board.index.removed_count() <= 100);
         }
-        assert!(index.horizon() > Version(9_000));
-        assert!(matches!(index.check_read(&p("/k1"), Version(1)), ReadCheck::Stale { .. }));
-        assert_eq!(
-            index.check_read(&p("/k10000"), Version(9_999)),
-            ReadCheck::Overwritten(Version(10_000))
-        );
-        assert_eq!(index.check_read(&p("/k1"), Version(9_999)), ReadCheck::Clean);
+        assert!(board.index.horizon() > Version(9_000));
+        assert!(matches!(board.check("/k1", 1), ReadCheck::Stale { .. }));
+        assert_eq!(board.check("/k5000", 9_999), ReadCheck::Overwritten(Version(10_000)));
+        assert_eq!(board.check("/k1", 9_999), ReadCheck::Clean);
+        // Forgotten removals leave their containers too.
+        let forgotten = (1..=5_000)
+            .filter(|k| board.doc.stamps().unwrap().removed_at(&format!("k{k}")) > Version::ZERO);
+        assert!(forgotten.count() <= 100);
+    }
+
+    #[test]
+    fn forgetting_a_removal_keeps_a_later_removal_of_the_same_location() {
+        let mut board = Indexed::new(json!({}), 1);
+        board.commit(json!([{"op": "add", "path": "/k", "value": 1}]));
+        board.commit(json!([{"op": "remove", "path": "/k"}]));
+        board.commit(json!([{"op": "add", "path": "/k", "value": 2}]));
+        // The second removal pushes the first out: the horizon rises to 2.
+        board.commit(json!([{"op": "remove", "path": "/k"}]));
+        assert_eq!(board.index.horizon(), Version(2));
+        assert_eq!(board.index.removed_count(), 1);
+        assert_eq!(board.check("/k", 1), ReadCheck::Stale { horizon: Version(2) });
+        assert_eq!(board.check("/k", 3), ReadCheck::Overwritten(Version(4)));
     }
 }

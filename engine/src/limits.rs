@@ -16,8 +16,10 @@ pub const DOC_SIZE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Transaction ids the store always remembers for duplicate detection (it
 /// keeps two generations of this many, so it may remember up to twice as many).
 pub const TX_DEDUP_ENTRIES_MAX: usize = 100_000;
-/// Most nodes one document's version index keeps before it is compacted.
-pub const INDEX_NODES_MAX: usize = 200_000;
+/// Most removed locations one document remembers (so that reads of them
+/// still conflict with their removal) before it forgets the oldest and bases
+/// before them become `stale`.
+pub const REMOVED_PATHS_MAX: usize = 200_000;
 
 // serde_json refuses input nested deeper than 128 levels; our own depth limit
 // must sit below that so the limit, not the parser, gives the answer.
@@ -32,7 +34,7 @@ pub struct Limits {
     pub json_depth_max: usize,
     pub doc_size_bytes_max: usize,
     pub tx_dedup_entries_max: usize,
-    pub index_nodes_max: usize,
+    pub removed_paths_max: usize,
 }
 
 impl Default for Limits {
@@ -43,7 +45,7 @@ impl Default for Limits {
             json_depth_max: JSON_DEPTH_MAX,
             doc_size_bytes_max: DOC_SIZE_BYTES_MAX,
             tx_dedup_entries_max: TX_DEDUP_ENTRIES_MAX,
-            index_nodes_max: INDEX_NODES_MAX,
+            removed_paths_max: REMOVED_PATHS_MAX,
         }
     }
 }

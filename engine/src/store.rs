@@ -174,7 +174,7 @@ impl Document {
             value,
             version,
             size_bytes,
-            index: VersionIndex::new(version, limits.index_nodes_max),
+            index: VersionIndex::new(version, limits.removed_paths_max),
             authors: VecDeque::new(),
             authors_first: version.next(),
         }
@@ -196,7 +196,7 @@ impl Document {
         self.version = version;
         self.size_bytes = self.size_bytes.saturating_add_signed(applied.size_delta_bytes as isize);
         for pointer in &applied.writes {
-            self.index.record_write(pointer, version);
+            self.index.record_write(&mut self.value, pointer, version);
         }
         self.authors.push_back(tx_id.clone());
         if self.authors.len() > COMMIT_AUTHORS_KEPT_MAX {
@@ -443,7 +443,7 @@ fn validate_reads(doc: &Document, reads: &[Pointer], base: Version) -> Option<Re
     let mut conflicts = Vec::new();
     let mut conflicts_total = 0;
     for pointer in reads {
-        match doc.index.check_read(pointer, base) {
+        match doc.index.check_read(&doc.value, pointer, base) {
             ReadCheck::Clean => {}
             ReadCheck::Stale { horizon } => return Some(Rejection::Stale { base, horizon }),
             ReadCheck::Overwritten(version) => {
