@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%ss] %s\n' "$SECONDS" "$*"; }
 
 step "toolchain"
 command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 1; }
@@ -30,4 +30,4 @@ step "benchmark harnesses still measure what they claim (concord-bench ran in te
 CONCORD_BIN="$PWD/target/debug/concord" PEERS_NO_DOCS=1 bench/peers/run.sh --smoke
 
 echo
-echo "all suites passed"
+echo "all suites passed (${SECONDS}s)"
