@@ -126,7 +126,7 @@ impl JsonTree for Value {
 }
 
 /// An object's members in a `Doc`: hash-indexed, keys inline up to 24 bytes.
-pub type DocMembers = IndexMap<CompactString, Doc, RandomState>;
+type DocMembers = IndexMap<CompactString, Doc, RandomState>;
 
 /// A JSON document as the store holds it. See the module docs for why it is
 /// not a `serde_json::Value`; convert with `Doc::from(&value)` and
@@ -162,7 +162,7 @@ enum DocNode {
 
 /// An array's elements and its stamps.
 #[derive(Debug, Clone, Default)]
-pub struct DocArray {
+struct DocArray {
     items: Vec<Doc>,
     stamps: Stamps,
 }
@@ -211,13 +211,8 @@ impl Stamps {
     }
 
     pub(crate) fn remember_removed(&mut self, token: &str, version: Version) {
-        let removed = self.removed.get_or_insert_with(Box::default);
-        match removed.get_mut(token) {
-            Some(at) => *at = version,
-            None => {
-                removed.insert(CompactString::from(token), version);
-            }
-        }
+        // One lookup; the key is built only for a new entry.
+        self.removed.get_or_insert_with(Box::default).entry_ref(token).insert(version);
     }
 
     /// Forgets the removal of `token` if it was at or before `horizon`.

@@ -33,7 +33,7 @@
 
 use std::collections::VecDeque;
 
-use crate::doc::Doc;
+use crate::doc::{Doc, Stamps};
 use crate::ids::Version;
 use crate::pointer::Pointer;
 
@@ -99,7 +99,7 @@ impl VersionIndex {
     /// Records that the commit at `version`, already applied to `doc`, wrote
     /// `pointer`. Versions must be recorded in increasing order.
     pub fn record_write(&mut self, doc: &mut Doc, pointer: &Pointer, version: Version) {
-        if stamp_path(doc, pointer, version) == Stamped::Removal {
+        if stamp_path(doc, pointer, version) {
             self.removed.push_back((version, pointer.clone()));
             if self.removed.len() > self.removed_max {
                 self.compact(doc);
@@ -119,43 +119,47 @@ impl VersionIndex {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Stamped {
-    /// The location exists and is stamped.
-    Location,
-    /// The location is gone; its container remembers the removal.
-    Removal,
-    /// A container on the way is gone: nothing to stamp.
-    Covered,
-}
-
-/// Stamps `pointer` and its ancestors as written at `version`.
-fn stamp_path(doc: &mut Doc, pointer: &Pointer, version: Version) -> Stamped {
+/// Stamps `pointer` and its ancestors as written at `version`; true when
+/// the location is gone and its container now remembers the removal.
+fn stamp_path(doc: &mut Doc, pointer: &Pointer, version: Version) -> bool {
     let Some((last, parents)) = pointer.tokens().split_last() else {
         stamp(doc, version);
-        return Stamped::Location;
+        return false;
     };
-    let mut node = doc;
-    for token in parents {
-        // A parent that is gone (or no longer a container) was removed or
-        // replaced by a later op of the same commit, whose own write, at this
-        // same version, covers everything below it.
-        let Some((Some(child), stamps)) = node.child_mut(token) else { return Stamped::Covered };
-        stamps.subtree = version;
-        node = child;
-    }
-    let Some((child, stamps)) = node.child_mut(last) else { return Stamped::Covered };
+    // A parent that is gone (or no longer a container) was removed or
+    // replaced by a later op of the same commit, whose own write, at this
+    // same version, covers everything below it.
+    let Some(parent) = descend_mut(doc, parents, |stamps| stamps.subtree = version) else {
+        return false;
+    };
+    let Some((child, stamps)) = parent.child_mut(last) else { return false };
     stamps.subtree = version;
     match child {
         Some(child) => {
             stamp(child, version);
-            Stamped::Location
+            false
         }
         None => {
             stamps.remember_removed(last, version);
-            Stamped::Removal
+            true
         }
     }
+}
+
+/// The node at `tokens`, if it exists, handing `on_the_way` the stamps of
+/// each container passed through.
+fn descend_mut<'d>(
+    doc: &'d mut Doc,
+    tokens: &[String],
+    mut on_the_way: impl FnMut(&mut Stamps),
+) -> Option<&'d mut Doc> {
+    let mut node = doc;
+    for token in tokens {
+        let (child, stamps) = node.child_mut(token)?;
+        on_the_way(stamps);
+        node = child?;
+    }
+    Some(node)
 }
 
 /// Marks `node` itself written at `version`.
@@ -170,12 +174,8 @@ fn stamp(node: &mut Doc, version: Version) {
 /// after `horizon` replaced it.
 fn forget_removal(doc: &mut Doc, pointer: &Pointer, horizon: Version) {
     let Some((last, parents)) = pointer.tokens().split_last() else { return };
-    let mut node = doc;
-    for token in parents {
-        let Some((Some(child), _)) = node.child_mut(token) else { return };
-        node = child;
-    }
-    if let Some(stamps) = node.stamps_mut() {
+    let stamps = descend_mut(doc, parents, |_| {}).and_then(Doc::stamps_mut);
+    if let Some(stamps) = stamps {
         stamps.forget_removed(last, horizon);
     }
 }
