@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 
 use concord_engine::protocol::PresenceEvent;
 use concord_engine::replica::{Abort, RunOutcome, Tx};
-use concord_engine::{Change, DocId, PatchError, Pointer, TxId, Version};
+use concord_engine::{Change, DocId, PatchError, Pointer, Rejection, TxId, Version};
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
@@ -341,7 +341,12 @@ impl<T: Send + 'static, E: Send + 'static> Transact<T, E> {
                         Counters::bump(&counters.rejections);
                         contention.on_rejected(started.elapsed());
                         refusals += 1;
-                        if !rejection.is_retryable() || refusals >= attempts_max {
+                        // Only a first submission's `outcome_unknown` comes as
+                        // a rejection (a resubmission's is `OutcomeUnknown`):
+                        // it cannot have committed, and is stale.
+                        let retryable = rejection.is_retryable()
+                            || matches!(rejection, Rejection::OutcomeUnknown { .. });
+                        if !retryable || refusals >= attempts_max {
                             return Err(TransactError::Rejected { rejection, attempts: refusals });
                         }
                         Counters::bump(&counters.reruns);
@@ -361,6 +366,7 @@ impl<T: Send + 'static, E: Send + 'static> Transact<T, E> {
                     Ok(Resolution::Refused { code, message }) => {
                         return Err(TransactError::Refused { code, message })
                     }
+                    Ok(Resolution::OutcomeUnknown) => return Err(TransactError::OutcomeUnknown),
                     Ok(Resolution::Wake | Resolution::Panicked) | Err(_) => {
                         return Err(TransactError::Closed)
                     }

@@ -59,6 +59,15 @@ pub enum TransactError<E> {
     /// fix, or kept rejecting it for `attempts` rejections.
     #[error("rejected after {attempts} attempt(s): {rejection}")]
     Rejected { rejection: Rejection, attempts: u32 },
+    /// The transaction was sent, its acknowledgement was lost with the
+    /// connection (or the document's reload), and by the time it was
+    /// resubmitted the server had forgotten its id (over
+    /// `Limits::tx_dedup_entries_max` transactions later). It may or may not
+    /// have committed, once; it is not re-run, since that could apply it
+    /// twice. The replica holds the server's current state: look there
+    /// before deciding whether to run it again.
+    #[error("the outcome of a transaction sent before a disconnect is unknown")]
+    OutcomeUnknown,
     /// The server refused the commit message before it reached the store
     /// (e.g. a transaction too large for the message size limit).
     #[error("the server refused the commit: {code:?}: {message}")]

@@ -80,6 +80,14 @@ pub enum Rejection {
     /// The transaction is larger than the limits allow.
     #[error("{what} is {len}, over the limit of {max}")]
     TooLarge { what: TooLargePart, len: usize, max: usize },
+    /// The tx id is not in the dedup window, and its base is older than
+    /// `floor`: commits up to `floor` have had their ids forgotten, so this
+    /// may be a resubmission of one of them, and committing it could commit
+    /// it twice. Nothing changed. A first submission resyncs and re-runs (as
+    /// `Stale`); a resubmission's outcome is unknown and is the
+    /// application's to decide.
+    #[error("tx id not remembered and base {base} is older than the dedup floor {floor}")]
+    OutcomeUnknown { base: Version, floor: Version },
 }
 
 impl Rejection {
@@ -161,6 +169,7 @@ struct Document {
     version: Version,
     size_bytes: usize,
     index: VersionIndex,
+    dedup: DedupFloor,
     /// Tx ids of the most recent commits; `authors[i]` committed version
     /// `authors_first + i`.
     authors: VecDeque<TxId>,
@@ -168,13 +177,16 @@ struct Document {
 }
 
 impl Document {
-    fn new(value: Doc, version: Version, limits: &Limits) -> Self {
+    /// A document at `version` whose commits up to `version` have no
+    /// remembered ids (yet), in window generation `generation`.
+    fn new(value: Doc, version: Version, limits: &Limits, generation: u64) -> Self {
         let size_bytes = patch::encoded_size_estimate(&value, usize::MAX);
         Self {
             value,
             version,
             size_bytes,
             index: VersionIndex::new(version, limits.removed_paths_max),
+            dedup: DedupFloor { floor: version, generation, generation_start: version },
             authors: VecDeque::new(),
             authors_first: version.next(),
         }
@@ -210,6 +222,58 @@ impl Document {
         let offset = version.0.checked_sub(self.authors_first.0)?;
         self.authors.get(usize::try_from(offset).ok()?).cloned()
     }
+
+    /// Brings the dedup floor up to the window's generation `generation`.
+    /// Called before every use of the floor and before every id of this
+    /// document enters the window, so nothing committed to the document
+    /// since `dedup.generation` began can be missed.
+    fn catch_up_dedup(&mut self, generation: u64) {
+        self.dedup = self.dedup.caught_up(generation, self.version);
+    }
+}
+
+/// How far back a document's commit ids are all still in the dedup window.
+///
+/// The ids of every commit above `floor` are remembered. An unknown id with
+/// a base below `floor` may be a forgotten commit resubmitted, so it gets
+/// [`Rejection::OutcomeUnknown`] instead of being decided (a base at or
+/// above the floor cannot be: that commit would be above the floor too).
+///
+/// Kept without any per-commit work: the window counts its generation
+/// turnovers, and a document catches up when it is next used. At a
+/// turnover the generation before the previous one is forgotten, so the
+/// floor rises to the document's version when the previous one began.
+#[derive(Debug, Clone, Copy)]
+struct DedupFloor {
+    floor: Version,
+    /// The window generation this record is up to date with.
+    generation: u64,
+    /// The document's version when `generation` began, or higher (higher
+    /// only makes the floor more cautious).
+    generation_start: Version,
+}
+
+impl DedupFloor {
+    /// This record in window generation `generation`, for a document now at
+    /// `version` that has had no commit since `self.generation`'s last one.
+    fn caught_up(self, generation: u64, version: Version) -> Self {
+        if self.generation == generation {
+            return self;
+        }
+        let floor = if self.generation + 1 == generation {
+            // One turnover: the generation before `self.generation` was
+            // forgotten, and all of its ids are at or below the version at
+            // which `self.generation` began.
+            self.floor.max(self.generation_start)
+        } else {
+            // Two or more: every id this document had is forgotten (a later
+            // commit would have caught the record up).
+            version
+        };
+        // And no commit since the last turnover, so the current generation
+        // began at `version`.
+        Self { floor, generation, generation_start: version }
+    }
 }
 
 /// Many documents and the recent transaction ids.
@@ -237,6 +301,8 @@ pub struct Store {
 struct OutcomeWindow {
     current: HashMap<CompactString, Remembered, RandomState>,
     previous: HashMap<CompactString, Remembered, RandomState>,
+    /// Turnovers so far: the number of the current generation.
+    generation: u64,
 }
 
 /// An outcome as the window keeps it. Nearly every remembered outcome is a
@@ -274,13 +340,22 @@ impl OutcomeWindow {
         self.current.get(key).or_else(|| self.previous.get(key))
     }
 
-    fn insert(&mut self, tx_id: &TxId, outcome: Outcome, generation_entries_max: usize) {
+    /// Turns the generations over if the current one is full. Done before
+    /// a transaction is decided, so that its document's dedup floor catches
+    /// up with the generation its id will be remembered in.
+    fn make_room(&mut self, generation_entries_max: usize) {
         if self.current.len() >= generation_entries_max {
             // `clear` keeps the allocation, so the generations stop growing
             // once both have been filled.
             self.previous.clear();
             std::mem::swap(&mut self.previous, &mut self.current);
+            self.generation += 1;
         }
+    }
+
+    /// Remembers a decided id; `make_room` must have been called since the
+    /// last insert.
+    fn insert(&mut self, tx_id: &TxId, outcome: Outcome) {
         self.current.insert(CompactString::from(tx_id.as_str()), Remembered::new(outcome));
     }
 }
@@ -318,19 +393,45 @@ impl Store {
     }
 
     /// Installs a document at a version (restoring from a snapshot). History
-    /// before `version` is unknown, so older bases get `Stale`.
+    /// before `version` is unknown, so older bases get `Stale`, and, until
+    /// [`Store::remember_committed`] gives the ids of the commits before it,
+    /// unknown ids with older bases get `OutcomeUnknown`.
     pub fn restore(&mut self, doc: DocId, value: Value, version: Version) {
-        let document = Document::new(Doc::from(&value), version, &self.limits);
+        let generation = self.outcomes.generation;
+        let document = Document::new(Doc::from(&value), version, &self.limits, generation);
         self.docs.insert(doc, document);
     }
 
-    /// Remembers that `tx_id` committed at `version` (recovery: tx ids from
-    /// the log before the newest snapshot), so a resubmission after a restart
-    /// is still answered with its original outcome.
-    pub fn remember_committed(&mut self, tx_id: TxId, version: Version) {
-        if self.outcomes.get(&tx_id).is_none() {
-            self.remember(&tx_id, Outcome::Committed { version });
+    /// Remembers that `tx_id` committed `doc` at `version` (recovery: tx ids
+    /// from the log up to `doc`'s snapshot), so a resubmission after a
+    /// restart is still answered with its original outcome.
+    ///
+    /// Give each document's ids newest first, after [`Store::restore`]: an
+    /// id for the version at the document's dedup floor lowers the floor
+    /// past it, so an unbroken run down from the snapshot makes all of them
+    /// count. Any other id is still remembered but moves no floor.
+    pub fn remember_committed(&mut self, doc: &DocId, tx_id: TxId, version: Version) {
+        if self.outcomes.get(&tx_id).is_some() {
+            return;
         }
+        self.make_room();
+        let generation = self.outcomes.generation;
+        if let Some(document) = self.docs.get_mut(doc) {
+            document.catch_up_dedup(generation);
+            let dedup = &mut document.dedup;
+            if version == dedup.floor && version > Version::ZERO {
+                dedup.floor = Version(version.0 - 1);
+            }
+        }
+        self.remember(&tx_id, Outcome::Committed { version });
+    }
+
+    /// The version at or below which `doc`'s commit ids may be forgotten
+    /// (see [`Rejection::OutcomeUnknown`]).
+    pub fn dedup_floor(&self, doc: &DocId) -> Version {
+        self.docs.get(doc).map_or(Version::ZERO, |document| {
+            document.dedup.caught_up(self.outcomes.generation, document.version).floor
+        })
     }
 
     /// The outcome remembered for `tx_id`, if still in the window.
@@ -343,6 +444,7 @@ impl Store {
         if let Some(remembered) = self.outcomes.get(&tx.tx_id) {
             return Commit::Duplicate(remembered.outcome());
         }
+        self.make_room();
         let result = self.decide(tx.doc, tx.base, &tx.reads, tx.writes, &tx.tx_id);
         let outcome = match &result {
             Commit::Applied { version, .. } => Outcome::Committed { version: *version },
@@ -385,6 +487,10 @@ impl Store {
         if base > doc.version {
             return Commit::Rejected(Rejection::BaseAhead { base, current: doc.version });
         }
+        // The caller found no outcome for this id.
+        if base < doc.dedup.floor {
+            return Commit::Rejected(Rejection::OutcomeUnknown { base, floor: doc.dedup.floor });
+        }
         if let Some(rejection) = validate_reads(doc, reads, base) {
             return Commit::Rejected(rejection);
         }
@@ -403,6 +509,7 @@ impl Store {
     /// index and the tx-id window are rebuilt as if it had just committed.
     pub fn replay(&mut self, change: &Change) -> Result<(), ReplayError> {
         let limits = self.limits;
+        self.make_room();
         let doc = self.document_mut(&change.doc);
         let at = |version| (change.doc.clone(), version);
         if change.version != doc.version.next() {
@@ -424,18 +531,27 @@ impl Store {
         Ok(())
     }
 
-    /// The document, created empty at version 0 on first use. Looks up
-    /// before inserting so the id is cloned only for a new document.
+    /// The document, created empty at version 0 on first use, with its
+    /// dedup floor caught up with the window.
     fn document_mut(&mut self, doc: &DocId) -> &mut Document {
-        // One lookup; the id is cloned only for a new document.
         let limits = &self.limits;
-        self.docs
-            .entry_ref(doc)
-            .or_insert_with(|| Document::new(Doc::empty_object(), Version::ZERO, limits))
+        let generation = self.outcomes.generation;
+        // One lookup; the id is cloned only for a new document.
+        let document = self.docs.entry_ref(doc).or_insert_with(|| {
+            Document::new(Doc::empty_object(), Version::ZERO, limits, generation)
+        });
+        document.catch_up_dedup(generation);
+        document
+    }
+
+    /// Makes room in the dedup window for one more id. Call before the
+    /// document is looked up, then [`Store::remember`].
+    fn make_room(&mut self) {
+        self.outcomes.make_room(self.limits.tx_dedup_entries_max);
     }
 
     fn remember(&mut self, tx_id: &TxId, outcome: Outcome) {
-        self.outcomes.insert(tx_id, outcome, self.limits.tx_dedup_entries_max);
+        self.outcomes.insert(tx_id, outcome);
     }
 }
 
@@ -507,5 +623,99 @@ mod tests {
         assert!(matches!(stale_read, Commit::Rejected(Rejection::Conflict { .. })));
         // A log entry out of sequence is refused.
         assert!(matches!(recovered.replay(&log[0]), Err(ReplayError::OutOfSequence { .. })));
+    }
+
+    fn incr(id: &str, doc: &str, base: u64) -> Transaction {
+        Transaction {
+            doc: DocId::parse(doc).unwrap(),
+            ..tx(id, base, &[], json!([{"op": "incr", "path": "/n", "value": 1}]))
+        }
+    }
+
+    fn committed(commit: &Commit) -> Version {
+        match commit {
+            Commit::Applied { version, .. } => *version,
+            other => panic!("expected a commit, got {other:?}"),
+        }
+    }
+
+    /// A store whose window keeps two generations of two ids.
+    fn small_window() -> Store {
+        Store::new(Limits { tx_dedup_entries_max: 2, ..Limits::default() })
+    }
+
+    #[test]
+    fn a_forgotten_commit_resubmitted_gets_outcome_unknown_never_a_second_commit() {
+        let mut store = small_window();
+        let d = DocId::parse("d").unwrap();
+        assert_eq!(committed(&store.commit(incr("a", "d", 0))), Version(1));
+        assert_eq!(committed(&store.commit(incr("b", "d", 1))), Version(2));
+        // Generation 2 of the window: `a` and `b` are still remembered.
+        store.commit(incr("c", "e", 0));
+        store.commit(incr("x", "e", 1));
+        assert_eq!(
+            store.outcome_of(&TxId::parse("a").unwrap()),
+            Some(Outcome::Committed { version: Version(1) })
+        );
+        assert_eq!(store.dedup_floor(&d), Version::ZERO);
+        // Generation 3: `a` and `b` are forgotten, so d's floor is 2.
+        store.commit(incr("y", "e", 2));
+        assert_eq!(store.outcome_of(&TxId::parse("a").unwrap()), None);
+        assert_eq!(store.dedup_floor(&d), Version(2));
+        for (id, base) in [("a", 0), ("b", 1)] {
+            assert_eq!(
+                store.commit(incr(id, "d", base)),
+                Commit::Rejected(Rejection::OutcomeUnknown {
+                    base: Version(base),
+                    floor: Version(2)
+                })
+            );
+        }
+        // Nothing changed, and the answer is not remembered.
+        assert_eq!(store.get(&d).0, json!({"n": 2}));
+        assert_eq!(store.outcome_of(&TxId::parse("a").unwrap()), None);
+        // A base at the floor cannot belong to a forgotten commit.
+        assert_eq!(committed(&store.commit(incr("new", "d", 2))), Version(3));
+    }
+
+    #[test]
+    fn a_document_untouched_for_two_turnovers_has_every_id_forgotten() {
+        let mut store = small_window();
+        let d = DocId::parse("d").unwrap();
+        store.commit(incr("a", "d", 0));
+        store.commit(incr("b", "d", 1));
+        // Two full generations of another document: d's ids are gone, and
+        // d caught up only at generation 1, when its version was 0.
+        for (i, id) in ["c", "x", "y", "z", "w"].iter().enumerate() {
+            store.commit(incr(id, "e", i as u64));
+        }
+        assert_eq!(store.outcome_of(&TxId::parse("b").unwrap()), None);
+        assert_eq!(store.dedup_floor(&d), Version(2));
+        assert!(matches!(
+            store.commit(incr("b", "d", 1)),
+            Commit::Rejected(Rejection::OutcomeUnknown { floor: Version(2), .. })
+        ));
+    }
+
+    #[test]
+    fn a_restored_document_knows_the_ids_remembered_newest_first_down_from_its_snapshot() {
+        let mut store = Store::new(Limits::default());
+        let d = DocId::parse("d").unwrap();
+        store.restore(d.clone(), json!({"n": 5}), Version(5));
+        assert_eq!(store.dedup_floor(&d), Version(5));
+        store.remember_committed(&d, TxId::parse("t5").unwrap(), Version(5));
+        store.remember_committed(&d, TxId::parse("t4").unwrap(), Version(4));
+        // A gap: t2 is remembered, but 3's id is unknown, so the floor stays.
+        store.remember_committed(&d, TxId::parse("t2").unwrap(), Version(2));
+        assert_eq!(store.dedup_floor(&d), Version(3));
+        assert_eq!(
+            store.commit(incr("t4", "d", 3)),
+            Commit::Duplicate(Outcome::Committed { version: Version(4) })
+        );
+        assert!(matches!(
+            store.commit(incr("t3", "d", 2)),
+            Commit::Rejected(Rejection::OutcomeUnknown { floor: Version(3), .. })
+        ));
+        assert_eq!(committed(&store.commit(incr("t9", "d", 3))), Version(6));
     }
 }

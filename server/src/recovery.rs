@@ -6,7 +6,9 @@
 //! commits did. Transaction ids committed before the snapshot are
 //! remembered with `Store::remember_committed`, so a client resubmitting an
 //! acknowledged transaction after the restart still gets its original
-//! outcome instead of a second commit. Rejections are not logged, so they
+//! outcome instead of a second commit; a document's dedup floor falls to
+//! the oldest of its ids the log still holds, and a resubmission based
+//! below that gets `outcome_unknown`. Rejections are not logged, so they
 //! are not remembered across a restart: a resubmitted rejected transaction
 //! is decided afresh (it never committed, so it cannot commit twice).
 //!
@@ -53,7 +55,7 @@ pub(crate) fn recover(
 ) -> Result<Recovery, RecoveryError> {
     // The dedup window the protocol promises is the last
     // `tx_dedup_entries_max` decided transactions, whichever shard.
-    let recovered = storage.recover(limits.tx_dedup_entries_max)?;
+    let mut recovered = storage.recover(limits.tx_dedup_entries_max)?;
     let mut recovery = Recovery {
         stores: (0..shards).map(|_| Store::new(limits)).collect(),
         tails: vec![HashMap::new(); shards],
@@ -61,20 +63,31 @@ pub(crate) fn recover(
         docs: recovered.docs.len(),
         replayed: 0,
     };
-    let snapshot_versions: HashMap<DocId, Version> =
-        recovered.docs.iter().map(|doc| (doc.doc.clone(), doc.snapshot_version)).collect();
-    // Oldest first, so the window evicts in commit order; ids in a tail are
-    // remembered by its replay below.
-    for (tx_id, doc, version) in recovered.recent_tx_ids {
+    // Every snapshot first, so that the ids below can lower each document's
+    // dedup floor before any tail's replay turns the window over.
+    let mut snapshot_versions: HashMap<DocId, Version> = HashMap::new();
+    for doc in &mut recovered.docs {
+        let snapshot = std::mem::take(&mut doc.snapshot);
+        recovery.stores[shard_of(&doc.doc)].restore(
+            doc.doc.clone(),
+            snapshot,
+            doc.snapshot_version,
+        );
+        snapshot_versions.insert(doc.doc.clone(), doc.snapshot_version);
+    }
+    // Newest first: each document's ids then run down from its snapshot
+    // without a gap (the log holds every commit after the oldest id read),
+    // and each one lowers the document's dedup floor past it. Ids in a
+    // tail are remembered by its replay below.
+    for (tx_id, doc, version) in recovered.recent_tx_ids.into_iter().rev() {
         let before_snapshot = snapshot_versions.get(&doc).is_some_and(|snap| version <= *snap);
         if before_snapshot {
-            recovery.stores[shard_of(&doc)].remember_committed(tx_id, version);
+            recovery.stores[shard_of(&doc)].remember_committed(&doc, tx_id, version);
         }
     }
     for doc in recovered.docs {
         let shard = shard_of(&doc.doc);
         let store = &mut recovery.stores[shard];
-        store.restore(doc.doc.clone(), doc.snapshot, doc.snapshot_version);
         for change in &doc.tail {
             store.replay(change)?;
         }

@@ -1009,6 +1009,7 @@ fn reason(rejection: &Rejection) -> &'static str {
         Rejection::BaseAhead { .. } => "base_ahead",
         Rejection::Patch(_) => "patch",
         Rejection::TooLarge { .. } => "too_large",
+        Rejection::OutcomeUnknown { .. } => "outcome_unknown",
     }
 }
 

@@ -46,6 +46,15 @@ struct RetryWaiter {
     resolve: oneshot::Sender<Resolution>,
 }
 
+/// A transaction whose pending run awaits the server's outcome.
+struct WaitingCommit {
+    resolve: oneshot::Sender<Resolution>,
+    /// How many times it has been sent. Past one, an earlier send may have
+    /// committed with its acknowledgement lost, so the server's
+    /// `outcome_unknown` means exactly that and must not be re-run.
+    sends: u32,
+}
+
 pub(super) struct DocState {
     /// `None` until the first snapshot.
     pub(super) replica: Option<Replica>,
@@ -58,7 +67,7 @@ pub(super) struct DocState {
     pub(super) open_dropped: bool,
     open_waiters: Vec<oneshot::Sender<Result<DocChannels, Error>>>,
     /// Waiting transactions by the id of their pending run.
-    commits: HashMap<TxId, oneshot::Sender<Resolution>>,
+    commits: HashMap<TxId, WaitingCommit>,
     retry_waiters: Vec<RetryWaiter>,
     blocked: Vec<oneshot::Sender<Resolution>>,
     events: broadcast::Sender<DocumentEvent>,
@@ -140,7 +149,7 @@ impl DocState {
             if matches!(resolution, Resolution::Committed(_)) {
                 Counters::bump(&counters.committed);
             }
-            let _ = waiter.send(resolution);
+            let _ = waiter.resolve.send(resolution);
         }
         for waiter in self.blocked.drain(..) {
             let _ = waiter.send(Resolution::Wake);
@@ -249,8 +258,11 @@ impl Driver {
                 match encode(&commit, self.config.outgoing_message_bytes_max) {
                     Ok(text) => {
                         state.wake_overlapping(&written, &self.counters);
-                        state.commits.insert(tx_id, resolve);
-                        if state.status == DocStatus::Open {
+                        let open = state.status == DocStatus::Open;
+                        state
+                            .commits
+                            .insert(tx_id, WaitingCommit { resolve, sends: u32::from(open) });
+                        if open {
                             self.outbox.push(Frame::text(text));
                         }
                     }
@@ -327,6 +339,11 @@ impl Driver {
         state.open_dropped = false;
         let mut messages: Vec<ClientMessage> =
             replica.pending().map(|tx| ClientMessage::Commit { tx: tx.clone() }).collect();
+        for tx in replica.pending() {
+            if let Some(waiting) = state.commits.get_mut(&tx.tx_id) {
+                waiting.sends = waiting.sends.saturating_add(1);
+            }
+        }
         if let Some(presence) = &state.presence {
             messages.push(ClientMessage::Presence { doc: doc.clone(), state: presence.clone() });
         }
@@ -426,7 +443,12 @@ impl Driver {
             // Its writes just left the optimistic view.
             state.wake_overlapping(&touched(&tx.writes), &self.counters);
         }
-        state.resolve(&tx_id, Resolution::Rejected(rejection), &self.counters);
+        let sent_before = state.commits.get(&tx_id).is_some_and(|waiting| waiting.sends > 1);
+        let resolution = match rejection {
+            Rejection::OutcomeUnknown { .. } if sent_before => Resolution::OutcomeUnknown,
+            rejection => Resolution::Rejected(rejection),
+        };
+        state.resolve(&tx_id, resolution, &self.counters);
     }
 
     /// An error about a document that is not about a commit.

@@ -92,6 +92,9 @@ pub(crate) enum RunKind {
 pub(crate) enum Resolution {
     Committed(Version),
     Rejected(Rejection),
+    /// Resubmitted after a lost acknowledgement, and the server no longer
+    /// knows whether the first submission committed.
+    OutcomeUnknown,
     /// Run the function again (a read changed, or a pending one resolved).
     Wake,
     /// The function panicked inside the task.

@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_client::{Changes, Client, ClientConfig, Document, DocumentEvent, Pointer, TxResult};
+use concord_client::{
+    Changes, Client, ClientConfig, Document, DocumentEvent, Pointer, TransactError, TxResult,
+};
+use concord_engine::Limits;
 use concord_server::Config;
 use serde_json::json;
 
@@ -163,6 +166,98 @@ async fn a_lost_acknowledgement_is_recovered_from_the_missed_changes() {
 async fn a_lost_acknowledgement_is_recovered_by_resubmission_after_a_snapshot() {
     let client = a_lost_acknowledgement_resolves_once(1).await;
     assert_eq!(client.stats().resyncs, 1, "reloaded from a snapshot");
+}
+
+/// A server that forgets fast: its dedup window keeps two generations of two
+/// tx ids, and it keeps one change of history (so a resume gets a snapshot).
+async fn start_forgetful_server() -> concord_server::RunningServer {
+    start_server_with(Config {
+        change_history_max: 1,
+        limits: Limits { tx_dedup_entries_max: 2, ..Limits::default() },
+        ..Config::default()
+    })
+    .await
+}
+
+/// Five acknowledged commits after version `after`: the window turns over
+/// twice, so every id from before them is forgotten.
+async fn outlast_the_dedup_window(doc: &Document) {
+    for _ in 0..5 {
+        bump(doc, "other").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_acknowledgement_whose_id_was_forgotten_is_reported_unknown_not_committed_twice() {
+    let server = start_forgetful_server().await;
+    let proxy = Proxy::start(server.local_addr()).await;
+    let client = connect(&proxy.url()).await;
+    let observer = connect(&server.ws_url()).await;
+    let doc = client.open("forgotten").await.unwrap();
+    let observer_doc = observer.open("forgotten").await.unwrap();
+    let mut observed = observer_doc.changes();
+
+    // The increment commits; its acknowledgement is held, then lost.
+    proxy.freeze();
+    let hits = ptr("/hits");
+    let task = doc.transact(move |tx| -> TxResult<()> { Ok(tx.increment(&hits, 1)?) }).spawn();
+    reach(&mut observed, 1).await;
+    outlast_the_dedup_window(&observer_doc).await;
+    proxy.sever();
+
+    // Resubmitted from a snapshot, the increment's id is unknown to the
+    // server: committing it again would count it twice.
+    let error = task.await.unwrap_err();
+    assert!(matches!(error, TransactError::OutcomeUnknown), "{error:?}");
+    let (value, version) = server.document(&doc_id("forgotten")).await.unwrap();
+    assert_eq!(value, json!({"hits": 1, "other": 5}), "the increment counted once");
+    assert_eq!(client.stats().committed, 0);
+    assert_eq!(client.stats().reruns, 0, "not re-run");
+    let mut changes = doc.changes();
+    if doc.value().await.unwrap() != value {
+        reach(&mut changes, version.0).await;
+    }
+    assert_eq!(doc.value().await.unwrap(), value, "the replica shows what happened");
+    certify(&server, &["forgotten"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_submission_based_before_forgotten_ids_is_re_run_and_commits_once() {
+    let server = start_forgetful_server().await;
+    let proxy = Proxy::start(server.local_addr()).await;
+    let client = connect(&proxy.url()).await;
+    let observer = connect(&server.ws_url()).await;
+    let doc = client.open("behind").await.unwrap();
+    let observer_doc = observer.open("behind").await.unwrap();
+
+    // The client's replica stays at version 0 while the window forgets the
+    // ids of versions 1 and 2, so its increment goes out based at 0.
+    proxy.freeze();
+    outlast_the_dedup_window(&observer_doc).await;
+    let hits = ptr("/hits");
+    let (first_run_tx, first_run) = tokio::sync::mpsc::unbounded_channel();
+    let task = doc
+        .transact(move |tx| -> TxResult<()> {
+            let _ = first_run_tx.send(());
+            Ok(tx.increment(&hits, 1)?)
+        })
+        .spawn();
+    // Its first run is over, so its base is fixed at 0 (no change can
+    // arrive while frozen), before the thaw lets the changes in.
+    let mut first_run = first_run;
+    first_run.recv().await.unwrap();
+    proxy.thaw();
+
+    // Never sent before, it cannot have committed: `outcome_unknown` is
+    // only stale for it, and the re-run on the current replica commits.
+    task.await.unwrap();
+    assert_eq!(client.stats().rejections, 1, "outcome_unknown once");
+    assert_eq!(client.stats().reruns, 1);
+    assert_eq!(client.stats().committed, 1);
+    let (value, version) = server.document(&doc_id("behind")).await.unwrap();
+    assert_eq!(value, json!({"hits": 1, "other": 5}));
+    assert_eq!(version.0, 6);
+    certify(&server, &["behind"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
