@@ -272,6 +272,7 @@ impl Config {
             ("connections_max", self.connections_max),
             ("name_bytes_max", self.name_bytes_max),
             ("shard_pending_effects_max", self.shard_pending_effects_max),
+            ("limits.tx_dedup_entries_max", self.limits.tx_dedup_entries_max),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return fail(&format!("{name} must be at least 1"));

@@ -165,6 +165,10 @@ struct Serve {
     read_set_pointers_max: usize,
     #[arg(long, env = "CONCORD_DOC_SIZE_BYTES_MAX", default_value_t = concord_engine::limits::DOC_SIZE_BYTES_MAX)]
     doc_size_bytes_max: usize,
+    /// Transaction ids always remembered per shard, so that a resubmission
+    /// gets its original outcome (docs/protocol.md, `outcome_unknown`).
+    #[arg(long, env = "CONCORD_TX_DEDUP_ENTRIES_MAX", default_value_t = concord_engine::limits::TX_DEDUP_ENTRIES_MAX)]
+    tx_dedup_entries_max: usize,
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -178,6 +182,7 @@ impl Serve {
         limits.patch_ops_max = self.patch_ops_max;
         limits.read_set_pointers_max = self.read_set_pointers_max;
         limits.doc_size_bytes_max = self.doc_size_bytes_max;
+        limits.tx_dedup_entries_max = self.tx_dedup_entries_max;
         let storage = (!self.memory).then(|| StorageConfig {
             sync: match self.sync {
                 Sync::Full => SyncMode::Full,
