@@ -186,7 +186,8 @@ impl Document {
             version,
             size_bytes,
             index: VersionIndex::new(version, limits.removed_paths_max),
-            dedup: DedupFloor { floor: version, generation, generation_start: version },
+            // None of its ids entered the window before this generation.
+            dedup: DedupFloor { floor: version, generation, generation_start: Version::ZERO },
             authors: VecDeque::new(),
             authors_first: version.next(),
         }
@@ -248,8 +249,10 @@ struct DedupFloor {
     floor: Version,
     /// The window generation this record is up to date with.
     generation: u64,
-    /// The document's version when `generation` began, or higher (higher
-    /// only makes the floor more cautious).
+    /// At least the highest version among this document's ids that entered
+    /// the window before `generation` began: its version then, or 0 for a
+    /// document created or restored since (higher only makes the floor more
+    /// cautious).
     generation_start: Version,
 }
 
@@ -398,7 +401,11 @@ impl Store {
     /// unknown ids with older bases get `OutcomeUnknown`.
     pub fn restore(&mut self, doc: DocId, value: Value, version: Version) {
         let generation = self.outcomes.generation;
-        let document = Document::new(Doc::from(&value), version, &self.limits, generation);
+        let mut document = Document::new(Doc::from(&value), version, &self.limits, generation);
+        if let Some(replaced) = self.docs.get(&doc) {
+            // The ids of what it replaces may still be in the window.
+            document.dedup.generation_start = replaced.version.max(version);
+        }
         self.docs.insert(doc, document);
     }
 
@@ -699,7 +706,7 @@ mod tests {
 
     #[test]
     fn a_restored_document_knows_the_ids_remembered_newest_first_down_from_its_snapshot() {
-        let mut store = Store::new(Limits::default());
+        let mut store = Store::new(Limits { tx_dedup_entries_max: 3, ..Limits::default() });
         let d = DocId::parse("d").unwrap();
         store.restore(d.clone(), json!({"n": 5}), Version(5));
         assert_eq!(store.dedup_floor(&d), Version(5));
@@ -712,10 +719,16 @@ mod tests {
             store.commit(incr("t4", "d", 3)),
             Commit::Duplicate(Outcome::Committed { version: Version(4) })
         );
+        // The window is full: deciding t3 turns it over, which forgets
+        // nothing, so the floor stays where recovery put it.
         assert!(matches!(
             store.commit(incr("t3", "d", 2)),
             Commit::Rejected(Rejection::OutcomeUnknown { floor: Version(3), .. })
         ));
         assert_eq!(committed(&store.commit(incr("t9", "d", 3))), Version(6));
+        assert_eq!(
+            store.commit(incr("t5", "d", 4)),
+            Commit::Duplicate(Outcome::Committed { version: Version(5) })
+        );
     }
 }

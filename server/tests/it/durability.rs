@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use concord_engine::Limits;
 use concord_server::storage::StorageError;
 use concord_server::{Config, ServerError, StorageConfig};
 use serde_json::{json, Value};
@@ -90,6 +91,46 @@ async fn a_restart_recovers_documents_dedup_history_and_catch_up() {
     // Ids may contain slashes.
     let (status, body) = http_get(addr, "/docs/a/b?version=0").await;
     assert_eq!((status, json_body(&body)["value"].clone()), (200, json!({})));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn after_a_restart_an_id_older_than_the_log_holds_gets_outcome_unknown_not_a_second_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    // The restart brings back the last 4 committed ids: those of versions
+    // 9 to 12.
+    let config = || Config {
+        limits: Limits { tx_dedup_entries_max: 4, ..Limits::default() },
+        ..durable(dir.path(), 5)
+    };
+    let server = start(config()).await;
+    let mut a = Client::connect(&server).await;
+    a.open("d", None).await;
+    commit_many(&mut a, "d", "t", 12).await;
+    server.shutdown().await;
+
+    let server = start(config()).await;
+    let mut b = Client::connect(&server).await;
+    b.open("d", None).await;
+    let incr = json!([{"op": "incr", "path": "/n", "value": 1}]);
+    b.commit("d", "t-8", 8, json!([]), incr.clone()).await;
+    assert_eq!(b.expect("committed").await["version"], 9);
+    // t-2 committed version 3, but its id is no longer known: a blind
+    // increment resubmitted would count twice.
+    b.commit("d", "t-2", 2, json!([]), incr.clone()).await;
+    let rejected = b.expect("rejected").await;
+    assert_eq!(
+        rejected["rejection"],
+        json!({"reason": "outcome_unknown", "base": 2, "floor": 8}),
+        "{rejected}"
+    );
+    // Every id above version 8 is known, so a new transaction based there is
+    // decided.
+    b.commit("d", "new", 8, json!([]), incr).await;
+    assert_eq!(b.expect("committed").await["version"], 13);
+    let (value, version) =
+        server.document(&concord_engine::DocId::parse("d").unwrap()).await.unwrap();
+    assert_eq!((value["n"].clone(), version.0), (json!(13), 13));
     server.shutdown().await;
 }
 
