@@ -5,7 +5,8 @@
 // each new socket ("resume"): documents are re-opened at the version held
 // (the server sends only what is missing), pending transactions are
 // re-submitted under their original ids (the server answers a known id with
-// its original outcome, so nothing commits twice), topics re-subscribed,
+// its original outcome, so nothing commits twice; an id it has forgotten gets
+// `outcome_unknown`, reported as `TransactionOutcomeUnknown`), topics re-subscribed,
 // procedures re-registered and presence re-sent. Calls in flight when the
 // socket drops fail: a call is not idempotent, so the caller decides.
 
@@ -96,6 +97,24 @@ export class TransactionRejected extends Error {
   }
 }
 
+/**
+ * A transaction sent before a disconnect (or a document reload), whose
+ * acknowledgement was lost, was resubmitted after the server had forgotten
+ * its id (over `--tx-dedup-entries-max` transactions later). It may or may not
+ * have committed, once; it is not re-run, since that could apply it twice.
+ * Its writes left the optimistic view and the replica holds the server's
+ * current state: look there before deciding whether to run it again.
+ */
+export class TransactionOutcomeUnknown extends Error {
+  override name = "TransactionOutcomeUnknown";
+  constructor(
+    readonly txId: string,
+    readonly rejection: Extract<Rejection, { reason: "outcome_unknown" }>,
+  ) {
+    super(`the outcome of a transaction sent before a disconnect is unknown (${txId}: ${describeRejection(rejection)})`);
+  }
+}
+
 /** The operation needs a session, and there is none (or the client was closed). */
 export class ConnectionError extends Error {
   override name = "ConnectionError";
@@ -152,6 +171,7 @@ export interface DocumentEvents {
 type Outcome =
   | { kind: "committed"; version: number }
   | { kind: "rejected"; rejection: Rejection; retryable: boolean }
+  | { kind: "unknown"; error: TransactionOutcomeUnknown }
   | { kind: "abandoned"; error: Error };
 
 type RpcHandler = (params: Json | undefined, context: { method: string }) => unknown;
@@ -660,6 +680,13 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
   #firstReady: { promise: Promise<void>; resolve: () => void; reject: (e: Error) => void };
   #snapshot: Json | undefined;
   #outcomes = new Map<string, (outcome: Outcome) => void>();
+  /**
+   * How many times each pending transaction was sent. Past one, an earlier
+   * send may have committed with its acknowledgement lost, so the server's
+   * `outcome_unknown` means exactly that and it must not be re-run. Entries
+   * go with the transaction's outcome (`#settle`).
+   */
+  #sends = new Map<string, number>();
   #retryWaiters = new Set<{ reads: Pointer[]; wake: () => void }>();
   #resolutionWaiters = new Set<{ txIds: string[]; wake: () => void }>();
   #presenceState: Json = null;
@@ -750,7 +777,12 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
    * backoff, up to `attempts` times. `tx.retry()` waits for a change to what
    * the run read; a run that read another pending transaction's writes waits
    * for it to resolve. `fn` must be synchronous and free of side effects:
-   * put them in `tx.afterCommit`.
+   * put them in `tx.afterCommit`. A transaction resubmitted after a
+   * reconnect or reload whose id the server no longer remembers fails with
+   * `TransactionOutcomeUnknown` instead of being re-run (it may have
+   * committed), which the application can tell apart from
+   * `TransactionRejected` (a rejection re-running cannot cure, or the last
+   * of `attempts`).
    */
   async transact<T>(fn: (tx: Tx) => T, options: TransactOptions = {}): Promise<T> {
     const attempts = Math.max(1, options.attempts ?? 10);
@@ -781,14 +813,15 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
           continue;
         case "submit": {
           const settled = new Promise<Outcome>((resolve) => this.#outcomes.set(txId, resolve));
+          this.#sends.set(txId, 0);
           this.#changed("local", replica.pendingWrites(txId));
-          if (this.#live) this.client._send({ type: "commit", tx: outcome.tx });
+          if (this.#live) this.#sendCommit(outcome.tx);
           const result = await settled;
           if (result.kind === "committed") {
             runEffects(outcome.afterCommit, this);
             return outcome.value;
           }
-          if (result.kind === "abandoned") throw result.error;
+          if (result.kind === "abandoned" || result.kind === "unknown") throw result.error;
           rejected++;
           if (!result.retryable || rejected >= attempts) throw new TransactionRejected(result.rejection, rejected);
           await sleep(backoffMs(rejected));
@@ -838,6 +871,7 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
       this.#outcomes.delete(txId);
       settle({ kind: "abandoned", error });
     }
+    this.#sends.clear();
   }
 
   /** @internal */
@@ -852,7 +886,9 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
       // reached the store): re-open; pending transactions are resent then.
       this.#resync();
     } else if (error.code === "rate_limited" && txId !== undefined) {
-      // The commit was dropped unread: send it again after a pause.
+      // The commit was dropped unread: send it again after a pause. The
+      // dropped send never reached the store, so this one takes its place in
+      // the count of sends.
       const replica = this.#replica;
       setTimeout(() => {
         const tx = replica?.pending().find((p) => p.tx_id === txId);
@@ -930,8 +966,18 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
         if (!this.#replica) return;
         const writes = this.#rebased(this.#replica.pendingWrites(message.tx_id));
         const dropped = this.#replica.onRejected(message.tx_id, message.rejection);
-        const retryable = isRetryable(message.rejection);
-        this.#settle(message.tx_id, { kind: "rejected", rejection: message.rejection, retryable });
+        const rejection = message.rejection;
+        if (rejection.reason === "outcome_unknown" && (this.#sends.get(message.tx_id) ?? 0) > 1) {
+          // Sent before: that send may have committed with its
+          // acknowledgement lost. Re-running could apply it twice.
+          this.#settle(message.tx_id, { kind: "unknown", error: new TransactionOutcomeUnknown(message.tx_id, rejection) });
+        } else {
+          // A first submission's `outcome_unknown` cannot be a forgotten
+          // commit of its own: re-run it as for `stale` (the server sends it
+          // after the changes up to its version, so the replica is current).
+          const retryable = isRetryable(rejection) || rejection.reason === "outcome_unknown";
+          this.#settle(message.tx_id, { kind: "rejected", rejection, retryable });
+        }
         if (dropped) this.#changed("rollback", writes);
         return;
       }
@@ -988,11 +1034,19 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
         this.#changed("rollback", writes);
         continue;
       }
-      this.client._send({ type: "commit", tx });
+      this.#sendCommit(tx);
+    }
+  }
+
+  /** Sends a pending transaction's commit, counting the send if it went out. */
+  #sendCommit(tx: Transaction): void {
+    if (this.client._send({ type: "commit", tx })) {
+      this.#sends.set(tx.tx_id, (this.#sends.get(tx.tx_id) ?? 0) + 1);
     }
   }
 
   #settle(txId: string, outcome: Outcome): void {
+    this.#sends.delete(txId);
     const settle = this.#outcomes.get(txId);
     if (!settle) return;
     this.#outcomes.delete(txId);

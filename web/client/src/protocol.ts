@@ -38,9 +38,23 @@ export type Rejection =
   | { reason: "stale"; base: number; horizon: number }
   | { reason: "base_ahead"; base: number; current: number }
   | { reason: "patch"; op_index: number; error: PatchOpError }
-  | { reason: "too_large"; what: "read_set" | "patch"; len: number; max: number };
+  | { reason: "too_large"; what: "read_set" | "patch"; len: number; max: number }
+  /**
+   * The id is not in the server's dedup window and `base` is older than the
+   * document's dedup floor (the newest version whose committing id may have
+   * been forgotten): this may be a resubmission of a commit whose id was
+   * forgotten, so it is not decided. Nothing changed. A first submission
+   * cannot have committed and is re-run (as `stale`); a resubmission's
+   * outcome is unknown (`TransactionOutcomeUnknown`).
+   */
+  | { reason: "outcome_unknown"; base: number; floor: number };
 
-/** True when re-running the transaction on a fresh replica may succeed (as `Rejection::is_retryable`). */
+/**
+ * True when re-running the transaction on a fresh replica may succeed (as
+ * `Rejection::is_retryable`). False for `outcome_unknown`: whether re-running
+ * is safe depends on whether the transaction was sent before, which only the
+ * client knows (it re-runs a first submission's).
+ */
 export function isRetryable(rejection: Rejection): boolean {
   return rejection.reason === "conflict" || rejection.reason === "stale" || rejection.reason === "patch";
 }
@@ -62,6 +76,8 @@ export function describeRejection(rejection: Rejection): string {
       return `patch op ${rejection.op_index} failed: ${rejection.error.reason}`;
     case "too_large":
       return `${rejection.what === "read_set" ? "read set" : "patch"} is ${rejection.len}, over the limit of ${rejection.max}`;
+    case "outcome_unknown":
+      return `transaction id not remembered and base ${rejection.base} is older than the dedup floor ${rejection.floor}`;
   }
 }
 

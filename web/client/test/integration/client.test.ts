@@ -1,11 +1,21 @@
 // The TypeScript client against the real `concord` binary: transactions,
 // conflicts and re-runs, STM retry, resume after a dropped connection, a lost
-// acknowledgement, offline writes, a server restart, pub/sub, RPC, presence.
+// acknowledgement (also one whose id the server forgot), offline writes, a
+// server restart, pub/sub, RPC, presence.
 
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
-import { connect, RpcError, TransactionRejected, type Client, type DocumentHandle, type Json, type PresenceChange } from "../../src/node.js";
+import {
+  connect,
+  RpcError,
+  TransactionOutcomeUnknown,
+  TransactionRejected,
+  type Client,
+  type DocumentHandle,
+  type Json,
+  type PresenceChange,
+} from "../../src/node.js";
 import { FaultProxy } from "../support/proxy.js";
 import { ConcordServer } from "../support/server.js";
 import { nextEvent, waitFor } from "../support/wait.js";
@@ -23,6 +33,27 @@ async function client(url = server.wsUrl): Promise<Client> {
 /** A fresh document id per test, so tests share one server without sharing state. */
 function docId(name: string): string {
   return `it/${name}-${process.pid}-${++docSeq}`;
+}
+
+/** The server's own copy of a document (`GET /docs/{id}`), not any replica's. */
+async function serverDocument(s: ConcordServer, id: string): Promise<{ version: number; value: Json }> {
+  const response = await fetch(`${s.httpUrl}/docs/${id}`);
+  assert.equal(response.status, 200, `GET /docs/${id}`);
+  const body = (await response.json()) as { version: number; value: Json };
+  return { version: body.version, value: body.value };
+}
+
+/**
+ * A server that forgets fast: its dedup window keeps two generations of two
+ * tx ids, and it keeps one change of history (so a resume gets a snapshot).
+ */
+function startForgetfulServer(): Promise<ConcordServer> {
+  return ConcordServer.start({ args: ["--tx-dedup-entries-max", "2", "--change-history-max", "1"] });
+}
+
+/** Five acknowledged commits: the dedup window turns over twice, so every id from before them is forgotten. */
+async function outlastTheDedupWindow(d: DocumentHandle): Promise<void> {
+  for (let i = 0; i < 5; i++) await d.transact((tx) => tx.increment("/other", 1));
 }
 
 before(async () => {
@@ -274,6 +305,120 @@ describe("resume", () => {
       assert.equal(da.version, 2);
     } finally {
       await proxy.close();
+    }
+  });
+
+  test("a lost acknowledgement whose id was forgotten is reported unknown, not committed twice", async () => {
+    const forgetful = await startForgetfulServer();
+    const proxy = await FaultProxy.start(forgetful.wsUrl);
+    const id = docId("forgotten");
+    const a = await client(proxy.url);
+    const observer = await client(forgetful.wsUrl);
+    try {
+      const da = await a.open(id);
+      const dObs = await observer.open(id);
+      const rejections: unknown[] = [];
+      proxy.downstream = (message) => {
+        if (message.type === "rejected") rejections.push((message.rejection as { reason: string }).reason);
+        return "forward";
+      };
+      const origins: string[] = [];
+      da.on("change", (e) => origins.push(e.origin));
+
+      // The increment commits; its acknowledgement is held, then lost.
+      proxy.freeze();
+      let runs = 0;
+      const increment = da.transact((tx) => {
+        runs++;
+        tx.increment("/hits", 1);
+      });
+      const outcome = increment.then(() => null, (e: unknown) => e);
+      const [sent] = da.pending();
+      assert.ok(sent, "the increment is pending");
+      assert.equal(sent.base, 0);
+      await waitFor(() => dObs.version === 1, "the increment committed (the observer at v1)");
+      await outlastTheDedupWindow(dObs);
+      const sessionBefore = a.session;
+      proxy.sever();
+
+      // Resubmitted from a snapshot, the increment's id is unknown to the
+      // server: committing it again would count it twice.
+      const error = await outcome;
+      assert.ok(error instanceof TransactionOutcomeUnknown, `expected TransactionOutcomeUnknown, got ${String(error)}`);
+      assert.ok(!(error instanceof TransactionRejected), "told apart from a rejection");
+      assert.equal(error.txId, sent.tx_id);
+      assert.equal(error.rejection.reason, "outcome_unknown");
+      assert.equal(error.rejection.base, 0);
+      assert.ok(error.rejection.floor > 0, `floor ${error.rejection.floor}`);
+      assert.match(error.message, /the outcome of a transaction sent before a disconnect is unknown/);
+      assert.notEqual(a.session, sessionBefore, "the client reconnected");
+      assert.equal(runs, 1, "not re-run");
+      assert.deepEqual(rejections, ["outcome_unknown"]);
+      const truth = await serverDocument(forgetful, id);
+      assert.deepEqual(truth.value, { hits: 1, other: 5 }, "the increment counted once");
+      assert.equal(truth.version, 6);
+      // The replica shows what happened: the server's state, nothing pending.
+      await waitFor(() => da.version === truth.version, "a's replica at the server's version");
+      assert.deepEqual(da.value, truth.value);
+      assert.equal(da.pendingCount, 0);
+      assert.ok(origins.includes("snapshot"), `reloaded from a snapshot: ${origins}`);
+    } finally {
+      a.close();
+      observer.close();
+      await proxy.close();
+      await forgetful.stop();
+    }
+  });
+
+  test("a first submission based before forgotten ids is re-run and commits once", async () => {
+    const forgetful = await startForgetfulServer();
+    const proxy = await FaultProxy.start(forgetful.wsUrl);
+    const id = docId("behind");
+    const a = await client(proxy.url);
+    const observer = await client(forgetful.wsUrl);
+    try {
+      const da = await a.open(id);
+      const dObs = await observer.open(id);
+      const rejections: unknown[] = [];
+      proxy.downstream = (message) => {
+        if (message.type === "rejected") rejections.push((message.rejection as { reason: string }).reason);
+        return "forward";
+      };
+
+      // a's replica stays at version 0 while the window forgets the ids of
+      // the first versions, so its increment goes out based at 0.
+      proxy.freeze();
+      await outlastTheDedupWindow(dObs);
+      let runs = 0;
+      let firstRun!: () => void;
+      const ranOnce = new Promise<void>((resolve) => (firstRun = resolve));
+      const increment = da.transact((tx) => {
+        runs++;
+        firstRun();
+        tx.increment("/hits", 1);
+      });
+      // Its first run is over, so its base is fixed at 0 (no change can
+      // arrive while frozen), before the thaw lets the changes in.
+      await ranOnce;
+      assert.equal(da.version, 0);
+      assert.equal(da.pending()[0]?.base, 0);
+      proxy.thaw();
+
+      // Never sent before, it cannot have committed: `outcome_unknown` is
+      // only stale for it, and the re-run on the current replica commits.
+      await increment;
+      assert.equal(runs, 2, "one run rejected, one committed");
+      assert.deepEqual(rejections, ["outcome_unknown"]);
+      const truth = await serverDocument(forgetful, id);
+      assert.deepEqual(truth.value, { hits: 1, other: 5 });
+      assert.equal(truth.version, 6);
+      assert.equal(da.version, 6);
+      assert.deepEqual(da.value, truth.value);
+    } finally {
+      a.close();
+      observer.close();
+      await proxy.close();
+      await forgetful.stop();
     }
   });
 

@@ -1,16 +1,24 @@
 // A WebSocket proxy between a client and the real server, for failures that
 // a real network has and a test cannot otherwise cause at a chosen moment:
-// an acknowledgement lost with its connection, a network that is down.
+// an acknowledgement lost with its connection, a network that is down, a
+// network that holds the server's frames for a while (`freeze`).
 
 import { WebSocket, WebSocketServer, type RawData } from "ws";
 
 export type Verdict = "forward" | "drop-and-disconnect";
 
+interface Pair {
+  client: WebSocket;
+  server: WebSocket;
+  /** Server→client frames held while frozen, in order; undefined when flowing. */
+  held: string[] | undefined;
+}
+
 export class FaultProxy {
   readonly #server: WebSocketServer;
   readonly #upstream: string;
   #online = true;
-  #pairs = new Set<{ client: WebSocket; server: WebSocket }>();
+  #pairs = new Set<Pair>();
   /** Decides the fate of each server→client frame. */
   downstream: (message: Record<string, unknown>) => Verdict = () => "forward";
 
@@ -38,6 +46,31 @@ export class FaultProxy {
     if (!online) this.disconnectAll();
   }
 
+  /**
+   * Holds (does not drop) every frame the server sends on the connections
+   * open now, until `thaw` or `sever`; the client's frames still go through.
+   * Later connections flow normally.
+   */
+  freeze(): void {
+    for (const pair of this.#pairs) pair.held ??= [];
+  }
+
+  /** Releases, in order, what `freeze` held, and lets frames flow again. */
+  thaw(): void {
+    for (const pair of this.#pairs) {
+      const held = pair.held ?? [];
+      pair.held = undefined;
+      for (const text of held) {
+        if (pair.client.readyState === WebSocket.OPEN) pair.client.send(text);
+      }
+    }
+  }
+
+  /** Cuts every connection open now, discarding whatever was held; new ones are accepted. */
+  sever(): void {
+    this.disconnectAll();
+  }
+
   disconnectAll(): void {
     for (const pair of this.#pairs) {
       pair.client.terminate();
@@ -61,7 +94,7 @@ export class FaultProxy {
       return;
     }
     const server = new WebSocket(this.#upstream);
-    const pair = { client, server };
+    const pair: Pair = { client, server, held: undefined };
     this.#pairs.add(pair);
     const upQueue: RawData[] = [];
     const end = () => {
@@ -83,7 +116,8 @@ export class FaultProxy {
         end();
         return;
       }
-      if (client.readyState === WebSocket.OPEN) client.send(text);
+      if (pair.held) pair.held.push(text);
+      else if (client.readyState === WebSocket.OPEN) client.send(text);
     });
     client.on("close", end);
     server.on("close", end);
