@@ -16,10 +16,12 @@ pub const DOC_SIZE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Transaction ids the store always remembers for duplicate detection (it
 /// keeps two generations of this many, so it may remember up to twice as many).
 pub const TX_DEDUP_ENTRIES_MAX: usize = 100_000;
-/// Most removed locations one document remembers (so that reads of them
-/// still conflict with their removal) before it forgets the oldest and bases
-/// before them become `stale`.
-pub const REMOVED_PATHS_MAX: usize = 200_000;
+/// Most memory one document's remembered removals may take (so that reads
+/// of removed locations still conflict with their removal), counted as each
+/// removed path's encoded length plus `REMOVED_PATH_OVERHEAD_BYTES`; past it
+/// the oldest are forgotten and bases before them become `stale`. As much as
+/// the document itself may take, so a document's history never outweighs it.
+pub const REMOVED_PATHS_BYTES_MAX: usize = DOC_SIZE_BYTES_MAX;
 
 // serde_json refuses input nested deeper than 128 levels; our own depth limit
 // must sit below that so the limit, not the parser, gives the answer.
@@ -34,7 +36,7 @@ pub struct Limits {
     pub json_depth_max: usize,
     pub doc_size_bytes_max: usize,
     pub tx_dedup_entries_max: usize,
-    pub removed_paths_max: usize,
+    pub removed_paths_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -45,7 +47,7 @@ impl Default for Limits {
             json_depth_max: JSON_DEPTH_MAX,
             doc_size_bytes_max: DOC_SIZE_BYTES_MAX,
             tx_dedup_entries_max: TX_DEDUP_ENTRIES_MAX,
-            removed_paths_max: REMOVED_PATHS_MAX,
+            removed_paths_bytes_max: REMOVED_PATHS_BYTES_MAX,
         }
     }
 }

@@ -185,7 +185,7 @@ impl Document {
             value,
             version,
             size_bytes,
-            index: VersionIndex::new(version, limits.removed_paths_max),
+            index: VersionIndex::new(version, limits.removed_paths_bytes_max),
             // None of its ids entered the window before this generation.
             dedup: DedupFloor { floor: version, generation, generation_start: Version::ZERO },
             authors: VecDeque::new(),

@@ -40,7 +40,7 @@ const DOCS: [&str; 2] = ["d0", "d1"];
 /// one, so the horizon moves within one case.
 fn tiny_limits() -> Limits {
     Limits {
-        removed_paths_max: 1,
+        removed_paths_bytes_max: 1,
         tx_dedup_entries_max: 4,
         read_set_pointers_max: 18,
         patch_ops_max: 3,
@@ -630,7 +630,7 @@ fn check_step(
     let may_be_stale = validated
         && !tx.reads.is_empty()
         && tx.base < current
-        && model.limits.removed_paths_max < Limits::default().removed_paths_max;
+        && model.limits.removed_paths_bytes_max < Limits::default().removed_paths_bytes_max;
     let must_be_stale = validated && !tx.reads.is_empty() && tx.base < model.horizons[doc];
     if let Commit::Rejected(Rejection::Stale { base, horizon }) = actual {
         prop_assert!(may_be_stale, "unexpected {actual:?}; model: {expected:?}");
