@@ -67,6 +67,24 @@ pub enum PatchOpError {
     SizeExceeded { size_bytes: usize, max_bytes: usize },
 }
 
+impl PatchOpError {
+    /// The pointers this error names.
+    pub fn pointers(&self) -> impl Iterator<Item = &Pointer> {
+        let (first, second) = match self {
+            PatchOpError::PathNotFound { path }
+            | PatchOpError::ParentNotContainer { path }
+            | PatchOpError::BadArrayIndex { path }
+            | PatchOpError::TestFailed { path }
+            | PatchOpError::NotANumber { path }
+            | PatchOpError::NumberOverflow { path }
+            | PatchOpError::DepthExceeded { path, .. } => (Some(path), None),
+            PatchOpError::MoveIntoChild { from, path } => (Some(from), Some(path)),
+            PatchOpError::RemoveRoot | PatchOpError::SizeExceeded { .. } => (None, None),
+        };
+        first.into_iter().chain(second)
+    }
+}
+
 /// A patch that failed: which op and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 #[error("patch op {op_index} failed: {error}")]

@@ -16,6 +16,12 @@ pub const DOC_SIZE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Transaction ids the store always remembers for duplicate detection (it
 /// keeps two generations of this many, so it may remember up to twice as many).
 pub const TX_DEDUP_ENTRIES_MAX: usize = 100_000;
+/// Most memory the rejections remembered in one generation of the dedup
+/// window may take, explanations included (a conflict lists up to 16
+/// pointers of up to 4 KiB). A generation that reaches it turns over early:
+/// ids are then forgotten sooner, which the dedup floor makes safe (a
+/// forgotten id resubmitted gets `outcome_unknown`, never a second commit).
+pub const TX_DEDUP_REJECTION_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Most memory one document's remembered removals may take (so that reads
 /// of removed locations still conflict with their removal), counted as each
 /// removed path's encoded length plus `REMOVED_PATH_OVERHEAD_BYTES`; past it
@@ -36,6 +42,7 @@ pub struct Limits {
     pub json_depth_max: usize,
     pub doc_size_bytes_max: usize,
     pub tx_dedup_entries_max: usize,
+    pub tx_dedup_rejection_bytes_max: usize,
     pub removed_paths_bytes_max: usize,
 }
 
@@ -47,6 +54,7 @@ impl Default for Limits {
             json_depth_max: JSON_DEPTH_MAX,
             doc_size_bytes_max: DOC_SIZE_BYTES_MAX,
             tx_dedup_entries_max: TX_DEDUP_ENTRIES_MAX,
+            tx_dedup_rejection_bytes_max: TX_DEDUP_REJECTION_BYTES_MAX,
             removed_paths_bytes_max: REMOVED_PATHS_BYTES_MAX,
         }
     }

@@ -57,6 +57,20 @@ impl Pointer {
         &self.tokens
     }
 
+    /// About how much heap memory this pointer holds: the shared token
+    /// slice and each token's own allocation (with the allocator's
+    /// per-allocation overhead). For bounding what is kept, not exact.
+    pub fn heap_bytes_estimate(&self) -> usize {
+        const ALLOCATION_OVERHEAD_BYTES: usize = 16;
+        let slice = 2 * size_of::<usize>() + ALLOCATION_OVERHEAD_BYTES;
+        let tokens: usize = self
+            .tokens
+            .iter()
+            .map(|token| size_of::<String>() + ALLOCATION_OVERHEAD_BYTES + token.len())
+            .sum();
+        slice + tokens
+    }
+
     pub fn is_root(&self) -> bool {
         self.tokens.is_empty()
     }

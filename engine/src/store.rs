@@ -91,6 +91,27 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// About how much memory this rejection takes, explanation included.
+    pub fn memory_estimate_bytes(&self) -> usize {
+        let heap = match self {
+            Rejection::Conflict { conflicts, .. } => conflicts
+                .iter()
+                .map(|conflict| {
+                    let author = conflict.tx_id.as_ref().map_or(0, |id| 16 + id.as_str().len());
+                    size_of::<Conflict>() + conflict.pointer.heap_bytes_estimate() + author
+                })
+                .sum(),
+            Rejection::Patch(error) => {
+                error.error.pointers().map(Pointer::heap_bytes_estimate).sum()
+            }
+            Rejection::Stale { .. }
+            | Rejection::BaseAhead { .. }
+            | Rejection::TooLarge { .. }
+            | Rejection::OutcomeUnknown { .. } => 0,
+        };
+        size_of::<Rejection>() + heap
+    }
+
     /// True when re-running the transaction on a fresh replica may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Rejection::Conflict { .. } | Rejection::Stale { .. } | Rejection::Patch(_))
@@ -306,6 +327,8 @@ struct OutcomeWindow {
     previous: HashMap<CompactString, Remembered, RandomState>,
     /// Turnovers so far: the number of the current generation.
     generation: u64,
+    /// What the rejections remembered in `current` take.
+    current_rejection_bytes: usize,
 }
 
 /// An outcome as the window keeps it. Nearly every remembered outcome is a
@@ -346,12 +369,15 @@ impl OutcomeWindow {
     /// Turns the generations over if the current one is full. Done before
     /// a transaction is decided, so that its document's dedup floor catches
     /// up with the generation its id will be remembered in.
-    fn make_room(&mut self, generation_entries_max: usize) {
-        if self.current.len() >= generation_entries_max {
+    fn make_room(&mut self, limits: &Limits) {
+        let full = self.current.len() >= limits.tx_dedup_entries_max
+            || self.current_rejection_bytes >= limits.tx_dedup_rejection_bytes_max;
+        if full {
             // `clear` keeps the allocation, so the generations stop growing
             // once both have been filled.
             self.previous.clear();
             std::mem::swap(&mut self.previous, &mut self.current);
+            self.current_rejection_bytes = 0;
             self.generation += 1;
         }
     }
@@ -359,6 +385,9 @@ impl OutcomeWindow {
     /// Remembers a decided id; `make_room` must have been called since the
     /// last insert.
     fn insert(&mut self, tx_id: &TxId, outcome: Outcome) {
+        if let Outcome::Rejected { rejection } = &outcome {
+            self.current_rejection_bytes += rejection.memory_estimate_bytes();
+        }
         self.current.insert(CompactString::from(tx_id.as_str()), Remembered::new(outcome));
     }
 }
@@ -554,7 +583,7 @@ impl Store {
     /// Makes room in the dedup window for one more id. Call before the
     /// document is looked up, then [`Store::remember`].
     fn make_room(&mut self) {
-        self.outcomes.make_room(self.limits.tx_dedup_entries_max);
+        self.outcomes.make_room(&self.limits);
     }
 
     fn remember(&mut self, tx_id: &TxId, outcome: Outcome) {
@@ -730,5 +759,44 @@ mod tests {
             store.commit(incr("t5", "d", 4)),
             Commit::Duplicate(Outcome::Committed { version: Version(5) })
         );
+    }
+
+    #[test]
+    fn remembered_rejections_are_bounded_in_bytes_and_turn_the_window_over_early() {
+        let limits = Limits { tx_dedup_rejection_bytes_max: 40_000, ..Limits::default() };
+        let mut store = Store::new(limits);
+        assert_eq!(committed(&store.commit(incr("a", "d", 0))), Version(1));
+        // Each rejection lists 16 conflicts on pointers over 1,000 bytes long,
+        // about 18 KB of explanation.
+        let long = "x".repeat(1_000);
+        let reads: Vec<String> = (0..16).map(|j| format!("/n/{long}{j}")).collect();
+        let reads: Vec<&str> = reads.iter().map(String::as_str).collect();
+        let mut rejected = 0;
+        for i in 0..8 {
+            // A write to /n, then a transaction based just before it that
+            // read below /n.
+            let version = committed(&store.commit(incr(&format!("w{i}"), "e", i)));
+            let mut reader = tx(&format!("r{i}"), version.0 - 1, &reads, json!([]));
+            reader.doc = DocId::parse("e").unwrap();
+            let commit = store.commit(reader);
+            let Commit::Rejected(rejection @ Rejection::Conflict { .. }) = commit else {
+                panic!("{commit:?}")
+            };
+            let explanation = rejection.memory_estimate_bytes();
+            assert!(explanation > 16_000, "{explanation}");
+            rejected += 1;
+            let bytes = store.outcomes.current_rejection_bytes;
+            assert!(bytes < 40_000 + explanation, "{bytes} bytes in one generation");
+        }
+        // 17 decided ids, far from 100,000, and the window turned over often
+        // enough to forget `a`: resubmitted, it cannot commit twice.
+        assert_eq!(rejected, 8);
+        assert!(store.outcomes.generation >= 2);
+        assert_eq!(store.outcome_of(&TxId::parse("a").unwrap()), None);
+        assert!(matches!(
+            store.commit(incr("a", "d", 0)),
+            Commit::Rejected(Rejection::OutcomeUnknown { floor: Version(1), .. })
+        ));
+        assert_eq!(store.get(&DocId::parse("d").unwrap()).0, json!({"n": 1}));
     }
 }
