@@ -46,16 +46,21 @@ pub struct Limits {
     pub removed_paths_bytes_max: usize,
 }
 
+impl Limits {
+    /// The constants above; also `Limits::default()`, usable in constants.
+    pub const DEFAULT: Limits = Limits {
+        patch_ops_max: PATCH_OPS_MAX,
+        read_set_pointers_max: READ_SET_POINTERS_MAX,
+        json_depth_max: JSON_DEPTH_MAX,
+        doc_size_bytes_max: DOC_SIZE_BYTES_MAX,
+        tx_dedup_entries_max: TX_DEDUP_ENTRIES_MAX,
+        tx_dedup_rejection_bytes_max: TX_DEDUP_REJECTION_BYTES_MAX,
+        removed_paths_bytes_max: REMOVED_PATHS_BYTES_MAX,
+    };
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            patch_ops_max: PATCH_OPS_MAX,
-            read_set_pointers_max: READ_SET_POINTERS_MAX,
-            json_depth_max: JSON_DEPTH_MAX,
-            doc_size_bytes_max: DOC_SIZE_BYTES_MAX,
-            tx_dedup_entries_max: TX_DEDUP_ENTRIES_MAX,
-            tx_dedup_rejection_bytes_max: TX_DEDUP_REJECTION_BYTES_MAX,
-            removed_paths_bytes_max: REMOVED_PATHS_BYTES_MAX,
-        }
+        Self::DEFAULT
     }
 }

@@ -5,14 +5,22 @@
 //! increment, no lost or doubled append), and pass the serializability
 //! certificate over the commit log.
 //!
+//! A second family adds lost connections under a dedup window of three ids:
+//! a client loses what was in flight both ways, reloads from a snapshot and
+//! resubmits its unresolved transactions by id, as the real clients do. A
+//! resubmission whose id the store forgot gets `outcome_unknown`; the
+//! harness then plays the application, which looks at the document (here:
+//! the commit log) to learn whether the job happened, and re-runs it only if
+//! not. No id may commit twice.
+//!
 //! A failing run prints its seed; `CONCORD_SIM_SEED=<seed>` replays exactly
 //! that run, `CONCORD_SIM_SEEDS=<n>` runs more seeds than the default.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use concord_engine::replica::{Abort, Replica, RunOutcome, Tx};
-use concord_engine::store::{Commit, Outcome};
+use concord_engine::store::{Commit, Outcome, Rejection};
 use concord_engine::{
     certificate, Change, DocId, Limits, Pointer, Store, Transaction, TxId, Version,
 };
@@ -59,6 +67,9 @@ struct Client {
     todo: VecDeque<Job>,
     /// Jobs submitted and not yet resolved, by tx id.
     in_flight: HashMap<TxId, Job>,
+    /// In-flight ids sent again after a lost connection: an earlier send may
+    /// have committed.
+    resubmitted: HashSet<TxId>,
     /// Jobs to re-run once nothing is pending (they read pending writes).
     blocked: VecDeque<Job>,
     inbox: VecDeque<ToClient>,
@@ -122,33 +133,59 @@ impl Client {
         }
     }
 
-    fn deliver(&mut self) {
-        let Some(message) = self.inbox.pop_front() else {
-            return;
-        };
+    /// Handles the next message; returns a transaction whose outcome is
+    /// unknown (a resubmission the store had forgotten) with its job.
+    fn deliver(&mut self) -> Option<(TxId, Job)> {
+        let message = self.inbox.pop_front()?;
         match message {
             ToClient::Change(change) => {
                 self.replica.apply_change(&change).unwrap();
             }
             ToClient::Committed { tx_id, version } => {
                 self.replica.on_committed(&tx_id, version).unwrap();
+                self.resubmitted.remove(&tx_id);
                 if let Some(job) = self.in_flight.remove(&tx_id) {
-                    match job {
-                        Job::MoveOwnShape => self.moves += 1,
-                        Job::Append => self.appends += 1,
-                        _ => {}
-                    }
+                    self.count(job);
                 }
             }
             ToClient::Rejected { tx_id, outcome } => {
                 let Outcome::Rejected { rejection } = &outcome else { unreachable!() };
-                assert!(rejection.is_retryable(), "unexpected rejection {rejection:?}");
+                let unknown = matches!(rejection, Rejection::OutcomeUnknown { .. });
+                assert!(rejection.is_retryable() || unknown, "unexpected rejection {rejection:?}");
                 if self.replica.on_rejected(&tx_id, rejection).is_some() {
                     let job = self.in_flight.remove(&tx_id).unwrap();
-                    // Forced resync: the replica is already current; re-run now.
+                    if unknown && self.resubmitted.remove(&tx_id) {
+                        // It may have committed: the application's to decide.
+                        return Some((tx_id, job));
+                    }
+                    // Forced resync: the replica is already current; re-run
+                    // now (`outcome_unknown` on a first submission is stale).
                     self.start(job);
                 }
             }
+        }
+        None
+    }
+
+    /// Done with `job`, whose transaction committed.
+    fn count(&mut self, job: Job) {
+        match job {
+            Job::MoveOwnShape => self.moves += 1,
+            Job::Append => self.appends += 1,
+            _ => {}
+        }
+    }
+
+    /// The connection drops, losing whatever was in flight either way; the
+    /// client reloads from `snapshot` and resubmits every unresolved
+    /// transaction under its original id and base.
+    fn reconnect(&mut self, snapshot: (Value, Version)) {
+        self.inbox.clear();
+        self.outbox.clear();
+        self.replica.reset(snapshot.0, snapshot.1);
+        for tx in self.replica.pending() {
+            self.resubmitted.insert(tx.tx_id.clone());
+            self.outbox.push_back(ToServer::Commit(tx.clone()));
         }
     }
 
@@ -165,12 +202,29 @@ struct Run {
     jobs: Vec<Vec<Job>>,
     log: Vec<certificate::CommittedTx>,
     rejections: usize,
+    /// Resubmissions answered `outcome_unknown`.
+    unknown: usize,
 }
 
-fn simulate(seed: u64) -> Run {
+/// The network's faults in a family of runs.
+#[derive(Debug, Clone, Copy)]
+struct Faults {
+    /// Chance, per step, that the chosen client's connection drops.
+    reconnect: f64,
+    limits: Limits,
+}
+
+const DUPLICATES_ONLY: Faults = Faults { reconnect: 0.0, limits: Limits::DEFAULT };
+
+/// Lost connections, and a dedup window of three ids (two generations), so
+/// most resubmissions find their id forgotten.
+const RECONNECTS_AND_A_TINY_WINDOW: Faults =
+    Faults { reconnect: 0.01, limits: Limits { tx_dedup_entries_max: 3, ..Limits::DEFAULT } };
+
+fn simulate(seed: u64, faults: Faults) -> Run {
     let mut rng = SmallRng::seed_from_u64(seed);
     let doc = DocId::parse("sim/board").unwrap();
-    let mut store = Store::new(Limits::default());
+    let mut store = Store::new(faults.limits);
     // Every replica starts from the same snapshot of the shared structures.
     let (value, version) = (initial_document(), Version::ZERO);
     store.restore(doc.clone(), value.clone(), version);
@@ -184,6 +238,7 @@ fn simulate(seed: u64) -> Run {
                 replica: Replica::new(doc.clone(), value.clone(), version, Limits::default()),
                 todo,
                 in_flight: HashMap::new(),
+                resubmitted: HashSet::new(),
                 blocked: VecDeque::new(),
                 inbox: VecDeque::new(),
                 outbox: VecDeque::new(),
@@ -193,7 +248,7 @@ fn simulate(seed: u64) -> Run {
             }
         })
         .collect();
-    let mut run = Run { store, doc, clients, jobs, log: Vec::new(), rejections: 0 };
+    let mut run = Run { store, doc, clients, jobs, log: Vec::new(), rejections: 0, unknown: 0 };
 
     for step in 0.. {
         assert!(step < STEPS_MAX, "seed {seed}: no progress after {STEPS_MAX} steps");
@@ -201,9 +256,26 @@ fn simulate(seed: u64) -> Run {
             break;
         }
         let who = rng.gen_range(0..REPLICAS);
+        if faults.reconnect > 0.0 && rng.gen_bool(faults.reconnect) {
+            let snapshot = run.store.get(&run.doc);
+            run.clients[who].reconnect(snapshot);
+            continue;
+        }
         match rng.gen_range(0..3) {
             0 => run.clients[who].start_next(&mut rng),
-            1 => run.clients[who].deliver(),
+            1 => {
+                if let Some((tx_id, job)) = run.clients[who].deliver() {
+                    run.unknown += 1;
+                    // The application looks: the job happened iff its
+                    // transaction is in the log (the snapshot the replica
+                    // holds shows it), and is re-run only if it did not.
+                    if run.log.iter().any(|entry| entry.tx.tx_id == tx_id) {
+                        run.clients[who].count(job);
+                    } else {
+                        run.clients[who].start(job);
+                    }
+                }
+            }
             _ => server_step(&mut run, who, &mut rng),
         }
     }
@@ -250,9 +322,10 @@ fn server_step(run: &mut Run, who: usize, rng: &mut SmallRng) {
     }
 }
 
-/// Runs one seed and checks it; returns how many rejections it saw.
-fn check(seed: u64) -> usize {
-    let run = simulate(seed);
+/// Runs one seed and checks it; returns how many rejections and how many
+/// `outcome_unknown` answers to resubmissions it saw.
+fn check(seed: u64, faults: Faults) -> (usize, usize) {
+    let run = simulate(seed, faults);
     let (value, version) = run.store.get(&run.doc);
     for client in &run.clients {
         assert_eq!(client.replica.version(), version, "seed {seed}: replica {} version", client.id);
@@ -295,7 +368,7 @@ fn check(seed: u64) -> usize {
         .replay(&run.log)
         .unwrap_or_else(|v| panic!("seed {seed}: {v}"));
     certificate.verify_store(&run.store).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
-    run.rejections
+    (run.rejections, run.unknown)
 }
 
 fn initial_document() -> Value {
@@ -312,27 +385,41 @@ fn draw_job(rng: &mut SmallRng) -> Job {
     }
 }
 
-#[test]
-fn replicas_converge_and_count_exactly_under_random_schedules() {
+/// Runs the seeds of one family (or the one in `CONCORD_SIM_SEED`); returns
+/// the total rejections and `outcome_unknown` answers.
+fn run_family(name: &str, faults: Faults) -> (usize, usize) {
     if let Ok(seed) = std::env::var("CONCORD_SIM_SEED") {
-        check(seed.parse().expect("CONCORD_SIM_SEED is a u64"));
-        return;
+        return check(seed.parse().expect("CONCORD_SIM_SEED is a u64"), faults);
     }
     let seeds = std::env::var("CONCORD_SIM_SEEDS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(SEEDS_DEFAULT);
-    let mut total_rejections = 0;
+    let (mut rejections, mut unknown) = (0, 0);
     for seed in 0..seeds {
-        match std::panic::catch_unwind(|| check(seed)) {
-            Ok(rejections) => total_rejections += rejections,
+        match std::panic::catch_unwind(|| check(seed, faults)) {
+            Ok((r, u)) => (rejections, unknown) = (rejections + r, unknown + u),
             Err(panic) => {
-                eprintln!("simulation failed; replay with CONCORD_SIM_SEED={seed}");
+                eprintln!("simulation {name} failed; replay with CONCORD_SIM_SEED={seed}");
                 std::panic::resume_unwind(panic);
             }
         }
     }
+    (rejections, unknown)
+}
+
+#[test]
+fn replicas_converge_and_count_exactly_under_random_schedules() {
+    let (rejections, _) = run_family("duplicates_only", DUPLICATES_ONLY);
     // Contention is the point: a schedule family that never conflicts tests
     // nothing about re-runs.
-    assert!(total_rejections > 0, "no run had a single rejection");
+    assert!(rejections > 0, "no run had a single rejection");
+}
+
+#[test]
+fn no_id_commits_twice_across_reconnects_with_a_tiny_dedup_window() {
+    let (_, unknown) = run_family("reconnects", RECONNECTS_AND_A_TINY_WINDOW);
+    if std::env::var("CONCORD_SIM_SEED").is_err() {
+        assert!(unknown > 0, "no resubmission met a forgotten id: the family tests nothing");
+    }
 }
