@@ -169,6 +169,14 @@ struct Serve {
     /// gets its original outcome (docs/protocol.md, `outcome_unknown`).
     #[arg(long, env = "CONCORD_TX_DEDUP_ENTRIES_MAX", default_value_t = concord_engine::limits::TX_DEDUP_ENTRIES_MAX)]
     tx_dedup_entries_max: usize,
+    /// Memory the rejections remembered in one generation of the dedup
+    /// window may take before it turns over early.
+    #[arg(long, env = "CONCORD_TX_DEDUP_REJECTION_BYTES_MAX", default_value_t = concord_engine::limits::TX_DEDUP_REJECTION_BYTES_MAX)]
+    tx_dedup_rejection_bytes_max: usize,
+    /// Memory one document's remembered removals may take before the oldest
+    /// are forgotten (bases before them then get `stale`).
+    #[arg(long, env = "CONCORD_REMOVED_PATHS_BYTES_MAX", default_value_t = concord_engine::limits::REMOVED_PATHS_BYTES_MAX)]
+    removed_paths_bytes_max: usize,
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -183,6 +191,8 @@ impl Serve {
         limits.read_set_pointers_max = self.read_set_pointers_max;
         limits.doc_size_bytes_max = self.doc_size_bytes_max;
         limits.tx_dedup_entries_max = self.tx_dedup_entries_max;
+        limits.tx_dedup_rejection_bytes_max = self.tx_dedup_rejection_bytes_max;
+        limits.removed_paths_bytes_max = self.removed_paths_bytes_max;
         let storage = (!self.memory).then(|| StorageConfig {
             sync: match self.sync {
                 Sync::Full => SyncMode::Full,
