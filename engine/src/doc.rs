@@ -5,24 +5,25 @@
 //! finding one member among 10,000 compares the key with about 25 others,
 //! each a separate heap string, so nearly every comparison is a cache miss.
 //! That descent was half the misses of a commit (docs/benchmarks.md, "Second
-//! round"). [`Doc`] keeps members in a hash-indexed map whose keys are stored
-//! inline when short (up to 24 bytes), so a lookup is one hash, one probe and
-//! one entry, at any object size.
+//! round"). [`Doc`] keeps members in a hash map whose keys are stored inline
+//! when short (up to 24 bytes) next to their values, so a lookup is one hash,
+//! one probe of the control bytes and one bucket, at any object size. (An
+//! `IndexMap` adds an index array between the two: one more dependent cache
+//! miss per level, docs/benchmarks.md "Fifth round".)
 //!
 //! Only the server's store holds a `Doc`; replicas and everything on the wire
 //! stay `serde_json::Value`. Both implement [`JsonTree`], so `patch::apply`,
 //! the size estimate and `test`'s equality are one code path for both.
 //!
-//! An object's members keep their insertion order, except that removing a
-//! member moves the last one into its place (O(1) at any size). JSON objects
-//! are unordered, so nothing may depend on member order.
+//! An object's members are in no particular order (the hash map's), and may
+//! serialize in a different order on another server or after a restart. JSON
+//! objects are unordered, so nothing may depend on member order.
 
 use std::fmt;
 
 use compact_str::CompactString;
 use foldhash::fast::RandomState;
 use hashbrown::HashMap;
-use indexmap::IndexMap;
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Number, Value};
 
@@ -125,8 +126,8 @@ impl JsonTree for Value {
     }
 }
 
-/// An object's members in a `Doc`: hash-indexed, keys inline up to 24 bytes.
-type DocMembers = IndexMap<CompactString, Doc, RandomState>;
+/// An object's members in a `Doc`: hashed, keys inline up to 24 bytes.
+type DocMembers = HashMap<CompactString, Doc, RandomState>;
 
 /// A JSON document as the store holds it. See the module docs for why it is
 /// not a `serde_json::Value`; convert with `Doc::from(&value)` and
@@ -386,7 +387,7 @@ impl Members<Doc> for DocObject {
     }
     fn remove(&mut self, key: &str) -> Option<Doc> {
         // O(1): the last member takes the removed one's place.
-        self.members.swap_remove(key)
+        self.members.remove(key)
     }
     fn iter(&self) -> impl Iterator<Item = (&str, &Doc)> {
         self.members.iter().map(|(key, value)| (key.as_str(), value))
