@@ -19,9 +19,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "tests"
 cargo test --workspace --locked
 
-step "engine benchmarks, each run once (their assertions check they measure the path they claim)"
-cargo test -p concord-engine --benches --locked
-
 step "fuzz targets build"
 cargo build --manifest-path fuzz/Cargo.toml --locked
 
