@@ -156,7 +156,7 @@ enum DocNode {
     String(CompactString),
     /// Containers are boxed so that a node is 24 bytes (the tag sits in a
     /// niche of `CompactString`) and a `Doc`, with its stamp, 32: an object
-    /// entry (hash, key, value) is then 64 bytes, one cache line.
+    /// member's bucket (key, value) is then 56 bytes, within a cache line.
     Array(Box<DocArray>),
     Object(Box<DocObject>),
 }
@@ -386,7 +386,6 @@ impl Members<Doc> for DocObject {
         self.members.insert(CompactString::from(key), value)
     }
     fn remove(&mut self, key: &str) -> Option<Doc> {
-        // O(1): the last member takes the removed one's place.
         self.members.remove(key)
     }
     fn iter(&self) -> impl Iterator<Item = (&str, &Doc)> {
@@ -457,9 +456,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_doc_is_32_bytes_with_its_stamp_so_an_object_entry_is_64() {
+    fn a_doc_is_32_bytes_with_its_stamp_so_a_member_fits_a_cache_line() {
         assert_eq!(std::mem::size_of::<Doc>(), 32);
         assert_eq!(std::mem::size_of::<(u64, CompactString, Doc)>(), 64);
+        // A member's bucket in the object's hash map: key and value.
+        assert_eq!(std::mem::size_of::<(CompactString, Doc)>(), 56);
     }
 
     #[test]

@@ -337,12 +337,12 @@ impl Driver {
         }
         state.status = DocStatus::Open;
         state.open_dropped = false;
-        let mut messages: Vec<ClientMessage> =
-            replica.pending().map(|tx| ClientMessage::Commit { tx: tx.clone() }).collect();
+        let mut messages = Vec::new();
         for tx in replica.pending() {
             if let Some(waiting) = state.commits.get_mut(&tx.tx_id) {
                 waiting.sends = waiting.sends.saturating_add(1);
             }
+            messages.push(ClientMessage::Commit { tx: tx.clone() });
         }
         if let Some(presence) = &state.presence {
             messages.push(ClientMessage::Presence { doc: doc.clone(), state: presence.clone() });

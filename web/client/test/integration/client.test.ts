@@ -51,6 +51,45 @@ function startForgetfulServer(): Promise<ConcordServer> {
   return ConcordServer.start({ args: ["--tx-dedup-entries-max", "2", "--change-history-max", "1"] });
 }
 
+interface ForgetfulPair {
+  forgetful: ConcordServer;
+  proxy: FaultProxy;
+  id: string;
+  a: Client;
+  da: DocumentHandle;
+  dObs: DocumentHandle;
+  /** The reason of every `rejected` the proxy passed on to `a`. */
+  rejections: string[];
+}
+
+/**
+ * Runs `body` with a forgetful server, a client `a` behind a fault proxy and
+ * an observer connected directly, both on a fresh document; tears all of it
+ * down after.
+ */
+async function withForgetfulPair(name: string, body: (pair: ForgetfulPair) => Promise<void>): Promise<void> {
+  const forgetful = await startForgetfulServer();
+  const proxy = await FaultProxy.start(forgetful.wsUrl);
+  const id = docId(name);
+  const a = await client(proxy.url);
+  const observer = await client(forgetful.wsUrl);
+  try {
+    const da = await a.open(id);
+    const dObs = await observer.open(id);
+    const rejections: string[] = [];
+    proxy.downstream = (message) => {
+      if (message.type === "rejected") rejections.push((message.rejection as { reason: string }).reason);
+      return "forward";
+    };
+    await body({ forgetful, proxy, id, a, da, dObs, rejections });
+  } finally {
+    a.close();
+    observer.close();
+    await proxy.close();
+    await forgetful.stop();
+  }
+}
+
 /** Five acknowledged commits: the dedup window turns over twice, so every id from before them is forgotten. */
 async function outlastTheDedupWindow(d: DocumentHandle): Promise<void> {
   for (let i = 0; i < 5; i++) await d.transact((tx) => tx.increment("/other", 1));
@@ -309,19 +348,7 @@ describe("resume", () => {
   });
 
   test("a lost acknowledgement whose id was forgotten is reported unknown, not committed twice", async () => {
-    const forgetful = await startForgetfulServer();
-    const proxy = await FaultProxy.start(forgetful.wsUrl);
-    const id = docId("forgotten");
-    const a = await client(proxy.url);
-    const observer = await client(forgetful.wsUrl);
-    try {
-      const da = await a.open(id);
-      const dObs = await observer.open(id);
-      const rejections: unknown[] = [];
-      proxy.downstream = (message) => {
-        if (message.type === "rejected") rejections.push((message.rejection as { reason: string }).reason);
-        return "forward";
-      };
+    await withForgetfulPair("forgotten", async ({ forgetful, proxy, id, a, da, dObs, rejections }) => {
       const origins: string[] = [];
       da.on("change", (e) => origins.push(e.origin));
 
@@ -362,29 +389,11 @@ describe("resume", () => {
       assert.deepEqual(da.value, truth.value);
       assert.equal(da.pendingCount, 0);
       assert.ok(origins.includes("snapshot"), `reloaded from a snapshot: ${origins}`);
-    } finally {
-      a.close();
-      observer.close();
-      await proxy.close();
-      await forgetful.stop();
-    }
+    });
   });
 
   test("a first submission based before forgotten ids is re-run and commits once", async () => {
-    const forgetful = await startForgetfulServer();
-    const proxy = await FaultProxy.start(forgetful.wsUrl);
-    const id = docId("behind");
-    const a = await client(proxy.url);
-    const observer = await client(forgetful.wsUrl);
-    try {
-      const da = await a.open(id);
-      const dObs = await observer.open(id);
-      const rejections: unknown[] = [];
-      proxy.downstream = (message) => {
-        if (message.type === "rejected") rejections.push((message.rejection as { reason: string }).reason);
-        return "forward";
-      };
-
+    await withForgetfulPair("behind", async ({ forgetful, proxy, id, da, dObs, rejections }) => {
       // a's replica stays at version 0 while the window forgets the ids of
       // the first versions, so its increment goes out based at 0.
       proxy.freeze();
@@ -414,12 +423,7 @@ describe("resume", () => {
       assert.equal(truth.version, 6);
       assert.equal(da.version, 6);
       assert.deepEqual(da.value, truth.value);
-    } finally {
-      a.close();
-      observer.close();
-      await proxy.close();
-      await forgetful.stop();
-    }
+    });
   });
 
   test("writes made offline stay visible and sync when the network returns", async () => {
