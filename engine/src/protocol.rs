@@ -2,8 +2,10 @@
 //! stable error codes. One definition shared by the server and the Rust
 //! client (the TypeScript client mirrors it; docs/protocol.md is the prose).
 //!
-//! Every message is one JSON text frame, an object whose `type` field names
-//! the variant. Unknown types and malformed messages are answered with an
+//! Every message is a JSON object whose `type` field names the variant, sent
+//! as one text frame; a session that asks for batched frames (`/ws?batch=1`)
+//! may get several server messages in one frame, as a JSON array
+//! ([`ServerFrame`]). Unknown types and malformed messages are answered with an
 //! `error` message carrying an [`ErrorCode`]; they never close the session.
 //! The server closes a session only for the reasons in [`close_code`].
 
@@ -101,6 +103,39 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tx_id: Option<TxId>,
     },
+}
+
+/// The server messages one text frame carries: a single message, or, in a
+/// session that asked for batched frames, several as a JSON array, in the
+/// order they were sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerFrame {
+    One(ServerMessage),
+    Batch(Vec<ServerMessage>),
+}
+
+impl ServerFrame {
+    /// Decodes a text frame of either form.
+    pub fn decode(text: &str) -> Result<Self, serde_json::Error> {
+        if text.trim_start().starts_with('[') {
+            serde_json::from_str(text).map(ServerFrame::Batch)
+        } else {
+            serde_json::from_str(text).map(ServerFrame::One)
+        }
+    }
+}
+
+impl IntoIterator for ServerFrame {
+    type Item = ServerMessage;
+    type IntoIter =
+        std::iter::Chain<std::option::IntoIter<ServerMessage>, std::vec::IntoIter<ServerMessage>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            ServerFrame::One(message) => Some(message).into_iter().chain(Vec::new()),
+            ServerFrame::Batch(messages) => None.into_iter().chain(messages),
+        }
+    }
 }
 
 /// What happened to a session's presence.
@@ -391,6 +426,27 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_frame_holds_one_message_or_an_array_of_them_in_order() {
+        let committed = r#"{"type":"committed","doc":"d","tx_id":"t1","version":2}"#;
+        let opened = r#"{"type":"opened","doc":"d","version":2}"#;
+        let one = ServerFrame::decode(committed).unwrap();
+        assert!(matches!(one, ServerFrame::One(ServerMessage::Committed { .. })));
+        assert_eq!(one.into_iter().count(), 1);
+        let batch = ServerFrame::decode(&format!(" [{committed},{opened}]")).unwrap();
+        let types: Vec<_> = batch
+            .into_iter()
+            .map(|message| match message {
+                ServerMessage::Committed { .. } => "committed",
+                ServerMessage::Opened { .. } => "opened",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(types, ["committed", "opened"]);
+        assert!(ServerFrame::decode(r#"[{"type":"committed"}]"#).is_err(), "fields are checked");
+        assert!(ServerFrame::decode("[[]]").is_err(), "arrays do not nest");
+    }
 
     #[test]
     fn client_messages_round_trip_with_their_documented_shape() {

@@ -59,6 +59,15 @@ pub const SNAPSHOT_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const RATE_MESSAGES_PER_SECOND: u32 = 500;
 /// Messages one session may send in a burst above the sustained rate.
 pub const RATE_BURST_MESSAGES_MAX: u32 = 1000;
+/// After a flush that emptied a session's queue, its writer holds the next
+/// message until this long after that flush, so messages that queue
+/// meanwhile go out in one write (and, in a session that asked for batched
+/// frames, in one frame). An idle session's next message goes at once; a
+/// busy one writes at most once per window. Zero flushes every message as
+/// soon as it is written (docs/benchmarks.md, "Coalescing writes").
+pub const WRITER_COALESCE_WINDOW: Duration = Duration::from_millis(1);
+/// Longest `writer_coalesce_window` may be.
+pub const WRITER_COALESCE_WINDOW_MAX: Duration = Duration::from_secs(1);
 /// Interval between server pings.
 pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// A session from which nothing (not even a pong) arrives for this long is
@@ -181,6 +190,7 @@ pub struct Config {
     pub docs_max: usize,
     pub rate_messages_per_second: u32,
     pub rate_burst_messages_max: u32,
+    pub writer_coalesce_window: Duration,
     pub ping_interval: Duration,
     pub dead_peer_timeout: Duration,
     pub handshake_timeout: Duration,
@@ -233,6 +243,7 @@ impl Default for Config {
             docs_max: DOCS_MAX,
             rate_messages_per_second: RATE_MESSAGES_PER_SECOND,
             rate_burst_messages_max: RATE_BURST_MESSAGES_MAX,
+            writer_coalesce_window: WRITER_COALESCE_WINDOW,
             ping_interval: PING_INTERVAL,
             dead_peer_timeout: DEAD_PEER_TIMEOUT,
             handshake_timeout: HANDSHAKE_TIMEOUT,
@@ -294,6 +305,9 @@ impl Config {
         }
         if self.ping_interval.is_zero() {
             return fail("ping_interval must be positive");
+        }
+        if self.writer_coalesce_window > WRITER_COALESCE_WINDOW_MAX {
+            return fail("writer_coalesce_window must be at most 1 s");
         }
         let durations = [
             ("ping_interval", self.ping_interval),

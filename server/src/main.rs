@@ -137,6 +137,10 @@ struct Serve {
     rate_messages_per_second: u32,
     #[arg(long, env = "CONCORD_RATE_BURST_MESSAGES_MAX", default_value_t = config::RATE_BURST_MESSAGES_MAX)]
     rate_burst_messages_max: u32,
+    /// How long a busy session's writer gathers messages before writing them
+    /// out together; 0 writes each at once.
+    #[arg(long, env = "CONCORD_WRITER_COALESCE_WINDOW_US", default_value_t = micros(config::WRITER_COALESCE_WINDOW))]
+    writer_coalesce_window_us: u64,
     #[arg(long, env = "CONCORD_PING_INTERVAL_MS", default_value_t = millis(config::PING_INTERVAL))]
     ping_interval_ms: u64,
     #[arg(long, env = "CONCORD_DEAD_PEER_TIMEOUT_MS", default_value_t = millis(config::DEAD_PEER_TIMEOUT))]
@@ -183,6 +187,10 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
 impl Serve {
     fn config(&self) -> Config {
         let defaults = Config::default();
@@ -218,6 +226,7 @@ impl Serve {
             docs_max: self.docs_max,
             rate_messages_per_second: self.rate_messages_per_second,
             rate_burst_messages_max: self.rate_burst_messages_max,
+            writer_coalesce_window: Duration::from_micros(self.writer_coalesce_window_us),
             ping_interval: Duration::from_millis(self.ping_interval_ms),
             dead_peer_timeout: Duration::from_millis(self.dead_peer_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),

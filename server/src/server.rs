@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -28,6 +28,7 @@ use concord_engine::certificate::CommittedTx;
 use concord_engine::{DocId, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
@@ -43,7 +44,7 @@ use crate::hub::{spawn_hub, HubCommand, HubLimits};
 use crate::metrics::Metrics;
 use crate::recovery::{self, Recovery};
 use crate::rpc::{CallContext, Mutation, MutatorCall, MutatorFn, Procedure, RpcError};
-use crate::session;
+use crate::session::{self, Frames};
 use crate::shard::{shard_index, spawn_shards, CommitLog, Documents, ShardSet, ShardStorage};
 use crate::storage::{DataDir, SqliteOptions, SqliteStorage, Storage};
 
@@ -566,12 +567,25 @@ async fn metrics_handler(State(state): State<Arc<ServerState>>) -> Response {
     (content_type, state.metrics.render()).into_response()
 }
 
+/// The query of a `/ws` request: `batch=1` asks for batched frames
+/// (docs/protocol.md, section 1). Other parameters are ignored.
+#[derive(Debug, Deserialize)]
+struct SessionQuery {
+    batch: Option<String>,
+}
+
 async fn ws_handler(
     State(state): State<Arc<ServerState>>,
+    Query(query): Query<SessionQuery>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let config = &state.config;
+    let frames = match query.batch.as_deref() {
+        None | Some("0") => Frames::Single,
+        Some("1") => Frames::Batched,
+        Some(_) => return (StatusCode::BAD_REQUEST, "batch must be 0 or 1\n").into_response(),
+    };
     if let Some(origin) = headers.get(header::ORIGIN) {
         let allowed = config.allowed_origins.is_empty()
             || origin
@@ -602,7 +616,7 @@ async fn ws_handler(
         .write_buffer_size(config.ws_write_buffer_bytes)
         .max_write_buffer_size(write_buffer_max)
         .on_upgrade(move |socket| async move {
-            session::run(socket, state, permit).await;
+            session::run(socket, state, permit, frames).await;
             drop(token);
         })
 }

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -38,9 +38,22 @@ use crate::server::ServerState;
 use crate::shard::{encode, SessionId, ShardCommand};
 use crate::topic;
 
-/// Most frames the writer hands to the socket before flushing, so a burst
+/// Most messages the writer hands to the socket before flushing, so a burst
 /// costs few syscalls but a long queue still reaches the wire steadily.
 const WRITER_BATCH_MESSAGES_MAX: usize = 64;
+/// Most bytes of messages one batched frame joins; a message larger than
+/// this goes in a frame of its own.
+const WRITER_BATCH_FRAME_BYTES_MAX: usize = 64 * 1024;
+
+/// How a session's messages are framed, as its client asked in the `/ws`
+/// query (docs/protocol.md, section 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Frames {
+    /// One message per text frame (the default).
+    Single,
+    /// Messages written out together share a frame, as a JSON array (`batch=1`).
+    Batched,
+}
 
 /// Why a session ended (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +98,12 @@ struct Session {
 }
 
 /// Runs a session to its end. `_permit` holds one of `sessions_max` slots.
-pub(crate) async fn run(socket: WebSocket, state: Arc<ServerState>, _permit: OwnedSemaphorePermit) {
+pub(crate) async fn run(
+    socket: WebSocket,
+    state: Arc<ServerState>,
+    _permit: OwnedSemaphorePermit,
+    frames: Frames,
+) {
     let config = &state.config;
     let id: SessionId = format!("{:016x}", rand::random::<u64>()).into();
     let outbox = Outbox::new(
@@ -94,7 +112,8 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<ServerState>, _permit: Own
         state.metrics.clone(),
     );
     let (sink, mut stream) = socket.split();
-    let mut writer = tokio::spawn(write_loop(sink, outbox.clone()));
+    let writer_policy = WriterPolicy { frames, coalesce_window: config.writer_coalesce_window };
+    let mut writer = tokio::spawn(write_loop(sink, outbox.clone(), writer_policy));
     state.metrics.sessions.inc();
     state.metrics.sessions_opened.inc();
     tracing::debug!(session = %id, "session opened");
@@ -431,33 +450,125 @@ fn ids_of(message: &ClientMessage) -> (Option<DocId>, Option<TxId>) {
     }
 }
 
+/// How a session's writer turns its queue into frames and writes.
+#[derive(Debug, Clone, Copy)]
+struct WriterPolicy {
+    frames: Frames,
+    coalesce_window: Duration,
+}
+
 /// Writes the outbox to the socket until the close frame or a write error.
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox) {
+///
+/// The first message (`welcome`) always goes alone in the first frame. After
+/// a flush that emptied the queue, the next message waits until
+/// `coalesce_window` after that flush, and whatever queued meanwhile goes
+/// out with it in one write; a flush that left a backlog is followed at once.
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox, policy: WriterPolicy) {
+    let mut caught_up_at: Option<tokio::time::Instant> = None;
+    let mut frames = Vec::new();
+    let mut batch_max = 1;
     while let Some(first) = outbox.next().await {
+        if let Some(flushed) = caught_up_at {
+            tokio::time::sleep_until(flushed + policy.coalesce_window).await;
+        }
+        let mut batch = FrameBatch::new(policy.frames);
         let mut next = Some(first);
-        let mut batch = 0;
+        let mut taken = 0;
         while let Some(outgoing) = next.take() {
-            let (message, last) = match outgoing {
-                Outgoing::Text(text) => (Message::Text(text), false),
-                Outgoing::Ping => (Message::Ping(Bytes::new()), false),
+            taken += 1;
+            let last = match outgoing {
+                Outgoing::Text(text) => {
+                    batch.push(text, &mut frames);
+                    false
+                }
+                Outgoing::Ping => {
+                    batch.finish(&mut frames);
+                    frames.push(Message::Ping(Bytes::new()));
+                    false
+                }
                 Outgoing::Close { code, reason } => {
-                    (Message::Close(Some(CloseFrame { code, reason: reason.into() })), true)
+                    batch.finish(&mut frames);
+                    let reason = reason.into();
+                    frames.push(Message::Close(Some(CloseFrame { code, reason })));
+                    true
                 }
             };
-            if sink.feed(message).await.is_err() {
-                return;
+            for frame in frames.drain(..) {
+                if sink.feed(frame).await.is_err() {
+                    return;
+                }
             }
             if last {
                 let _ = sink.flush().await;
                 return;
             }
-            batch += 1;
-            if batch < WRITER_BATCH_MESSAGES_MAX {
+            if taken < batch_max {
                 next = outbox.try_next();
+            }
+        }
+        batch.finish(&mut frames);
+        for frame in frames.drain(..) {
+            if sink.feed(frame).await.is_err() {
+                return;
             }
         }
         if sink.flush().await.is_err() {
             return;
+        }
+        // Caught up unless the batch stopped at its cap with more waiting
+        // (the first message is always alone, so it leaves no backlog).
+        let backlog = taken == batch_max && batch_max > 1;
+        caught_up_at =
+            (!backlog && !policy.coalesce_window.is_zero()).then(tokio::time::Instant::now);
+        batch_max = WRITER_BATCH_MESSAGES_MAX;
+    }
+}
+
+/// Text messages on their way into frames: each its own frame, or, for a
+/// batched session, runs of them joined into JSON arrays of at most
+/// `WRITER_BATCH_FRAME_BYTES_MAX`.
+struct FrameBatch {
+    frames: Frames,
+    texts: Vec<Utf8Bytes>,
+    bytes: usize,
+}
+
+impl FrameBatch {
+    fn new(frames: Frames) -> Self {
+        Self { frames, texts: Vec::new(), bytes: 0 }
+    }
+
+    /// Adds a message; pushes onto `out` any frame that is now complete.
+    fn push(&mut self, text: Utf8Bytes, out: &mut Vec<Message>) {
+        if self.frames == Frames::Single {
+            out.push(Message::Text(text));
+            return;
+        }
+        // `[`, `]` and a comma per message.
+        if !self.texts.is_empty() && self.bytes + text.len() + 1 > WRITER_BATCH_FRAME_BYTES_MAX {
+            self.finish(out);
+        }
+        self.bytes += text.len() + 1;
+        self.texts.push(text);
+    }
+
+    /// Pushes onto `out` the frame of whatever is gathered.
+    fn finish(&mut self, out: &mut Vec<Message>) {
+        self.bytes = 0;
+        match self.texts.len() {
+            0 => {}
+            1 => out.extend(self.texts.pop().map(Message::Text)),
+            _ => {
+                let mut joined = String::with_capacity(
+                    self.texts.iter().map(|text| text.len() + 1).sum::<usize>() + 1,
+                );
+                for text in self.texts.drain(..) {
+                    joined.push(if joined.is_empty() { '[' } else { ',' });
+                    joined.push_str(text.as_str());
+                }
+                joined.push(']');
+                out.push(Message::Text(joined.into()));
+            }
         }
     }
 }

@@ -7,14 +7,16 @@
 //!
 //! Like `concord serve`, it prints `http://ADDR` as the first line of stdout
 //! (`--listen 127.0.0.1:0` picks a free port). Each connection has a writer
-//! task draining its own queue and flushing when the queue is empty, as the
-//! Concord session's writer does; queues are unbounded (a baseline has no
-//! slow-consumer policy).
+//! task draining its own queue and flushing when the queue is empty, and
+//! coalescing as the Concord session's writer does (after a flush that
+//! emptied the queue, the next waits out the window); queues are unbounded
+//! (a baseline has no slow-consumer policy).
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
@@ -36,6 +38,9 @@ const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 struct Cli {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
+    /// As `concord serve --writer-coalesce-window-us` (same default).
+    #[arg(long, default_value_t = 1_000)]
+    writer_coalesce_window_us: u64,
 }
 
 type Peers = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>>;
@@ -55,11 +60,12 @@ async fn main() -> Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let id = next_id.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(serve(stream, id, peers.clone()));
+        let window = Duration::from_micros(cli.writer_coalesce_window_us);
+        tokio::spawn(serve(stream, id, peers.clone(), window));
     }
 }
 
-async fn serve(stream: TcpStream, id: u64, peers: Peers) {
+async fn serve(stream: TcpStream, id: u64, peers: Peers, window: Duration) {
     let _ = stream.set_nodelay(true);
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -74,7 +80,11 @@ async fn serve(stream: TcpStream, id: u64, peers: Peers) {
         peers.insert(id, queue.clone());
     }
     let writer = tokio::spawn(async move {
+        let mut caught_up_at: Option<tokio::time::Instant> = None;
         while let Some(message) = outbox.recv().await {
+            if let Some(flushed) = caught_up_at {
+                tokio::time::sleep_until(flushed + window).await;
+            }
             if sink.feed(message).await.is_err() {
                 return;
             }
@@ -89,6 +99,8 @@ async fn serve(stream: TcpStream, id: u64, peers: Peers) {
             if sink.flush().await.is_err() {
                 return;
             }
+            let backlog = batched == WRITER_BATCH_MESSAGES_MAX;
+            caught_up_at = (!backlog && !window.is_zero()).then(tokio::time::Instant::now);
         }
     });
     let ack = Utf8Bytes::from_static(r#"{"type":"committed"}"#);

@@ -40,7 +40,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use concord_engine::protocol::{ClientMessage, ErrorCode, ServerMessage, PROTOCOL_VERSION};
+use concord_engine::protocol::{
+    ClientMessage, ErrorCode, ServerFrame, ServerMessage, PROTOCOL_VERSION,
+};
 use concord_engine::replica::Replica;
 use concord_engine::{patch, DocId, Pointer, Rejection, Transaction, TxId, Version};
 use futures_util::{SinkExt, StreamExt};
@@ -203,6 +205,7 @@ pub(crate) async fn connect(
     url: String,
     config: Arc<ClientConfig>,
 ) -> Result<(Socket, String), Error> {
+    let url = with_batched_frames(url);
     let attempt = async {
         // Nagle off: messages are small and latency is what transactions wait on.
         let (mut socket, _) = tokio_tungstenite::connect_async_with_config(
@@ -239,6 +242,20 @@ pub(crate) async fn connect(
     tokio::time::timeout(config.connect_timeout, attempt)
         .await
         .map_err(|_| Error::ConnectTimeout(config.connect_timeout))?
+}
+
+/// `url` asking for batched frames (docs/protocol.md, section 1): the
+/// server then writes messages that are ready together in one frame, which
+/// costs both ends less per message. Left alone if it already says.
+fn with_batched_frames(mut url: String) -> String {
+    let query = url.split_once('?').map(|(_, query)| query);
+    let says = query
+        .is_some_and(|query| query.split('&').any(|pair| pair.split('=').next() == Some("batch")));
+    if !says {
+        url.push(if query.is_some() { '&' } else { '?' });
+        url.push_str("batch=1");
+    }
+    url
 }
 
 type ConnectAttempt = Pin<Box<dyn Future<Output = Result<(Socket, String), Error>> + Send>>;
@@ -508,9 +525,18 @@ impl Driver {
         match frame {
             Some(Ok(Frame::Text(text))) => {
                 session.last_heard = Instant::now();
-                match serde_json::from_str::<ServerMessage>(text.as_str()) {
-                    Ok(message) => self.on_message(message),
-                    Err(error) => warn!(%error, "undecodable server message"),
+                match ServerFrame::decode(text.as_str()) {
+                    Ok(frame) => {
+                        for message in frame {
+                            // A message that ends the session leaves the
+                            // rest of its frame unread.
+                            if !matches!(self.link, Link::Up(_)) {
+                                break;
+                            }
+                            self.on_message(message);
+                        }
+                    }
+                    Err(error) => warn!(%error, "undecodable server frame"),
                 }
             }
             Some(Ok(Frame::Close(frame))) => {
@@ -631,4 +657,19 @@ fn encode(message: &ClientMessage, bytes_max: usize) -> Result<String, (ErrorCod
         return Err((ErrorCode::MessageTooLarge, message));
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_batched_frames;
+
+    #[test]
+    fn the_session_url_asks_for_batched_frames_unless_it_already_says() {
+        let batched = |url: &str| with_batched_frames(url.to_owned());
+        assert_eq!(batched("ws://h:1/ws"), "ws://h:1/ws?batch=1");
+        assert_eq!(batched("ws://h:1/ws?token=a"), "ws://h:1/ws?token=a&batch=1");
+        assert_eq!(batched("ws://h:1/ws?batch=0"), "ws://h:1/ws?batch=0");
+        assert_eq!(batched("ws://h:1/ws?x=1&batch=1"), "ws://h:1/ws?x=1&batch=1");
+        assert_eq!(batched("ws://h:1/ws?batches=2"), "ws://h:1/ws?batches=2&batch=1");
+    }
 }

@@ -6,6 +6,7 @@
 mod crash;
 mod documents;
 mod durability;
+mod frames;
 mod http;
 mod limits;
 mod pubsub;

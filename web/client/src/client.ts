@@ -11,7 +11,7 @@
 // socket drops fail: a call is not idempotent, so the caller decides.
 
 import { Emitter } from "./events.js";
-import { cloneJson, deepFreeze, toJson, type Json } from "./json.js";
+import { cloneJson, deepFreeze, isObject, toJson, type Json } from "./json.js";
 import { DEFAULT_LIMITS, resolve, type Limits } from "./patch.js";
 import { Pointer, type Path } from "./pointer.js";
 import {
@@ -23,6 +23,7 @@ import {
   type ErrorCode,
   type PresenceEvent,
   type Rejection,
+  type ServerFrame,
   type ServerMessage,
   type Transaction,
 } from "./protocol.js";
@@ -205,11 +206,18 @@ export function sameOriginUrl(path = "/ws"): string {
 }
 
 export class Client extends Emitter<ClientEvents> {
+  /**
+   * The server's WebSocket URL as given (`http(s)` made `ws(s)`, a relative
+   * URL resolved against the page). The socket itself opens it with
+   * `batch=1` added, which lets the server batch several messages per frame.
+   */
   readonly url: string;
   readonly clientId: string;
   readonly limits: Limits;
   #options: ConnectOptions;
   #WebSocket: WebSocketConstructor;
+  /** `url` with `batch=1`: what each socket opens. */
+  #socketUrl: string;
   #state: ConnectionState = "connecting";
   #session: string | undefined;
   #sessions = 0;
@@ -232,6 +240,7 @@ export class Client extends Emitter<ClientEvents> {
   constructor(url: string, options: ConnectOptions = {}) {
     super();
     this.url = toWebSocketUrl(url);
+    this.#socketUrl = withBatching(this.url);
     this.#options = options;
     this.clientId = options.clientId ?? randomId(10);
     this.limits = options.limits ?? DEFAULT_LIMITS;
@@ -464,7 +473,7 @@ export class Client extends Emitter<ClientEvents> {
     this.#welcomed = false;
     let ws: WebSocketLike;
     try {
-      ws = new this.#WebSocket(this.url);
+      ws = new this.#WebSocket(this.#socketUrl);
     } catch (error) {
       this.#scheduleReconnect();
       return;
@@ -478,13 +487,25 @@ export class Client extends Emitter<ClientEvents> {
     };
     ws.onmessage = (event) => {
       if (this.#ws !== ws) return;
-      let message: ServerMessage;
-      try {
-        message = JSON.parse(typeof event.data === "string" ? event.data : decodeText(event.data)) as ServerMessage;
-      } catch {
-        return; // The server sends JSON; a garbled frame is dropped rather than trusted.
+      const messages = parseFrame(typeof event.data === "string" ? event.data : decodeText(event.data));
+      // The server sends JSON objects; a garbled frame is dropped whole rather than trusted in part.
+      if (!messages) return;
+      // A batch is handled as its messages would be, one frame each. A
+      // message may end this socket's session (a listener that drops or
+      // closes the connection): the rest belong to it, not to the next one,
+      // which resumes from what was applied. A message whose handling throws
+      // does not cost the others theirs; the error still leaves the handler,
+      // as a single frame's would.
+      let failure: { error: unknown } | undefined;
+      for (const message of messages) {
+        if (this.#ws !== ws) break;
+        try {
+          this.#onMessage(message);
+        } catch (error) {
+          failure ??= { error };
+        }
       }
-      this.#onMessage(message);
+      if (failure) throw failure.error;
     };
     ws.onclose = () => {
       if (this.#ws === ws) this.#onSocketGone();
@@ -1159,6 +1180,49 @@ function decodeText(data: unknown): string {
   if (ArrayBuffer.isView(data)) return decoder.decode(data);
   if (Array.isArray(data)) return data.map(decodeText).join("");
   return String(data);
+}
+
+/**
+ * The messages of one server frame, in order. `undefined` when the frame is
+ * not a `ServerFrame` (not JSON, not an object, an array holding anything but
+ * objects): such a frame is dropped. An object's `type` is not checked here:
+ * one the client does not know is ignored, as any unknown message is.
+ */
+function parseFrame(text: string): ServerMessage[] | undefined {
+  let frame: unknown;
+  try {
+    frame = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (!isServerFrame(frame)) return undefined;
+  return Array.isArray(frame) ? frame : [frame];
+}
+
+function isServerFrame(frame: unknown): frame is ServerFrame {
+  return Array.isArray(frame) ? frame.every(isObject) : isObject(frame);
+}
+
+/**
+ * `url` with the query parameter `batch=1`, which opts the session into
+ * batched frames. A `batch` already there is replaced (the server refuses
+ * values but 0 and 1, and this client reads both frame forms). The other
+ * parameters are kept as written: `searchParams.set` would re-encode them
+ * all (`%20` as `+`, `flag` as `flag=`), and a token could arrive changed.
+ */
+function withBatching(url: string): string {
+  let socketUrl: URL;
+  try {
+    socketUrl = new URL(url);
+  } catch {
+    throw new TypeError(`not a WebSocket URL: ${url}`);
+  }
+  const kept = socketUrl.search
+    .slice(1)
+    .split("&")
+    .filter((pair) => pair !== "" && new URLSearchParams(pair).keys().next().value !== "batch");
+  socketUrl.search = [...kept, "batch=1"].join("&");
+  return socketUrl.toString();
 }
 
 function toWebSocketUrl(url: string): string {

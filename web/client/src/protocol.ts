@@ -1,6 +1,10 @@
 // Protocol v1 wire types: the messages that cross a Concord WebSocket
 // session. Mirrors engine/src/protocol.rs and engine/src/store.rs (the one
-// definition); each message is one JSON text frame whose `type` names it.
+// definition); each message is a JSON object whose `type` names it. A client
+// frame holds one message. A server frame holds one message too, unless the
+// session opted into batched frames (`batch=1` on the WebSocket URL, as this
+// client always does): then a frame may also hold an array of two or more
+// messages, in the order sent (see `ServerFrame`).
 
 import type { Json } from "./json.js";
 import type { Patch, PatchOpError } from "./patch.js";
@@ -127,6 +131,13 @@ export type ServerMessage =
   | { type: "rpc"; message: Json }
   | { type: "registered"; method: string }
   | { type: "error"; code: ErrorCode | string; message: string; doc?: string; tx_id?: string };
+
+/**
+ * One text frame from the server in a session opened with `batch=1`: one
+ * message, or an array of two or more in the order they were sent (never
+ * nested). Every ordering guarantee holds for the flattened sequence.
+ */
+export type ServerFrame = ServerMessage | ServerMessage[];
 
 /** WebSocket close codes a server sends (engine/src/protocol.rs `close_code`). The client reconnects after any of them. */
 export const CLOSE_CODES = {

@@ -2,7 +2,10 @@
 // opens is recorded, the test plays the server (opens it, delivers messages,
 // drops it) and reads what the client sent. No network, no timers of its own.
 
-import type { ClientMessage, ServerMessage, WebSocketConstructor, WebSocketLike } from "../../src/index.js";
+import assert from "node:assert/strict";
+import { afterEach } from "node:test";
+
+import { Client, type ClientMessage, type DocumentHandle, type ServerMessage, type WebSocketConstructor, type WebSocketLike } from "../../src/index.js";
 
 export class FakeSocket implements WebSocketLike {
   readyState = 0;
@@ -35,6 +38,16 @@ export class FakeSocket implements WebSocketLike {
     this.onmessage?.({ data: JSON.stringify(message) });
   }
 
+  /** A batched frame: the messages as one JSON array (the client opts in with `batch=1`). */
+  receiveBatch(messages: ServerMessage[]): void {
+    this.onmessage?.({ data: JSON.stringify(messages) });
+  }
+
+  /** A frame of any text, well-formed or not. */
+  receiveText(data: string): void {
+    this.onmessage?.({ data });
+  }
+
   /** The network fails: the socket closes without a close frame. */
   drop(): void {
     this.readyState = 3;
@@ -57,4 +70,39 @@ export function fakeSockets(): { WebSocket: WebSocketConstructor; sockets: FakeS
     }
   }
   return { WebSocket: Recorded, sockets };
+}
+
+/** A client on a fake socket, with one document open and live at version 0. */
+export interface LiveDocument {
+  client: Client;
+  doc: DocumentHandle;
+  sockets: FakeSocket[];
+}
+
+/**
+ * Connects a client (pushed onto `clients`, for the caller to close) over
+ * fake sockets that reconnect at once, and opens `docId` live at version 0
+ * with an empty value.
+ */
+export async function liveDocumentOnFakeSocket(clients: Client[], docId: string): Promise<LiveDocument> {
+  const { WebSocket, sockets } = fakeSockets();
+  const client = new Client("ws://fake/ws", { WebSocket, clientId: "c", reconnect: { initialDelayMs: 1, maxDelayMs: 1 } });
+  clients.push(client);
+  const first = sockets[0] as FakeSocket;
+  first.accept("s1");
+  const doc = client.document(docId);
+  first.receive({ type: "snapshot", doc: docId, version: 0, value: {} });
+  first.receive({ type: "opened", doc: docId, version: 0 });
+  await doc.whenReady();
+  assert.ok(doc.live);
+  return { client, doc, sockets };
+}
+
+/** A list of clients that are closed after each test of the calling file. */
+export function closedAfterEachTest(): Client[] {
+  const clients: Client[] = [];
+  afterEach(() => {
+    for (const client of clients.splice(0)) client.close();
+  });
+  return clients;
 }

@@ -5,33 +5,17 @@
 // and fails with `TransactionOutcomeUnknown`, never re-run.
 
 import assert from "node:assert/strict";
-import { afterEach, test } from "node:test";
+import { test } from "node:test";
 
-import { Client, TransactionOutcomeUnknown, TransactionRejected, type ChangeEvent, type DocumentHandle } from "../../src/index.js";
-import { fakeSockets, type FakeSocket } from "../support/fake-socket.js";
+import { TransactionOutcomeUnknown, TransactionRejected, type ChangeEvent } from "../../src/index.js";
+import { closedAfterEachTest, liveDocumentOnFakeSocket, type FakeSocket, type LiveDocument } from "../support/fake-socket.js";
 import { waitFor } from "../support/wait.js";
 
 const DOC = "doc";
-const clients: Client[] = [];
-
-afterEach(() => {
-  for (const c of clients.splice(0)) c.close();
-});
-
+/** Every client a test makes, closed after it. */
+const clients = closedAfterEachTest();
 /** A client on a fake socket, with `DOC` open and live at version 0. */
-async function setUp(): Promise<{ client: Client; doc: DocumentHandle; sockets: FakeSocket[] }> {
-  const { WebSocket, sockets } = fakeSockets();
-  const client = new Client("ws://fake/ws", { WebSocket, clientId: "c", reconnect: { initialDelayMs: 1, maxDelayMs: 1 } });
-  clients.push(client);
-  const first = sockets[0] as FakeSocket;
-  first.accept("s1");
-  const doc = client.document(DOC);
-  first.receive({ type: "snapshot", doc: DOC, version: 0, value: {} });
-  first.receive({ type: "opened", doc: DOC, version: 0 });
-  await doc.whenReady();
-  assert.ok(doc.live);
-  return { client, doc, sockets };
-}
+const setUp = (): Promise<LiveDocument> => liveDocumentOnFakeSocket(clients, DOC);
 
 /** Drops the current socket and brings up the next one (the client reconnects on its own). */
 async function reconnect(sockets: FakeSocket[], session: string): Promise<FakeSocket> {
