@@ -62,12 +62,15 @@ pub const RATE_BURST_MESSAGES_MAX: u32 = 1000;
 /// After a flush that emptied a session's queue, its writer holds the next
 /// message until this long after that flush, so messages that queue
 /// meanwhile go out in one write (and, in a session that asked for batched
-/// frames, in one frame). An idle session's next message goes at once; a
-/// busy one writes at most once per window. Zero flushes every message as
-/// soon as it is written (docs/benchmarks.md, "Coalescing writes").
+/// frames, in one frame). An idle session's next message goes at once, and
+/// so does a reply to the session's own request (with what queued before
+/// it): only traffic it did not just ask for (changes, presence, topic
+/// messages) waits. Zero writes every message as soon as it is queued
+/// (docs/benchmarks.md, "Coalescing writes").
 pub const WRITER_COALESCE_WINDOW: Duration = Duration::from_millis(1);
-/// Longest `writer_coalesce_window` may be.
-pub const WRITER_COALESCE_WINDOW_MAX: Duration = Duration::from_secs(1);
+/// Longest `writer_coalesce_window` may be. Replies never wait for it, but
+/// changes and topic messages to a busy session may wait this long.
+pub const WRITER_COALESCE_WINDOW_MAX: Duration = Duration::from_secs(10);
 /// Interval between server pings.
 pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// A session from which nothing (not even a pong) arrives for this long is
@@ -307,7 +310,7 @@ impl Config {
             return fail("ping_interval must be positive");
         }
         if self.writer_coalesce_window > WRITER_COALESCE_WINDOW_MAX {
-            return fail("writer_coalesce_window must be at most 1 s");
+            return fail("writer_coalesce_window must be at most 10 s");
         }
         let durations = [
             ("ping_interval", self.ping_interval),

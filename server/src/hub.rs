@@ -200,7 +200,7 @@ impl Hub {
         if let Some(member) = self.members.get(session) {
             self.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
             let error = ServerMessage::Error { code, message, doc: None, tx_id: None };
-            let _ = member.outbox.push(encode(&error));
+            let _ = member.outbox.push_reply(encode(&error));
         }
     }
 
@@ -216,7 +216,7 @@ impl Hub {
             member.patterns.insert(pattern.clone());
             self.trie.insert(&pattern, session.clone());
         }
-        let _ = member.outbox.push(encode(&ServerMessage::Subscribed { topic: pattern }));
+        let _ = member.outbox.push_reply(encode(&ServerMessage::Subscribed { topic: pattern }));
     }
 
     fn publish(
@@ -240,7 +240,7 @@ impl Hub {
             }
         }
         if let (Some(ack), Some(member)) = (ack, self.members.get(publisher)) {
-            let _ = member.outbox.push(encode(&ServerMessage::Published { ack }));
+            let _ = member.outbox.push_reply(encode(&ServerMessage::Published { ack }));
         }
     }
 
@@ -258,7 +258,8 @@ impl Hub {
             self.error(&session, ErrorCode::LimitReached, message);
             return;
         }
-        let _ = member.outbox.push(encode(&ServerMessage::Registered { method: method.clone() }));
+        let _ =
+            member.outbox.push_reply(encode(&ServerMessage::Registered { method: method.clone() }));
         self.methods.insert(method.clone(), session.clone());
         if let Some(member) = self.members.get_mut(&session) {
             member.methods.insert(method);
@@ -268,7 +269,7 @@ impl Hub {
     fn reply_error(&self, session: &SessionId, id: Value, error: &RpcError) {
         if let Some(member) = self.members.get(session) {
             let message = error_response(id, error);
-            let _ = member.outbox.push(encode(&ServerMessage::Rpc { message }));
+            let _ = member.outbox.push_reply(encode(&ServerMessage::Rpc { message }));
         }
     }
 
@@ -282,7 +283,7 @@ impl Hub {
             {
                 // A notification: forwarded as is, never answered.
                 let message = json!({"jsonrpc": "2.0", "method": method, "params": params});
-                let _ = callee.outbox.push(encode(&ServerMessage::Rpc { message }));
+                let _ = callee.outbox.push_reply(encode(&ServerMessage::Rpc { message }));
             }
             return;
         };
@@ -313,7 +314,7 @@ impl Hub {
                 json!({"jsonrpc": "2.0", "id": route_id, "method": method, "params": params});
             // If the callee overflows, its session ends and `leave` answers
             // this call with CALLEE_GONE.
-            let _ = callee.outbox.push(encode(&ServerMessage::Rpc { message }));
+            let _ = callee.outbox.push_reply(encode(&ServerMessage::Rpc { message }));
         }
     }
 
@@ -336,7 +337,7 @@ impl Hub {
         message.insert("jsonrpc".into(), Value::String("2.0".into()));
         if let Some(caller) = self.members.get(&call.caller) {
             let rpc = ServerMessage::Rpc { message: Value::Object(message) };
-            let _ = caller.outbox.push(encode(&rpc));
+            let _ = caller.outbox.push_reply(encode(&rpc));
         }
     }
 

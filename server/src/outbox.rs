@@ -12,6 +12,13 @@
 //! changes or a snapshot) and resubmits unacknowledged transactions, whose
 //! original outcomes the store's dedup window returns.
 //!
+//! A frame is pushed either as traffic the session did not ask for just now
+//! (`push`: changes, presence, topic messages), which the writer may hold
+//! for its coalescing window, or as an answer to one of the session's own
+//! requests (`push_reply`: `committed`, `rejected`, the reply to `open`,
+//! errors, RPC), which ends that wait: a client waits on its answers, so
+//! they go out at once, with whatever queued before them.
+//!
 //! The queue is a `VecDeque` behind a per-session `std::sync::Mutex`: it is
 //! held only for a push or a pop, never across an await, and only the
 //! session's own producers contend for it.
@@ -55,6 +62,9 @@ struct Shared {
     /// Wakes the writer; `notify_one` stores a permit when the writer is not
     /// waiting yet, so no wake-up is lost.
     ready: Notify,
+    /// Wakes a writer that is waiting out its coalescing window when a reply
+    /// is queued.
+    reply_ready: Notify,
     /// Cancelled when the session must end (overflow or a close request), so
     /// the session's reader stops reading.
     closing: CancellationToken,
@@ -68,6 +78,8 @@ struct State {
     queue: VecDeque<Utf8Bytes>,
     bytes: usize,
     ping_due: bool,
+    /// A reply was queued since the writer last began a write.
+    reply_queued: bool,
     /// Set once the session is closing: with `drain`, queued frames are
     /// written before the close frame; without, the queue was dropped.
     close: Option<(u16, &'static str)>,
@@ -81,6 +93,7 @@ impl Outbox {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 ready: Notify::new(),
+                reply_ready: Notify::new(),
                 closing: CancellationToken::new(),
                 messages_max,
                 bytes_max,
@@ -102,8 +115,19 @@ impl Outbox {
         messages <= self.shared.messages_max / 2 && bytes <= self.shared.bytes_max / 2
     }
 
-    /// Queues one text frame, or overflows the session (see module docs).
+    /// Queues one text frame that the writer may hold for its coalescing
+    /// window, or overflows the session (see module docs).
     pub(crate) fn push(&self, frame: Utf8Bytes) -> Result<(), Refused> {
+        self.push_frame(frame, false)
+    }
+
+    /// Queues an answer to one of the session's own requests: the writer
+    /// writes it, and everything queued before it, without waiting.
+    pub(crate) fn push_reply(&self, frame: Utf8Bytes) -> Result<(), Refused> {
+        self.push_frame(frame, true)
+    }
+
+    fn push_frame(&self, frame: Utf8Bytes, reply: bool) -> Result<(), Refused> {
         let len = frame.len();
         let mut state = self.lock();
         if state.close.is_some() {
@@ -126,12 +150,39 @@ impl Outbox {
         }
         state.bytes += len;
         state.queue.push_back(frame);
+        state.reply_queued |= reply;
         let bytes = state.bytes;
         drop(state);
         self.shared.metrics.outbound_queued_bytes.add(saturating_i64(len));
         self.shared.metrics.observe_queue_bytes(bytes);
         self.shared.ready.notify_one();
+        if reply {
+            self.shared.reply_ready.notify_one();
+        }
         Ok(())
+    }
+
+    /// Resolves once a reply is queued or the session is closing: what ends
+    /// the writer's coalescing wait early.
+    pub(crate) async fn urgent(&self) {
+        loop {
+            // Registered before the check: a reply pushed in between leaves
+            // a permit, so the wake-up is not lost.
+            let replied = self.shared.reply_ready.notified();
+            if self.lock().reply_queued {
+                return;
+            }
+            tokio::select! {
+                () = replied => {}
+                () = self.shared.closing.cancelled() => return,
+            }
+        }
+    }
+
+    /// The writer is about to take what is queued: replies queued so far
+    /// leave with it.
+    pub(crate) fn begin_write(&self) {
+        self.lock().reply_queued = false;
     }
 
     /// Asks the writer to send a ping ahead of queued frames.

@@ -247,7 +247,7 @@ impl Session {
 
     fn error(&self, code: ErrorCode, message: String, doc: Option<DocId>, tx_id: Option<TxId>) {
         self.state.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
-        let _ = self.outbox.push(encode(&ServerMessage::Error { code, message, doc, tx_id }));
+        let _ = self.outbox.push_reply(encode(&ServerMessage::Error { code, message, doc, tx_id }));
     }
 
     async fn handle_text(&mut self, text: Utf8Bytes) {
@@ -389,7 +389,7 @@ impl Session {
     }
 
     fn reply(&self, message: Value) {
-        let _ = self.outbox.push(encode(&ServerMessage::Rpc { message }));
+        let _ = self.outbox.push_reply(encode(&ServerMessage::Rpc { message }));
     }
 
     /// Runs a server procedure in a task of this session, answering `id`
@@ -425,7 +425,7 @@ impl Session {
                 Ok(result) => rpc::result_response(id, result),
                 Err(error) => rpc::error_response(id, &error),
             };
-            let _ = outbox.push(encode(&ServerMessage::Rpc { message }));
+            let _ = outbox.push_reply(encode(&ServerMessage::Rpc { message }));
         });
     }
 
@@ -462,15 +462,21 @@ struct WriterPolicy {
 /// The first message (`welcome`) always goes alone in the first frame. After
 /// a flush that emptied the queue, the next message waits until
 /// `coalesce_window` after that flush, and whatever queued meanwhile goes
-/// out with it in one write; a flush that left a backlog is followed at once.
+/// out with it in one write; a flush that left a backlog is followed at once,
+/// and a reply to one of the session's own requests (or a close) ends the
+/// wait.
 async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox, policy: WriterPolicy) {
     let mut caught_up_at: Option<tokio::time::Instant> = None;
     let mut frames = Vec::new();
     let mut batch_max = 1;
     while let Some(first) = outbox.next().await {
         if let Some(flushed) = caught_up_at {
-            tokio::time::sleep_until(flushed + policy.coalesce_window).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(flushed + policy.coalesce_window) => {}
+                () = outbox.urgent() => {}
+            }
         }
+        outbox.begin_write();
         let mut batch = FrameBatch::new(policy.frames);
         let mut next = Some(first);
         let mut taken = 0;

@@ -827,7 +827,7 @@ impl Shard {
             Effect::Reply { outbox, frame, received } => {
                 // If the ack does not fit, the outbox has closed the session
                 // (4001); the client resubmits and the dedup window answers.
-                let _ = outbox.push(frame);
+                let _ = outbox.push_reply(frame);
                 self.metrics.commit_latency.observe(received.elapsed().as_secs_f64());
             }
             Effect::Open { session, outbox, doc, frames } => {
@@ -863,8 +863,9 @@ impl Shard {
                 }));
             }
         }
+        // The reply to `open`.
         for frame in frames {
-            if outbox.push(frame).is_err() {
+            if outbox.push_reply(frame).is_err() {
                 return;
             }
         }
