@@ -35,7 +35,7 @@ use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::Utf8Bytes;
 use concord_engine::certificate::CommittedTx;
@@ -64,6 +64,12 @@ const SHARD_BATCH_COMMANDS_MAX: usize = 256;
 /// (an `open` of a large document holds a whole snapshot); past it the shard
 /// stops taking commands, like `shard_pending_effects_max`.
 const SHARD_PENDING_EFFECT_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// How long after a retryable rejection a session gets the document's
+/// changes without its writer's coalescing wait. Under contention a re-run
+/// on state one window old collides again: with 32 clients on one counter,
+/// a transaction of the Rust client lost 64 runs in a row. Long enough to
+/// span a contended client's backoff (at most 32 round trips).
+const CONTENDED_UNCOALESCED_FOR: Duration = Duration::from_millis(250);
 
 /// A session's id as other clients see it.
 pub(crate) type SessionId = Arc<str>;
@@ -287,6 +293,12 @@ impl CommitLog {
 #[derive(Debug, Default)]
 struct DocState {
     subscribers: HashMap<SessionId, Outbox>,
+    /// Subscribers whose transactions here were recently rejected (conflict
+    /// or stale), and until when: they get this document's changes without
+    /// their writer's coalescing wait (`Outbox::push_reply`), so a re-run
+    /// starts from current state instead of colliding again on state a
+    /// window old. At most one entry per subscriber.
+    contended: HashMap<SessionId, Instant>,
     presence: HashMap<SessionId, Value>,
     /// Recent changes, serialised, oldest first; versions are dense. Updated
     /// when a change is sequenced; only ever sent through a released effect.
@@ -794,6 +806,9 @@ impl Shard {
             }
             Commit::Rejected(rejection) => {
                 self.metrics.rejections.with_label_values(&[reason(&rejection)]).inc();
+                if rejection.is_retryable() {
+                    self.mark_contended(&doc, &session, received);
+                }
                 ServerMessage::Rejected { doc, tx_id, rejection }
             }
             Commit::Duplicate(Outcome::Committed { version }) => {
@@ -808,15 +823,37 @@ impl Shard {
         self.emit(Effect::Reply { outbox, frame: encode(&ack), received });
     }
 
+    /// `session`, rejected on `doc` at `now`, gets `doc`'s changes without
+    /// coalescing for `CONTENDED_UNCOALESCED_FOR`.
+    fn mark_contended(&mut self, doc: &DocId, session: &SessionId, now: Instant) {
+        if let Some(state) = self.docs.get_mut(doc) {
+            if state.subscribers.contains_key(session) {
+                state.contended.insert(session.clone(), now + CONTENDED_UNCOALESCED_FOR);
+            }
+        }
+    }
+
     /// Carries out one effect. Runs in sequencing order, after everything
     /// the effect depends on is durable.
     fn release(&mut self, effect: Effect) {
         match effect {
             Effect::Broadcast { doc, frame, skip } => {
                 let Some(state) = self.docs.get_mut(&doc) else { return };
+                if !state.contended.is_empty() {
+                    let now = Instant::now();
+                    state.contended.retain(|_, until| *until > now);
+                }
                 let mut overflowed = Vec::new();
                 for (subscriber, outbox) in &state.subscribers {
-                    if Some(subscriber) != skip.as_ref() && outbox.push(frame.clone()).is_err() {
+                    if Some(subscriber) == skip.as_ref() {
+                        continue;
+                    }
+                    let pushed = if state.contended.contains_key(subscriber) {
+                        outbox.push_reply(frame.clone())
+                    } else {
+                        outbox.push(frame.clone())
+                    };
+                    if pushed.is_err() {
                         overflowed.push(subscriber.clone());
                     }
                 }
@@ -961,6 +998,7 @@ impl Shard {
 /// Removes a subscriber and, if it had presence, tells the others it left.
 fn drop_subscriber(state: &mut DocState, doc: &DocId, session: &SessionId) {
     state.subscribers.remove(session);
+    state.contended.remove(session);
     if state.presence.remove(session).is_some() {
         broadcast_presence(state, doc, session, PresenceEvent::Leave, Value::Null);
     }

@@ -9,12 +9,13 @@
 //! (`--listen 127.0.0.1:0` picks a free port). Each connection has a writer
 //! task draining its own queue and flushing when the queue is empty, and
 //! coalescing as the Concord session's writer does (after a flush that
-//! emptied the queue, the next waits out the window); queues are unbounded
-//! (a baseline has no slow-consumer policy).
+//! emptied the queue, the next waits out the window, unless the sender's
+//! own ack is queued); queues are unbounded (a baseline has no
+//! slow-consumer policy).
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use anyhow::Result;
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
@@ -79,12 +80,19 @@ async fn serve(stream: TcpStream, id: u64, peers: Peers, window: Duration) {
     if let Ok(mut peers) = peers.lock() {
         peers.insert(id, queue.clone());
     }
+    let reply = Arc::new(Reply::default());
+    let writer_reply = reply.clone();
     let writer = tokio::spawn(async move {
+        let reply = writer_reply;
         let mut caught_up_at: Option<tokio::time::Instant> = None;
         while let Some(message) = outbox.recv().await {
             if let Some(flushed) = caught_up_at {
-                tokio::time::sleep_until(flushed + window).await;
+                tokio::select! {
+                    () = tokio::time::sleep_until(flushed + window) => {}
+                    () = reply.queued() => {}
+                }
             }
+            reply.taken();
             if sink.feed(message).await.is_err() {
                 return;
             }
@@ -107,6 +115,7 @@ async fn serve(stream: TcpStream, id: u64, peers: Peers, window: Duration) {
     while let Some(Ok(message)) = source.next().await {
         let Message::Text(text) = message else { continue };
         let _ = queue.send(Message::Text(ack.clone()));
+        reply.queue();
         if let Ok(peers) = peers.lock() {
             for (peer, peer_queue) in peers.iter() {
                 if *peer != id {
@@ -120,4 +129,33 @@ async fn serve(stream: TcpStream, id: u64, peers: Peers, window: Duration) {
     }
     drop(queue);
     writer.abort();
+}
+
+/// As Concord's `Outbox::push_reply`: the ack to the sender ends its
+/// writer's coalescing wait, while the rebroadcasts may wait it out.
+#[derive(Default)]
+struct Reply {
+    queued: AtomicBool,
+    ready: Notify,
+}
+
+impl Reply {
+    fn queue(&self) {
+        self.queued.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    async fn queued(&self) {
+        loop {
+            let ready = self.ready.notified();
+            if self.queued.load(Ordering::Acquire) {
+                return;
+            }
+            ready.await;
+        }
+    }
+
+    fn taken(&self) {
+        self.queued.store(false, Ordering::Release);
+    }
 }

@@ -1,7 +1,8 @@
 //! Framing and coalescing (docs/protocol.md, section 1): one message per
 //! frame by default; with `/ws?batch=1`, messages the writer sends out
 //! together share one frame as a JSON array, in order. Changes to a busy
-//! session wait out the writer's coalescing window; replies do not.
+//! session wait out the writer's coalescing window; replies do not, nor do
+//! changes to a session just rejected on the document.
 
 use std::time::Duration;
 
@@ -119,6 +120,35 @@ async fn a_reply_ends_the_coalescing_wait_and_takes_what_queued_before_it() {
     let types: Vec<_> = messages.iter().map(|message| message["type"].clone()).collect();
     assert_eq!(types, ["change", "committed"]);
     assert_eq!(messages[1]["version"], 2);
+}
+
+#[tokio::test]
+async fn a_session_just_rejected_on_a_document_gets_its_changes_without_the_wait() {
+    let window = Duration::from_secs(10);
+    let server = start(coalescing_over(window)).await;
+    let mut contender = Client::connect_url(&format!("{}?batch=1", server.ws_url())).await;
+    open(&mut contender, "d").await;
+    let mut winner = Client::connect(&server).await;
+    open(&mut winner, "d").await;
+    let bump = |value: u64| json!([{"op": "add", "path": "/n", "value": value}]);
+    winner.commit("d", "w1", 0, json!(["/n"]), bump(1)).await;
+    winner.expect("committed").await;
+    // The contender read /n at version 0: rejected, with the change before
+    // the rejection (a reply, so at once).
+    contender.commit("d", "c1", 0, json!(["/n"]), bump(1)).await;
+    let mut messages = Vec::new();
+    while messages.len() < 2 {
+        messages.extend(recv_frame(&mut contender).await.0);
+    }
+    assert_eq!(messages[1]["type"], "rejected", "{messages:?}");
+    // The winner commits again: the contender's re-run needs that change
+    // now, not a window later.
+    winner.commit("d", "w2", 1, json!(["/n"]), bump(2)).await;
+    winner.expect("committed").await;
+    let (versions, _, _) = tokio::time::timeout(window / 2, changes(&mut contender, 1))
+        .await
+        .expect("the change well within the window");
+    assert_eq!(versions, [2]);
 }
 
 #[tokio::test]
