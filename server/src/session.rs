@@ -470,9 +470,12 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox, pol
     let mut frames = Vec::new();
     let mut batch_max = 1;
     while let Some(first) = outbox.next().await {
-        if let Some(flushed) = caught_up_at {
+        // A session that was idle for the window (most, under fan-out to
+        // many readers) writes at once, without arming a timer.
+        let due = caught_up_at.map(|flushed| flushed + policy.coalesce_window);
+        if let Some(due) = due.filter(|due| *due > tokio::time::Instant::now()) {
             tokio::select! {
-                () = tokio::time::sleep_until(flushed + policy.coalesce_window) => {}
+                () = tokio::time::sleep_until(due) => {}
                 () = outbox.urgent() => {}
             }
         }
