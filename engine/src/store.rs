@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use compact_str::CompactString;
 use foldhash::fast::RandomState;
 
 use serde::{Deserialize, Serialize};
@@ -316,54 +315,118 @@ pub struct Store {
 /// never evicts one id at a time: a per-commit removal from a 100,000-entry
 /// map cost a cache miss and, through tombstones, periodic in-place rehashes
 /// of the whole table (docs/benchmarks.md).
-///
-/// Ids are kept as inline copies (up to 24 bytes; clients' ids are about
-/// 15), not as shared `TxId`s: forgetting a generation then sweeps one
-/// contiguous table instead of visiting 100,000 scattered heap strings to
-/// drop them, which had cost about 3 cache misses per commit.
 #[derive(Debug, Default)]
 struct OutcomeWindow {
-    current: HashMap<CompactString, Remembered, RandomState>,
-    previous: HashMap<CompactString, Remembered, RandomState>,
+    current: Generation,
+    previous: Generation,
     /// Turnovers so far: the number of the current generation.
     generation: u64,
-    /// What the rejections remembered in `current` take.
-    current_rejection_bytes: usize,
 }
 
-/// An outcome as the window keeps it. Nearly every remembered outcome is a
-/// commit, so a rejection is boxed and an entry (inline id and outcome) is
-/// 40 bytes, where a `TxId` and an `Outcome` took 64 plus the id's heap
-/// string: the two generations, 200,000 entries, take about 10 MB instead of
-/// 17 MB and 200,000 scattered strings, in a cache the documents share.
-#[derive(Debug)]
-enum Remembered {
-    Committed(Version),
-    Rejected(Box<Rejection>),
+/// One generation of the window. Its entries need no drop, so forgetting
+/// it is a `memset` of the table's control bytes, not a sweep over 100,000
+/// entries (which had cost 0.7 cache misses per commit, and a pause at
+/// every turnover): ids of up to 23 bytes (clients'
+/// are about 15) are kept inline, longer ones in a map of their own, and a
+/// rejection (rare) in a vector the entry indexes.
+#[derive(Debug, Default)]
+struct Generation {
+    short_ids: HashMap<InlineTxId, Remembered, RandomState>,
+    long_ids: HashMap<Box<str>, Remembered, RandomState>,
+    rejections: Vec<Rejection>,
+    /// What `rejections` take, as counted against
+    /// `Limits::tx_dedup_rejection_bytes_max`.
+    rejection_bytes: usize,
 }
 
-impl Remembered {
-    fn new(outcome: Outcome) -> Self {
-        match outcome {
-            Outcome::Committed { version } => Remembered::Committed(version),
-            Outcome::Rejected { rejection } => Remembered::Rejected(Box::new(rejection)),
+/// A tx id of at most 23 bytes, inline and `Copy`: its length, then its
+/// bytes, then zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InlineTxId([u8; 24]);
+
+impl InlineTxId {
+    /// `None` for an id longer than 23 bytes.
+    fn new(id: &str) -> Option<Self> {
+        let mut bytes = [0; 24];
+        bytes[0] = u8::try_from(id.len()).ok()?;
+        bytes.get_mut(1..=id.len())?.copy_from_slice(id.as_bytes());
+        Some(Self(bytes))
+    }
+}
+
+impl std::hash::Hash for InlineTxId {
+    /// Three words rather than 24 bytes one by one.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for word in self.0.chunks_exact(8) {
+            let mut le = [0; 8];
+            le.copy_from_slice(word);
+            state.write_u64(u64::from_le_bytes(le));
         }
     }
+}
 
-    fn outcome(&self) -> Outcome {
-        match self {
-            Remembered::Committed(version) => Outcome::Committed { version: *version },
-            Remembered::Rejected(rejection) => {
-                Outcome::Rejected { rejection: (**rejection).clone() }
+/// An outcome as the window keeps it: a commit's version, or the index of
+/// its generation's rejection. 16 bytes, so an entry with its inline id is
+/// 40, as when ids were `CompactString`s.
+#[derive(Debug, Clone, Copy)]
+enum Remembered {
+    Committed(Version),
+    Rejected(usize),
+}
+
+impl Generation {
+    fn len(&self) -> usize {
+        self.short_ids.len() + self.long_ids.len()
+    }
+
+    fn get(&self, tx_id: &str, short: Option<&InlineTxId>) -> Option<Outcome> {
+        let remembered = match short {
+            Some(short) => self.short_ids.get(short),
+            None => self.long_ids.get(tx_id),
+        }?;
+        Some(match *remembered {
+            Remembered::Committed(version) => Outcome::Committed { version },
+            Remembered::Rejected(index) => {
+                // Indices come from `insert`, into the same generation.
+                let rejection = self.rejections.get(index)?.clone();
+                Outcome::Rejected { rejection }
             }
-        }
+        })
+    }
+
+    fn insert(&mut self, tx_id: &str, outcome: Outcome) {
+        let remembered = match outcome {
+            Outcome::Committed { version } => Remembered::Committed(version),
+            Outcome::Rejected { rejection } => {
+                self.rejection_bytes += rejection.memory_estimate_bytes();
+                self.rejections.push(rejection);
+                Remembered::Rejected(self.rejections.len() - 1)
+            }
+        };
+        match InlineTxId::new(tx_id) {
+            Some(short) => self.short_ids.insert(short, remembered),
+            None => self.long_ids.insert(tx_id.into(), remembered),
+        };
+    }
+
+    /// Forgets everything; keeps the allocations, so the generations stop
+    /// growing once both have been filled.
+    fn clear(&mut self) {
+        self.short_ids.clear();
+        self.long_ids.clear();
+        self.rejections.clear();
+        self.rejection_bytes = 0;
     }
 }
 
 impl OutcomeWindow {
-    fn get(&self, tx_id: &TxId) -> Option<&Remembered> {
-        let key = tx_id.as_str();
-        self.current.get(key).or_else(|| self.previous.get(key))
+    fn get(&self, tx_id: &TxId) -> Option<Outcome> {
+        let (id, short) = (tx_id.as_str(), InlineTxId::new(tx_id.as_str()));
+        self.current.get(id, short.as_ref()).or_else(|| self.previous.get(id, short.as_ref()))
+    }
+
+    fn contains(&self, tx_id: &TxId) -> bool {
+        self.get(tx_id).is_some()
     }
 
     /// Turns the generations over if the current one is full. Done before
@@ -371,13 +434,10 @@ impl OutcomeWindow {
     /// up with the generation its id will be remembered in.
     fn make_room(&mut self, limits: &Limits) {
         let full = self.current.len() >= limits.tx_dedup_entries_max
-            || self.current_rejection_bytes >= limits.tx_dedup_rejection_bytes_max;
+            || self.current.rejection_bytes >= limits.tx_dedup_rejection_bytes_max;
         if full {
-            // `clear` keeps the allocation, so the generations stop growing
-            // once both have been filled.
             self.previous.clear();
             std::mem::swap(&mut self.previous, &mut self.current);
-            self.current_rejection_bytes = 0;
             self.generation += 1;
         }
     }
@@ -385,10 +445,7 @@ impl OutcomeWindow {
     /// Remembers a decided id; `make_room` must have been called since the
     /// last insert.
     fn insert(&mut self, tx_id: &TxId, outcome: Outcome) {
-        if let Outcome::Rejected { rejection } = &outcome {
-            self.current_rejection_bytes += rejection.memory_estimate_bytes();
-        }
-        self.current.insert(CompactString::from(tx_id.as_str()), Remembered::new(outcome));
+        self.current.insert(tx_id.as_str(), outcome);
     }
 }
 
@@ -447,7 +504,7 @@ impl Store {
     /// past it, so an unbroken run down from the snapshot makes all of them
     /// count. Any other id is still remembered but moves no floor.
     pub fn remember_committed(&mut self, doc: &DocId, tx_id: TxId, version: Version) {
-        if self.outcomes.get(&tx_id).is_some() {
+        if self.outcomes.contains(&tx_id) {
             return;
         }
         self.make_room();
@@ -472,13 +529,13 @@ impl Store {
 
     /// The outcome remembered for `tx_id`, if still in the window.
     pub fn outcome_of(&self, tx_id: &TxId) -> Option<Outcome> {
-        self.outcomes.get(tx_id).map(Remembered::outcome)
+        self.outcomes.get(tx_id)
     }
 
     /// Validates, applies and sequences one transaction.
     pub fn commit(&mut self, tx: Transaction) -> Commit {
-        if let Some(remembered) = self.outcomes.get(&tx.tx_id) {
-            return Commit::Duplicate(remembered.outcome());
+        if let Some(outcome) = self.outcomes.get(&tx.tx_id) {
+            return Commit::Duplicate(outcome);
         }
         self.make_room();
         let result = self.decide(tx.doc, tx.base, &tx.reads, tx.writes, &tx.tx_id);
@@ -661,6 +718,41 @@ mod tests {
         assert!(matches!(recovered.replay(&log[0]), Err(ReplayError::OutOfSequence { .. })));
     }
 
+    #[test]
+    fn ids_of_every_length_keep_their_outcome_across_one_turnover_and_are_then_forgotten() {
+        let mut store = Store::new(Limits { tx_dedup_entries_max: 4, ..Limits::default() });
+        let write = |k: usize| json!([{"op": "add", "path": format!("/k{k}"), "value": k}]);
+        // 1 to 64 bytes: inline up to 23, in the long map above.
+        let ids: Vec<String> = [1, 22, 23, 24, 64].iter().map(|len| "i".repeat(*len)).collect();
+        let mut outcomes = Vec::new();
+        for (k, id) in ids.iter().enumerate() {
+            // Every other one is a conflict (remembered with its explanation).
+            let reads: &[&str] = if k % 2 == 1 { &["/k0"] } else { &[] };
+            let outcome = store.commit(tx(id, 0, reads, write(k))).outcome();
+            assert_eq!(
+                matches!(outcome, Outcome::Rejected { .. }),
+                k % 2 == 1,
+                "{id}: {outcome:?}"
+            );
+            outcomes.push(outcome);
+        }
+        // Five ids in generations of four: one turnover, none forgotten.
+        for (id, outcome) in ids.iter().zip(&outcomes) {
+            let again = store.commit(tx(id, 0, &[], write(99)));
+            assert_eq!(again, Commit::Duplicate(outcome.clone()), "{id}");
+        }
+        // Two more turnovers forget them all.
+        let doc = DocId::parse("d").unwrap();
+        for k in 0..8 {
+            let base = store.version(&doc).0;
+            let later = store.commit(tx(&format!("later-{k}"), base, &[], write(100 + k)));
+            assert!(matches!(later, Commit::Applied { .. }), "{later:?}");
+        }
+        for id in &ids {
+            assert!(store.outcome_of(&TxId::parse(id).unwrap()).is_none(), "{id}");
+        }
+    }
+
     fn incr(id: &str, doc: &str, base: u64) -> Transaction {
         Transaction {
             doc: DocId::parse(doc).unwrap(),
@@ -785,7 +877,7 @@ mod tests {
             let explanation = rejection.memory_estimate_bytes();
             assert!(explanation > 16_000, "{explanation}");
             rejected += 1;
-            let bytes = store.outcomes.current_rejection_bytes;
+            let bytes = store.outcomes.current.rejection_bytes;
             assert!(bytes < 40_000 + explanation, "{bytes} bytes in one generation");
         }
         // 17 decided ids, far from 100,000, and the window turned over often
