@@ -16,7 +16,8 @@
 //! (`push`: changes, presence, topic messages), which the writer may hold
 //! for its coalescing window, or as an answer to one of the session's own
 //! requests (`push_reply`: `committed`, `rejected`, the reply to `open`,
-//! errors, RPC), which ends that wait: a client waits on its answers, so
+//! errors, RPC answers and the calls a client must answer), which ends that
+//! wait: a client waits on its answers, so
 //! they go out at once, with whatever queued before them.
 //!
 //! The queue is a `VecDeque` behind a per-session `std::sync::Mutex`: it is
@@ -121,8 +122,9 @@ impl Outbox {
         self.push_frame(frame, false)
     }
 
-    /// Queues an answer to one of the session's own requests: the writer
-    /// writes it, and everything queued before it, without waiting.
+    /// Queues what the session's client is waiting on (an answer to one of
+    /// its requests, or an RPC call it must answer): the writer writes it,
+    /// and everything queued before it, without its coalescing wait.
     pub(crate) fn push_reply(&self, frame: Utf8Bytes) -> Result<(), Refused> {
         self.push_frame(frame, true)
     }

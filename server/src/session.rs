@@ -502,10 +502,8 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox, pol
                     true
                 }
             };
-            for frame in frames.drain(..) {
-                if sink.feed(frame).await.is_err() {
-                    return;
-                }
+            if feed_all(&mut sink, &mut frames).await.is_err() {
+                return;
             }
             if last {
                 let _ = sink.flush().await;
@@ -516,12 +514,7 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox, pol
             }
         }
         batch.finish(&mut frames);
-        for frame in frames.drain(..) {
-            if sink.feed(frame).await.is_err() {
-                return;
-            }
-        }
-        if sink.flush().await.is_err() {
+        if feed_all(&mut sink, &mut frames).await.is_err() || sink.flush().await.is_err() {
             return;
         }
         // Caught up unless the batch stopped at its cap with more waiting
@@ -531,6 +524,17 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox, pol
             (!backlog && !policy.coalesce_window.is_zero()).then(tokio::time::Instant::now);
         batch_max = WRITER_BATCH_MESSAGES_MAX;
     }
+}
+
+/// Hands `frames` to the socket, without flushing, leaving `frames` empty.
+async fn feed_all(
+    sink: &mut SplitSink<WebSocket, Message>,
+    frames: &mut Vec<Message>,
+) -> Result<(), axum::Error> {
+    for frame in frames.drain(..) {
+        sink.feed(frame).await?;
+    }
+    Ok(())
 }
 
 /// Text messages on their way into frames: each its own frame, or, for a

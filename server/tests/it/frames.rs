@@ -19,6 +19,15 @@ async fn recv_frame(client: &mut Client) -> (Vec<Value>, bool) {
     }
 }
 
+/// Reads frames until at least `count` messages have arrived; all of them.
+async fn recv_messages(client: &mut Client, count: usize) -> Vec<Value> {
+    let mut messages = Vec::new();
+    while messages.len() < count {
+        messages.extend(recv_frame(client).await.0);
+    }
+    messages
+}
+
 /// Reads frames until `count` changes have arrived; returns their versions
 /// in arrival order and the frames' sizes (in messages).
 async fn changes(client: &mut Client, count: usize) -> (Vec<u64>, Vec<usize>, bool) {
@@ -109,14 +118,9 @@ async fn a_reply_ends_the_coalescing_wait_and_takes_what_queued_before_it() {
     // commit is answered at once, with the change before it.
     let write = json!([{"op": "add", "path": "/by_reader", "value": 2}]);
     reader.commit("d", "r1", 1, json!([]), write).await;
-    let mut messages = Vec::new();
-    tokio::time::timeout(window / 2, async {
-        while messages.len() < 2 {
-            messages.extend(recv_frame(&mut reader).await.0);
-        }
-    })
-    .await
-    .expect("the reply and the change before it, well within the window");
+    let messages = tokio::time::timeout(window / 2, recv_messages(&mut reader, 2))
+        .await
+        .expect("the reply and the change before it, well within the window");
     let types: Vec<_> = messages.iter().map(|message| message["type"].clone()).collect();
     assert_eq!(types, ["change", "committed"]);
     assert_eq!(messages[1]["version"], 2);
@@ -136,10 +140,7 @@ async fn a_session_just_rejected_on_a_document_gets_its_changes_without_the_wait
     // The contender read /n at version 0: rejected, with the change before
     // the rejection (a reply, so at once).
     contender.commit("d", "c1", 0, json!(["/n"]), bump(1)).await;
-    let mut messages = Vec::new();
-    while messages.len() < 2 {
-        messages.extend(recv_frame(&mut contender).await.0);
-    }
+    let messages = recv_messages(&mut contender, 2).await;
     assert_eq!(messages[1]["type"], "rejected", "{messages:?}");
     // The winner commits again: the contender's re-run needs that change
     // now, not a window later.
