@@ -64,6 +64,10 @@ step "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 step "running (results: ${out#"$repo/"})"
 status=0
 (cd "$here" && node src/main.js "$@" --out "$out") || status=$?
+if [[ $smoke == 1 ]]; then
+  step "client receive microbenchmark (small: it checks every change arrives)"
+  (cd "$here" && node src/client-receive.js --rounds 20 --runs 1) || status=1
+fi
 
 if [[ $smoke == 0 && "${PEERS_NO_DOCS:-0}" != 1 && -f "$out" ]]; then
   step "report: docs/benchmarks.md (peers section) and docs/img/peers-*.svg"

@@ -27,7 +27,7 @@ import {
   type ServerMessage,
   type Transaction,
 } from "./protocol.js";
-import { Replica, ReplicaError, type Tx } from "./replica.js";
+import { Replica, ReplicaError, type ChangeEffect, type Tx } from "./replica.js";
 
 /** The part of the WebSocket interface the client uses: the browser's and the `ws` package's both fit. */
 export interface WebSocketLike {
@@ -918,8 +918,7 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
     } else if (txId !== undefined && this.#replica?.isPending(txId)) {
       // The server refused the message itself (malformed, too large, ...):
       // re-sending cannot help, so the transaction fails with the error.
-      const writes = this.#rebased(this.#replica.pendingWrites(txId));
-      this.#replica.onRejected(txId);
+      const { writes } = this.#drop(txId);
       this.#settle(txId, { kind: "abandoned", error });
       this.#changed("rollback", writes);
     }
@@ -963,7 +962,7 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
         try {
           const effect = this.#replica.applyChange(message);
           if (effect.committed) this.#settle(effect.committed, { kind: "committed", version: message.version });
-          this.#changed("remote", this.#rebased(effect.writes, effect.viewUnchanged), effect.viewUnchanged);
+          this.#changed("remote", this.#viewWrites(effect), effect.viewUnchanged);
         } catch (error) {
           if (!(error instanceof ReplicaError)) throw error;
           this.#resync();
@@ -976,7 +975,7 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
           const wasPending = this.#replica.isPending(message.tx_id);
           const effect = this.#replica.onCommitted(message.tx_id, message.version);
           this.#settle(message.tx_id, { kind: "committed", version: message.version });
-          if (wasPending) this.#changed("remote", this.#rebased(effect.writes, effect.viewUnchanged), effect.viewUnchanged);
+          if (wasPending) this.#changed("remote", this.#viewWrites(effect), effect.viewUnchanged);
         } catch (error) {
           if (!(error instanceof ReplicaError)) throw error;
           this.#resync();
@@ -985,8 +984,7 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
       }
       case "rejected": {
         if (!this.#replica) return;
-        const writes = this.#rebased(this.#replica.pendingWrites(message.tx_id));
-        const dropped = this.#replica.onRejected(message.tx_id, message.rejection);
+        const { writes, dropped } = this.#drop(message.tx_id, message.rejection);
         const rejection = message.rejection;
         if (rejection.reason === "outcome_unknown" && (this.#sends.get(message.tx_id) ?? 0) > 1) {
           // Sent before: that send may have committed with its
@@ -1045,8 +1043,7 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
       if (tx.base > replica.version) {
         // The server no longer holds the history this transaction was based
         // on (it restarted without its data): re-run it on what it holds now.
-        const writes = this.#rebased(replica.pendingWrites(tx.tx_id));
-        replica.onRejected(tx.tx_id);
+        const { writes } = this.#drop(tx.tx_id);
         this.#settle(tx.tx_id, {
           kind: "rejected",
           rejection: { reason: "base_ahead", base: tx.base, current: replica.version },
@@ -1074,14 +1071,21 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
     settle(outcome);
   }
 
+  /** The locations a change may have changed in the view: its writes, and the pending writes if it rebased them. */
+  #viewWrites(effect: ChangeEffect): Pointer[] {
+    return effect.rebased ? [...effect.writes, ...effect.rebased] : effect.writes;
+  }
+
   /**
-   * The locations a rebase may have changed in the view: `writes`, plus
-   * (unless the view is unchanged) every pending write, since re-applying a
-   * pending patch on new state can show or hide it.
+   * Drops pending transaction `txId` from the replica; returns it and the
+   * locations the view may have changed at: every pending write before and
+   * after (the others are rebased, which may show, hide or move them).
    */
-  #rebased(writes: Pointer[], viewUnchanged = false): Pointer[] {
-    if (viewUnchanged || !this.#replica?.hasPending) return writes;
-    return [...writes, ...this.#replica.pendingWrites()];
+  #drop(txId: string, rejection?: Rejection): { dropped: Transaction | undefined; writes: Pointer[] } {
+    const replica = this.#replica as Replica;
+    const before = replica.pendingWrites();
+    const dropped = replica.onRejected(txId, rejection);
+    return { dropped, writes: [...before, ...replica.pendingWrites()] };
   }
 
   /** After any change to the view or the pending set: notify listeners and wake waiting runs. */
