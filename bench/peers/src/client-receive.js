@@ -1,11 +1,17 @@
 // What a W1 change costs the TypeScript client to take in, with no socket,
-// kernel or server in the way: one client, on a scripted socket, holding a
-// board of 32 shapes with its own move pending (as in W1's closed loop), is
-// handed the other 31 clients' moves as batched frames and reads each moved
-// shape in its `change` listener, as the W1 adapter does. Prints the median
-// CPU time per delivered change over several runs.
+// kernel or server in the way: 32 clients in one process, as in the load
+// generator, each on a scripted socket, holding a board of 32 shapes, are
+// handed the other 31 clients' moves as batched frames, frame by frame in
+// turn, and read each moved shape in their `change` listener, as the W1
+// adapter does. Prints the median CPU time per delivered change over several
+// runs.
 //
-//   node src/client-receive.js [--client DIR] [--rounds N] [--runs R]
+//   node src/client-receive.js [--client DIR] [--rounds N] [--runs R] [--receivers C] [--pending N]
+//
+// --pending N: each client has N moves of its own shape pending throughout
+// (default 0). In W1 most changes find none: the acknowledgement of a move
+// and the changes after it arrive in one read, and the next move is sent
+// only once that read is handled. A browser dragging a shape has several.
 //
 // --client: a built @concord/client (its dist/index.js), to compare two
 // builds side by side; default the workspace's.
@@ -19,6 +25,8 @@ const { values } = parseArgs({
     client: { type: "string" },
     rounds: { type: "string", default: "2000" },
     runs: { type: "string", default: "7" },
+    receivers: { type: "string", default: "32" },
+    pending: { type: "string", default: "0" },
   },
 });
 const { Client } = await import(
@@ -27,7 +35,8 @@ const { Client } = await import(
 const ROUNDS = Number(values.rounds);
 const RUNS = Number(values.runs);
 const CLIENTS = 32;
-const ME = 0;
+const RECEIVERS = Number(values.receivers);
+const PENDING = Number(values.pending);
 /** Changes per frame: what a coalescing window holds at W1 rates. */
 const PER_FRAME = 8;
 
@@ -60,35 +69,44 @@ function board() {
   return { shapes };
 }
 
-async function run() {
-  sockets.length = 0;
-  const docId = `w1-${process.pid}-1`;
-  const client = new Client("ws://scripted/ws", { WebSocket: ScriptedSocket, clientId: "k7Hq2mPz9xWv", reconnect: false });
-  const socket = sockets[0];
+/** One receiving client, live on the board with `PENDING` moves of its own shape `me` pending. */
+async function receiver(docId, me) {
+  const client = new Client("ws://scripted/ws", { WebSocket: ScriptedSocket, clientId: `k7Hq2mPz9x${me}`, reconnect: false });
+  const socket = sockets[sockets.length - 1];
   socket.readyState = 1;
   socket.onopen({});
-  socket.deliver(JSON.stringify({ type: "welcome", protocol: 1, session: "s1" }));
+  socket.deliver(JSON.stringify({ type: "welcome", protocol: 1, session: `s${me}` }));
   const handle = client.document(docId);
   socket.deliver(JSON.stringify({ type: "snapshot", doc: docId, version: 0, value: board() }));
   socket.deliver(JSON.stringify({ type: "opened", doc: docId, version: 0 }));
   await handle.whenReady();
-  let seen = 0;
+  const state = { client, handle, socket, seen: 0 };
   handle.on("change", (event) => {
     if (event.origin !== "remote") return;
     for (const w of event.writes) {
       if (!w.startsWith("/shapes/s") || !w.endsWith("/x")) continue;
       const j = Number(w.slice(9, -2));
-      if (j === ME) continue;
-      if (typeof handle.get(w) === "number") seen++;
+      if (j === me) continue;
+      if (typeof handle.get(w) === "number") state.seen++;
     }
   });
-  // Our own move stays pending throughout, as it is most of the time in W1.
-  void handle
-    .transact((tx) => {
-      tx.set(`/shapes/s${ME}/x`, 1);
-      tx.set(`/shapes/s${ME}/y`, 1);
-    })
-    .catch(() => {});
+  for (let k = 1; k <= PENDING; k++) {
+    void handle
+      .transact((tx) => {
+        tx.set(`/shapes/s${me}/x`, k);
+        tx.set(`/shapes/s${me}/y`, k);
+      })
+      .catch(() => {});
+  }
+  return state;
+}
+
+async function run() {
+  sockets.length = 0;
+  const docId = `w1-${process.pid}-1`;
+  // Every receiver owns shape 0, which no frame moves.
+  const receivers = [];
+  for (let i = 0; i < RECEIVERS; i++) receivers.push(await receiver(docId, 0));
   // The frames, built before timing: what the server sends.
   const frames = [];
   let version = 0;
@@ -116,12 +134,14 @@ async function run() {
   }
   if (batch.length > 0) frames.push(`[${batch.join(",")}]`);
   const start = process.cpuUsage();
-  for (const frame of frames) socket.deliver(frame);
+  for (const frame of frames) for (const r of receivers) r.socket.deliver(frame);
   const used = process.cpuUsage(start);
-  if (seen !== version) throw new Error(`saw ${seen} of ${version} changes`);
-  if (handle.pendingCount !== 1) throw new Error("the own move should still be pending");
-  client.close();
-  return (used.user + used.system) / version;
+  for (const r of receivers) {
+    if (r.seen !== version) throw new Error(`saw ${r.seen} of ${version} changes`);
+    if (r.handle.pendingCount !== PENDING) throw new Error(`${PENDING} own moves should still be pending`);
+    r.client.close();
+  }
+  return (used.user + used.system) / (version * RECEIVERS);
 }
 
 const results = [];
@@ -132,5 +152,5 @@ for (let i = 0; i < RUNS + 1; i++) {
 results.sort((a, b) => a - b);
 const median = results[Math.floor(results.length / 2)];
 console.log(
-  `client receive: ${median.toFixed(2)} µs CPU per change (median of ${RUNS} runs of ${ROUNDS * (CLIENTS - 1)} changes; ${results.map((r) => r.toFixed(2)).join(" ")})`,
+  `client receive: ${median.toFixed(2)} µs CPU per change (median of ${RUNS} runs of ${ROUNDS * (CLIENTS - 1)} changes to each of ${RECEIVERS} clients, ${PENDING} pending; ${results.map((r) => r.toFixed(2)).join(" ")})`,
 );
