@@ -221,6 +221,12 @@ impl Metrics {
     /// Records that one session's queue holds `bytes`, raising the
     /// high-water mark if needed.
     pub fn observe_queue_bytes(&self, bytes: usize) {
+        // A plain load first: the mark rarely moves, and an unconditional
+        // read-modify-write would pull the line away from every other core
+        // on every push.
+        if bytes <= self.high_water.load(Ordering::Relaxed) {
+            return;
+        }
         let previous = self.high_water.fetch_max(bytes, Ordering::Relaxed);
         if bytes > previous {
             self.outbound_queue_high_water_bytes.set(saturating_i64(bytes));

@@ -237,28 +237,43 @@ impl Outbox {
     /// The next frame to write, without waiting. After a close frame was
     /// handed out, nothing more is.
     pub(crate) fn try_next(&self) -> Option<Outgoing> {
+        let mut one = Vec::with_capacity(1);
+        self.take_into(&mut one, 1);
+        one.pop()
+    }
+
+    /// Moves up to `max` items onto `out`, in the order they are to be
+    /// written, under one lock (the writer, on another core than the
+    /// producers, takes it once per write rather than once per frame);
+    /// returns how many. A close without draining comes first, then a due
+    /// ping, the queued frames, and a draining close after them.
+    pub(crate) fn take_into(&self, out: &mut Vec<Outgoing>, max: usize) -> usize {
         let mut state = self.lock();
-        if state.close_sent {
-            return None;
+        let mut taken = 0;
+        let mut bytes = 0;
+        while taken < max && !state.close_sent {
+            if let (Some((code, reason)), false) = (state.close, state.drain) {
+                state.close_sent = true;
+                out.push(Outgoing::Close { code, reason });
+            } else if std::mem::take(&mut state.ping_due) {
+                out.push(Outgoing::Ping);
+            } else if let Some(frame) = state.queue.pop_front() {
+                bytes += frame.len();
+                out.push(Outgoing::Text(frame));
+            } else if let Some((code, reason)) = state.close {
+                state.close_sent = true;
+                out.push(Outgoing::Close { code, reason });
+            } else {
+                break;
+            }
+            taken += 1;
         }
-        if let (Some((code, reason)), false) = (state.close, state.drain) {
-            state.close_sent = true;
-            return Some(Outgoing::Close { code, reason });
+        state.bytes -= bytes;
+        drop(state);
+        if bytes > 0 {
+            self.shared.metrics.outbound_queued_bytes.sub(saturating_i64(bytes));
         }
-        if std::mem::take(&mut state.ping_due) {
-            return Some(Outgoing::Ping);
-        }
-        if let Some(frame) = state.queue.pop_front() {
-            state.bytes -= frame.len();
-            drop(state);
-            self.shared.metrics.outbound_queued_bytes.sub(saturating_i64(frame.len()));
-            return Some(Outgoing::Text(frame));
-        }
-        if let Some((code, reason)) = state.close {
-            state.close_sent = true;
-            return Some(Outgoing::Close { code, reason });
-        }
-        None
+        taken
     }
 
     /// The next frame to write; `None` once the close frame was handed out.
@@ -336,5 +351,41 @@ mod tests {
         assert!(matches!(outbox.try_next(), Some(Outgoing::Text(t)) if t.as_str() == "a"));
         assert!(matches!(outbox.try_next(), Some(Outgoing::Close { code: 1001, .. })));
         assert!(outbox.try_next().is_none());
+    }
+
+    #[test]
+    fn take_into_hands_out_what_try_next_would_at_most_max_at_a_time() {
+        let (outbox, metrics) = outbox(10, 1_000);
+        for text in ["a", "bb", "ccc"] {
+            outbox.push(text.into()).unwrap();
+        }
+        outbox.ping();
+        outbox.close_after_drain(close_code::GOING_AWAY, "bye");
+        let mut out = Vec::new();
+        assert_eq!(outbox.take_into(&mut out, 3), 3);
+        assert!(
+            matches!(out.as_slice(), [Outgoing::Ping, Outgoing::Text(a), Outgoing::Text(b)] if a.as_str() == "a" && b.as_str() == "bb")
+        );
+        assert_eq!(outbox.queued(), (1, 3));
+        assert_eq!(metrics.outbound_queued_bytes.get(), 3, "the gauge follows what was taken");
+        out.clear();
+        assert_eq!(outbox.take_into(&mut out, 10), 2);
+        assert!(
+            matches!(out.as_slice(), [Outgoing::Text(c), Outgoing::Close { code: 1001, .. }] if c.as_str() == "ccc")
+        );
+        assert_eq!(metrics.outbound_queued_bytes.get(), 0);
+        assert_eq!(outbox.take_into(&mut out, 10), 0, "nothing after the close frame");
+        assert!(outbox.try_next().is_none());
+    }
+
+    #[test]
+    fn a_close_without_draining_goes_before_anything_else() {
+        let (outbox, _) = outbox(10, 1_000);
+        outbox.push("a".into()).unwrap();
+        outbox.ping();
+        outbox.close_now(close_code::GOING_AWAY, "now");
+        let mut out = Vec::new();
+        assert_eq!(outbox.take_into(&mut out, 10), 1);
+        assert!(matches!(out.as_slice(), [Outgoing::Close { code: 1001, .. }]));
     }
 }

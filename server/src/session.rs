@@ -468,6 +468,7 @@ struct WriterPolicy {
 async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox, policy: WriterPolicy) {
     let mut caught_up_at: Option<tokio::time::Instant> = None;
     let mut frames = Vec::new();
+    let mut taken = Vec::new();
     let mut batch_max = 1;
     while let Some(first) = outbox.next().await {
         // A session that was idle for the window (most, under fan-out to
@@ -481,45 +482,32 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox, pol
         }
         outbox.begin_write();
         let mut batch = FrameBatch::new(policy.frames);
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(outgoing) = next.take() {
-            taken += 1;
-            let last = match outgoing {
-                Outgoing::Text(text) => {
-                    batch.push(text, &mut frames);
-                    false
-                }
+        taken.push(first);
+        let count = 1 + outbox.take_into(&mut taken, batch_max - 1);
+        let mut closing = false;
+        for outgoing in taken.drain(..) {
+            match outgoing {
+                Outgoing::Text(text) => batch.push(text, &mut frames),
                 Outgoing::Ping => {
                     batch.finish(&mut frames);
                     frames.push(Message::Ping(Bytes::new()));
-                    false
                 }
                 Outgoing::Close { code, reason } => {
                     batch.finish(&mut frames);
                     let reason = reason.into();
                     frames.push(Message::Close(Some(CloseFrame { code, reason })));
-                    true
+                    closing = true;
                 }
-            };
-            if feed_all(&mut sink, &mut frames).await.is_err() {
-                return;
-            }
-            if last {
-                let _ = sink.flush().await;
-                return;
-            }
-            if taken < batch_max {
-                next = outbox.try_next();
             }
         }
         batch.finish(&mut frames);
-        if feed_all(&mut sink, &mut frames).await.is_err() || sink.flush().await.is_err() {
+        if feed_all(&mut sink, &mut frames).await.is_err() || sink.flush().await.is_err() || closing
+        {
             return;
         }
         // Caught up unless the batch stopped at its cap with more waiting
         // (the first message is always alone, so it leaves no backlog).
-        let backlog = taken == batch_max && batch_max > 1;
+        let backlog = count == batch_max && batch_max > 1;
         caught_up_at =
             (!backlog && !policy.coalesce_window.is_zero()).then(tokio::time::Instant::now);
         batch_max = WRITER_BATCH_MESSAGES_MAX;
