@@ -101,13 +101,8 @@ async function receiver(docId, me) {
   return state;
 }
 
-async function run() {
-  sockets.length = 0;
-  const docId = `w1-${process.pid}-1`;
-  // Every receiver owns shape 0, which no frame moves.
-  const receivers = [];
-  for (let i = 0; i < RECEIVERS; i++) receivers.push(await receiver(docId, 0));
-  // The frames, built before timing: what the server sends.
+/** The frames the server sends: every other client's moves, `PER_FRAME` changes to a frame. */
+function framesOf(docId) {
   const frames = [];
   let version = 0;
   let batch = [];
@@ -133,15 +128,28 @@ async function run() {
     }
   }
   if (batch.length > 0) frames.push(`[${batch.join(",")}]`);
+  return { frames, changes: version };
+}
+
+const DOC_ID = `w1-${process.pid}-1`;
+// Built once, before any timing.
+const { frames, changes } = framesOf(DOC_ID);
+
+async function run() {
+  sockets.length = 0;
+  const docId = DOC_ID;
+  // Every receiver owns shape 0, which no frame moves.
+  const receivers = [];
+  for (let i = 0; i < RECEIVERS; i++) receivers.push(await receiver(docId, 0));
   const start = process.cpuUsage();
   for (const frame of frames) for (const r of receivers) r.socket.deliver(frame);
   const used = process.cpuUsage(start);
   for (const r of receivers) {
-    if (r.seen !== version) throw new Error(`saw ${r.seen} of ${version} changes`);
+    if (r.seen !== changes) throw new Error(`saw ${r.seen} of ${changes} changes`);
     if (r.handle.pendingCount !== PENDING) throw new Error(`${PENDING} own moves should still be pending`);
     r.client.close();
   }
-  return (used.user + used.system) / (version * RECEIVERS);
+  return (used.user + used.system) / (changes * RECEIVERS);
 }
 
 const results = [];

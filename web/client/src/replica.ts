@@ -328,7 +328,7 @@ export class Replica {
       this.#version = change.version;
       return { writes: done.writes, committed: change.tx_id, viewUnchanged: true };
     }
-    if (own < 0) {
+    if (own < 0 && this.#pending.length > 0) {
       const applied = this.#applyOverPending(change.patch);
       if (applied !== undefined) {
         this.#version = change.version;
