@@ -208,7 +208,14 @@ export function parsePatch(raw: unknown): Patch {
 export function applyPatch(doc: DocBox, docSizeBytes: number, patch: readonly PatchOp[], limits: Limits): Applied {
   const run = new Run(doc, docSizeBytes, limits);
   for (let opIndex = 0; opIndex < patch.length; opIndex++) {
-    const error = run.op(patch[opIndex] as PatchOp);
+    let error: PatchOpError | undefined;
+    try {
+      error = run.op(patch[opIndex] as PatchOp);
+    } catch (thrown) {
+      // Not an op at all (a bad pointer, a missing field): nothing stays applied either.
+      undoAll(doc, run.applied.undoLog);
+      throw thrown;
+    }
     if (error !== undefined) {
       undoAll(doc, run.applied.undoLog);
       throw new PatchError(opIndex, error);

@@ -329,7 +329,15 @@ export class Replica {
       return { writes: done.writes, committed: change.tx_id, viewUnchanged: true };
     }
     if (own < 0 && this.#pending.length > 0) {
-      const applied = this.#applyOverPending(change.patch);
+      let applied: Applied | undefined;
+      try {
+        applied = this.#applyOverPending(change.patch);
+      } catch {
+        // A malformed change (a bad pointer, an op that is not one): the
+        // checks throw before anything is applied, and the rebase below
+        // reports the change as diverged, as for any change that fails.
+        applied = undefined;
+      }
       if (applied !== undefined) {
         this.#version = change.version;
         return { writes: applied.writes };

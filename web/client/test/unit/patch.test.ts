@@ -9,11 +9,13 @@ import {
   applyPatch,
   DEFAULT_LIMITS,
   encodedSizeEstimate,
+  InvalidPointer,
   parsePatch,
   PatchError,
   type Json,
   type Limits,
   type Patch,
+  type PatchOp,
 } from "../../src/index.js";
 import { repoPath } from "../support/paths.js";
 
@@ -250,3 +252,13 @@ function strictJsonEqual(a: Json, b: Json): boolean {
   const bo = b as Record<string, Json>;
   return ak.length === Object.keys(bo).length && ak.every((k) => Object.prototype.hasOwnProperty.call(bo, k) && strictJsonEqual((a as Record<string, Json>)[k] as Json, bo[k] as Json));
 }
+
+test("an op that is not one (a bad pointer) throws with nothing applied", () => {
+  const doc = { value: { a: 1, b: 2 } as Json };
+  const patch = [
+    { op: "replace", path: "/a", value: 9 },
+    { op: "replace", path: "b", value: 9 },
+  ] as PatchOp[];
+  assert.throws(() => applyPatch(doc, 0, patch, DEFAULT_LIMITS), InvalidPointer);
+  assert.deepEqual(doc.value, { a: 1, b: 2 });
+});

@@ -263,3 +263,16 @@ test("a remote change that leaves no room for a pending write hides it, as a reb
   assert.deepEqual(r.view, { shapes: { s0: { x: 0 }, s1: { x: 12345 } } }, "the change is in, the label is not");
   assert.ok(r.isPending("mine") && !r.isVisible("mine"));
 });
+
+test("a malformed remote change over pending writes is divergence, with the view untouched", () => {
+  const r = new Replica("d", { shapes: { s0: { x: 0 }, s1: { x: 0 } } }, 0);
+  assert.equal(r.run("mine", (tx) => tx.set("/shapes/s0/x", 5)).kind, "submit");
+  const before = structuredClone(r.view);
+  const malformed = [
+    { op: "replace", path: "/shapes/s1/x", value: 1 },
+    { op: "replace", path: "shapes/s1/y", value: 1 },
+  ] as PatchOp[];
+  assert.throws(() => r.applyChange({ doc: "d", version: 1, tx_id: "o1", patch: malformed }), /does not apply/);
+  assert.deepEqual(r.view, before);
+  assert.equal(r.version, 0);
+});
