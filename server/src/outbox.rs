@@ -237,38 +237,31 @@ impl Outbox {
     /// The next frame to write, without waiting. After a close frame was
     /// handed out, nothing more is.
     pub(crate) fn try_next(&self) -> Option<Outgoing> {
-        let mut one = Vec::with_capacity(1);
-        self.take_into(&mut one, 1);
-        one.pop()
+        let mut state = self.lock();
+        let next = pop(&mut state);
+        drop(state);
+        if let Some(Outgoing::Text(frame)) = &next {
+            self.shared.metrics.outbound_queued_bytes.sub(saturating_i64(frame.len()));
+        }
+        next
     }
 
     /// Moves up to `max` items onto `out`, in the order they are to be
     /// written, under one lock (the writer, on another core than the
     /// producers, takes it once per write rather than once per frame);
-    /// returns how many. A close without draining comes first, then a due
-    /// ping, the queued frames, and a draining close after them.
+    /// returns how many.
     pub(crate) fn take_into(&self, out: &mut Vec<Outgoing>, max: usize) -> usize {
         let mut state = self.lock();
-        let mut taken = 0;
         let mut bytes = 0;
-        while taken < max && !state.close_sent {
-            if let (Some((code, reason)), false) = (state.close, state.drain) {
-                state.close_sent = true;
-                out.push(Outgoing::Close { code, reason });
-            } else if std::mem::take(&mut state.ping_due) {
-                out.push(Outgoing::Ping);
-            } else if let Some(frame) = state.queue.pop_front() {
+        let mut taken = 0;
+        while taken < max {
+            let Some(next) = pop(&mut state) else { break };
+            if let Outgoing::Text(frame) = &next {
                 bytes += frame.len();
-                out.push(Outgoing::Text(frame));
-            } else if let Some((code, reason)) = state.close {
-                state.close_sent = true;
-                out.push(Outgoing::Close { code, reason });
-            } else {
-                break;
             }
+            out.push(next);
             taken += 1;
         }
-        state.bytes -= bytes;
         drop(state);
         if bytes > 0 {
             self.shared.metrics.outbound_queued_bytes.sub(saturating_i64(bytes));
@@ -295,6 +288,30 @@ impl Outbox {
         let state = self.lock();
         (state.queue.len(), state.bytes)
     }
+}
+
+/// Takes the next item to write from `state`: a close without draining
+/// first, then a due ping, the queued frames, and a draining close after
+/// them; nothing once the close frame was taken. The global queued-bytes
+/// gauge is the caller's to update, once per lock.
+fn pop(state: &mut State) -> Option<Outgoing> {
+    if state.close_sent {
+        return None;
+    }
+    if let (Some((code, reason)), false) = (state.close, state.drain) {
+        state.close_sent = true;
+        return Some(Outgoing::Close { code, reason });
+    }
+    if std::mem::take(&mut state.ping_due) {
+        return Some(Outgoing::Ping);
+    }
+    if let Some(frame) = state.queue.pop_front() {
+        state.bytes -= frame.len();
+        return Some(Outgoing::Text(frame));
+    }
+    let (code, reason) = state.close?;
+    state.close_sent = true;
+    Some(Outgoing::Close { code, reason })
 }
 
 impl Drop for Shared {

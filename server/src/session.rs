@@ -467,6 +467,7 @@ struct WriterPolicy {
 /// wait.
 async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox, policy: WriterPolicy) {
     let mut caught_up_at: Option<tokio::time::Instant> = None;
+    let mut batch = FrameBatch::new(policy.frames);
     let mut frames = Vec::new();
     let mut taken = Vec::new();
     let mut batch_max = 1;
@@ -481,7 +482,6 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox, pol
             }
         }
         outbox.begin_write();
-        let mut batch = FrameBatch::new(policy.frames);
         taken.push(first);
         let count = 1 + outbox.take_into(&mut taken, batch_max - 1);
         let mut closing = false;
@@ -501,8 +501,12 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox, pol
             }
         }
         batch.finish(&mut frames);
-        if feed_all(&mut sink, &mut frames).await.is_err() || sink.flush().await.is_err() || closing
-        {
+        for frame in frames.drain(..) {
+            if sink.feed(frame).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() || closing {
             return;
         }
         // Caught up unless the batch stopped at its cap with more waiting
@@ -512,17 +516,6 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox, pol
             (!backlog && !policy.coalesce_window.is_zero()).then(tokio::time::Instant::now);
         batch_max = WRITER_BATCH_MESSAGES_MAX;
     }
-}
-
-/// Hands `frames` to the socket, without flushing, leaving `frames` empty.
-async fn feed_all(
-    sink: &mut SplitSink<WebSocket, Message>,
-    frames: &mut Vec<Message>,
-) -> Result<(), axum::Error> {
-    for frame in frames.drain(..) {
-        sink.feed(frame).await?;
-    }
-    Ok(())
 }
 
 /// Text messages on their way into frames: each its own frame, or, for a
@@ -555,14 +548,13 @@ impl FrameBatch {
 
     /// Pushes onto `out` the frame of whatever is gathered.
     fn finish(&mut self, out: &mut Vec<Message>) {
-        self.bytes = 0;
+        let bytes = std::mem::take(&mut self.bytes);
         match self.texts.len() {
             0 => {}
             1 => out.extend(self.texts.pop().map(Message::Text)),
             _ => {
-                let mut joined = String::with_capacity(
-                    self.texts.iter().map(|text| text.len() + 1).sum::<usize>() + 1,
-                );
+                // `bytes` counts a separator per message: the commas and `[`; one more for `]`.
+                let mut joined = String::with_capacity(bytes + 1);
                 for text in self.texts.drain(..) {
                     joined.push(if joined.is_empty() { '[' } else { ',' });
                     joined.push_str(text.as_str());

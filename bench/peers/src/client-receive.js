@@ -2,8 +2,8 @@
 // kernel or server in the way: 32 clients in one process, as in the load
 // generator, each on a scripted socket, holding a board of 32 shapes, are
 // handed the other 31 clients' moves as batched frames, frame by frame in
-// turn, and read each moved shape in their `change` listener, as the W1
-// adapter does. Prints the median CPU time per delivered change over several
+// turn, and read each moved shape with the W1 adapter's own `change`
+// listener. Prints the median CPU time per delivered change over several
 // runs.
 //
 //   node src/client-receive.js [--client DIR] [--rounds N] [--runs R] [--receivers C] [--pending N]
@@ -19,6 +19,8 @@
 import { parseArgs } from "node:util";
 import { pathToFileURL } from "node:url";
 import { resolve } from "node:path";
+
+import { followMoves } from "./adapters/concord.js";
 
 const { values } = parseArgs({
   options: {
@@ -81,14 +83,8 @@ async function receiver(docId, me) {
   socket.deliver(JSON.stringify({ type: "opened", doc: docId, version: 0 }));
   await handle.whenReady();
   const state = { client, handle, socket, seen: 0 };
-  handle.on("change", (event) => {
-    if (event.origin !== "remote") return;
-    for (const w of event.writes) {
-      if (!w.startsWith("/shapes/s") || !w.endsWith("/x")) continue;
-      const j = Number(w.slice(9, -2));
-      if (j === me) continue;
-      if (typeof handle.get(w) === "number") state.seen++;
-    }
+  followMoves(handle, me, (_j, x) => {
+    if (typeof x === "number") state.seen++;
   });
   for (let k = 1; k <= PENDING; k++) {
     void handle

@@ -72,11 +72,27 @@ fn coalescing_over(window: Duration) -> Config {
     Config { writer_coalesce_window: window, ..Config::default() }
 }
 
+/// A session connected with `/ws?batch=<batch>`; `connect_url` asserts that
+/// its first frame is `welcome`, alone.
+async fn connect_with_batch(server: &RunningServer, batch: &str) -> Client {
+    Client::connect_url(&format!("{}?batch={batch}", server.ws_url())).await
+}
+
+/// A server coalescing over `window`, with a batching session and a plain
+/// one both on document `d`.
+async fn batching_and_plain_on_d(window: Duration) -> (RunningServer, Client, Client) {
+    let server = start(coalescing_over(window)).await;
+    let mut batching = connect_with_batch(&server, "1").await;
+    open(&mut batching, "d").await;
+    let mut plain = Client::connect(&server).await;
+    open(&mut plain, "d").await;
+    (server, batching, plain)
+}
+
 #[tokio::test]
 async fn a_batching_session_gets_changes_that_queue_together_as_one_array_frame_in_order() {
     let server = start(coalescing_over(Duration::from_secs(1))).await;
-    // `connect_url` asserts that the first frame is `welcome`, alone.
-    let mut reader = Client::connect_url(&format!("{}?batch=1", server.ws_url())).await;
+    let mut reader = connect_with_batch(&server, "1").await;
     open(&mut reader, "d").await;
     commit_five(&server).await;
     let (versions, sizes, any_array) = changes(&mut reader, 5).await;
@@ -90,7 +106,7 @@ async fn a_batching_session_gets_changes_that_queue_together_as_one_array_frame_
 async fn a_session_that_did_not_ask_gets_one_message_per_frame() {
     let server = start(coalescing_over(Duration::from_secs(1))).await;
     let mut plain = Client::connect(&server).await;
-    let mut batch_0 = Client::connect_url(&format!("{}?batch=0", server.ws_url())).await;
+    let mut batch_0 = connect_with_batch(&server, "0").await;
     open(&mut plain, "d").await;
     open(&mut batch_0, "d").await;
     commit_five(&server).await;
@@ -106,11 +122,7 @@ async fn a_reply_ends_the_coalescing_wait_and_takes_what_queued_before_it() {
     // A window far longer than the wait below: a held change can only come
     // early if the reply that follows it ends the wait.
     let window = Duration::from_secs(10);
-    let server = start(coalescing_over(window)).await;
-    let mut reader = Client::connect_url(&format!("{}?batch=1", server.ws_url())).await;
-    open(&mut reader, "d").await;
-    let mut writer = Client::connect(&server).await;
-    open(&mut writer, "d").await;
+    let (_server, mut reader, mut writer) = batching_and_plain_on_d(window).await;
     let write = json!([{"op": "add", "path": "/by_writer", "value": 1}]);
     writer.commit("d", "w1", 0, json!([]), write).await;
     writer.expect("committed").await;
@@ -129,11 +141,7 @@ async fn a_reply_ends_the_coalescing_wait_and_takes_what_queued_before_it() {
 #[tokio::test]
 async fn a_session_just_rejected_on_a_document_gets_its_changes_without_the_wait() {
     let window = Duration::from_secs(10);
-    let server = start(coalescing_over(window)).await;
-    let mut contender = Client::connect_url(&format!("{}?batch=1", server.ws_url())).await;
-    open(&mut contender, "d").await;
-    let mut winner = Client::connect(&server).await;
-    open(&mut winner, "d").await;
+    let (_server, mut contender, mut winner) = batching_and_plain_on_d(window).await;
     let bump = |value: u64| json!([{"op": "add", "path": "/n", "value": value}]);
     winner.commit("d", "w1", 0, json!(["/n"]), bump(1)).await;
     winner.expect("committed").await;

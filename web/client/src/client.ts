@@ -918,7 +918,7 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
     } else if (txId !== undefined && this.#replica?.isPending(txId)) {
       // The server refused the message itself (malformed, too large, ...):
       // re-sending cannot help, so the transaction fails with the error.
-      const { writes } = this.#drop(txId);
+      const writes = this.#replica.reject(txId)?.writes ?? [];
       this.#settle(txId, { kind: "abandoned", error });
       this.#changed("rollback", writes);
     }
@@ -984,7 +984,7 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
       }
       case "rejected": {
         if (!this.#replica) return;
-        const { writes, dropped } = this.#drop(message.tx_id, message.rejection);
+        const rejected = this.#replica.reject(message.tx_id, message.rejection);
         const rejection = message.rejection;
         if (rejection.reason === "outcome_unknown" && (this.#sends.get(message.tx_id) ?? 0) > 1) {
           // Sent before: that send may have committed with its
@@ -997,7 +997,7 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
           const retryable = isRetryable(rejection) || rejection.reason === "outcome_unknown";
           this.#settle(message.tx_id, { kind: "rejected", rejection, retryable });
         }
-        if (dropped) this.#changed("rollback", writes);
+        if (rejected) this.#changed("rollback", rejected.writes);
         return;
       }
       case "presence": {
@@ -1043,7 +1043,7 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
       if (tx.base > replica.version) {
         // The server no longer holds the history this transaction was based
         // on (it restarted without its data): re-run it on what it holds now.
-        const { writes } = this.#drop(tx.tx_id);
+        const writes = replica.reject(tx.tx_id)?.writes ?? [];
         this.#settle(tx.tx_id, {
           kind: "rejected",
           rejection: { reason: "base_ahead", base: tx.base, current: replica.version },
@@ -1074,18 +1074,6 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
   /** The locations a change may have changed in the view: its writes, and the pending writes if it rebased them. */
   #viewWrites(effect: ChangeEffect): Pointer[] {
     return effect.rebased ? [...effect.writes, ...effect.rebased] : effect.writes;
-  }
-
-  /**
-   * Drops pending transaction `txId` from the replica; returns it and the
-   * locations the view may have changed at: every pending write before and
-   * after (the others are rebased, which may show, hide or move them).
-   */
-  #drop(txId: string, rejection?: Rejection): { dropped: Transaction | undefined; writes: Pointer[] } {
-    const replica = this.#replica as Replica;
-    const before = replica.pendingWrites();
-    const dropped = replica.onRejected(txId, rejection);
-    return { dropped, writes: [...before, ...replica.pendingWrites()] };
   }
 
   /** After any change to the view or the pending set: notify listeners and wake waiting runs. */

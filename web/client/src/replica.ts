@@ -394,12 +394,20 @@ export class Replica {
    * caller can re-run its function (for a conflict, the changes that caused
    * it have already been applied). `undefined` when it is not pending.
    */
-  onRejected(txId: string, _rejection?: Rejection): Transaction | undefined {
+  onRejected(txId: string, rejection?: Rejection): Transaction | undefined {
+    return this.reject(txId, rejection)?.tx;
+  }
+
+  /**
+   * `onRejected`, also returning where the view may have changed: the
+   * pending writes before and after (the others are rebased, which may show,
+   * hide or move them). (TypeScript only: for the client's change events.)
+   */
+  reject(txId: string, _rejection?: Rejection): { tx: Transaction; writes: Pointer[] } | undefined {
     const index = this.#pending.findIndex((p) => p.tx.tx_id === txId);
     if (index < 0) return undefined;
-    const dropped = this.#pending[index] as Pending;
-    this.#drop(index);
-    return dropped.tx;
+    const { tx } = this.#pending[index] as Pending;
+    return { tx, writes: this.#drop(index) };
   }
 
   /**

@@ -65,8 +65,12 @@ export async function seedBoard(url, docId, n) {
   client.close();
 }
 
-export async function openBoard(url, docId, me, onRemote) {
-  const { client, handle, meter } = await session(url, docId);
+/**
+ * Calls `onRemote(j, x)` for every other client's move that reaches
+ * `handle`: each remote change to `/shapes/s<j>/x` with `j` not `me`, with
+ * the value now there. (Also used by src/client-receive.js.)
+ */
+export function followMoves(handle, me, onRemote) {
   handle.on("change", (event) => {
     if (event.origin !== "remote") return;
     for (const w of event.writes) {
@@ -77,6 +81,11 @@ export async function openBoard(url, docId, me, onRemote) {
       onRemote(j, handle.get(w));
     }
   });
+}
+
+export async function openBoard(url, docId, me, onRemote) {
+  const { client, handle, meter } = await session(url, docId);
+  followMoves(handle, me, onRemote);
   const x = `/shapes/s${me}/x`;
   const y = `/shapes/s${me}/y`;
   return {
