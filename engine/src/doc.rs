@@ -5,11 +5,15 @@
 //! finding one member among 10,000 compares the key with about 25 others,
 //! each a separate heap string, so nearly every comparison is a cache miss.
 //! That descent was half the misses of a commit (docs/benchmarks.md, "Second
-//! round"). [`Doc`] keeps members in a hash map whose keys are stored inline
-//! when short (up to 24 bytes) next to their values, so a lookup is one hash,
-//! one probe of the control bytes and one bucket, at any object size. (An
-//! `IndexMap` adds an index array between the two: one more dependent cache
-//! miss per level, docs/benchmarks.md "Fifth round".)
+//! round"). [`Doc`] keeps a small object's members (up to eight) in the
+//! object's own allocation, after its stamps, and finds one by comparing keys
+//! in order: one pointer from the parent to the member, with the keys on
+//! adjacent cache lines. A larger object keeps them in a hash map whose keys
+//! are stored inline when short (up to 24 bytes) next to their values, so a
+//! lookup is one hash, one probe of the control bytes and one bucket, at any
+//! object size. (An `IndexMap` adds an index array between the two: one more
+//! dependent cache miss per level, docs/benchmarks.md "Fifth round"; a small
+//! object in a hash map pays the table's two, "Seventh round".)
 //!
 //! Only the server's store holds a `Doc`; replicas and everything on the wire
 //! stay `serde_json::Value`. Both implement [`JsonTree`], so `patch::apply`,
@@ -126,9 +130,6 @@ impl JsonTree for Value {
     }
 }
 
-/// An object's members in a `Doc`: hashed, keys inline up to 24 bytes.
-type DocMembers = HashMap<CompactString, Doc, RandomState>;
-
 /// A JSON document as the store holds it. See the module docs for why it is
 /// not a `serde_json::Value`; convert with `Doc::from(&value)` and
 /// [`Doc::to_value`].
@@ -158,7 +159,7 @@ enum DocNode {
     /// niche of `CompactString`) and a `Doc`, with its stamp, 32: an object
     /// member's bucket (key, value) is then 56 bytes, within a cache line.
     Array(Box<DocArray>),
-    Object(Box<DocObject>),
+    Object(DocObject),
 }
 
 /// An array's elements and its stamps.
@@ -168,11 +169,127 @@ struct DocArray {
     stamps: Stamps,
 }
 
-/// An object's members and its stamps.
-#[derive(Debug, Clone, Default)]
-pub struct DocObject {
-    members: DocMembers,
+/// Most members an object keeps in its own allocation; one more moves them
+/// all to a hash map.
+const INLINE_MEMBERS_MAX: usize = 8;
+
+/// An object member: its key (inline up to 24 bytes) and its value.
+type Member = (CompactString, Doc);
+
+type HashedMembers = HashMap<CompactString, Doc, RandomState>;
+
+/// An object's stamps and members, in one allocation. A small object keeps
+/// its members in `inline`, right after the header, searched in order: the
+/// parent's pointer leads straight to them, where a hash map's members are
+/// two dependent loads further on (its table's control bytes, then the
+/// bucket), each a cache miss on a large document (docs/benchmarks.md,
+/// "Seventh round"). Past `INLINE_MEMBERS_MAX` members, they move to
+/// `hashed`, and stay there. At most one of the two holds members.
+#[derive(Debug)]
+struct ObjectOf<M: ?Sized> {
     stamps: Stamps,
+    hashed: HashedMembers,
+    inline: M,
+}
+
+/// An object node: a box sized to its inline members (a fat pointer, whose
+/// length is their count). Adding or removing an inline member builds a new
+/// box, moving the members over: at most `INLINE_MEMBERS_MAX` of them.
+#[derive(Debug)]
+pub struct DocObject(Box<ObjectOf<[Member]>>);
+
+impl Default for DocObject {
+    fn default() -> Self {
+        DocObject::build(Stamps::default(), HashedMembers::default(), Vec::new())
+    }
+}
+
+impl Clone for DocObject {
+    fn clone(&self) -> Self {
+        let object = &self.0;
+        DocObject::build(object.stamps.clone(), object.hashed.clone(), object.inline.to_vec())
+    }
+}
+
+impl DocObject {
+    /// An object of these parts; more than `INLINE_MEMBERS_MAX` inline
+    /// members go to the hash map.
+    fn build(stamps: Stamps, hashed: HashedMembers, inline: Vec<Member>) -> Self {
+        DocObject(match inline.len() {
+            0 => Self::boxed::<0>(stamps, hashed, inline),
+            1 => Self::boxed::<1>(stamps, hashed, inline),
+            2 => Self::boxed::<2>(stamps, hashed, inline),
+            3 => Self::boxed::<3>(stamps, hashed, inline),
+            4 => Self::boxed::<4>(stamps, hashed, inline),
+            5 => Self::boxed::<5>(stamps, hashed, inline),
+            6 => Self::boxed::<6>(stamps, hashed, inline),
+            7 => Self::boxed::<7>(stamps, hashed, inline),
+            8 => Self::boxed::<8>(stamps, hashed, inline),
+            _ => Self::all_hashed(stamps, hashed, inline),
+        })
+    }
+
+    fn boxed<const N: usize>(
+        stamps: Stamps,
+        hashed: HashedMembers,
+        inline: Vec<Member>,
+    ) -> Box<ObjectOf<[Member]>> {
+        match <[Member; N]>::try_from(inline) {
+            Ok(inline) => Box::new(ObjectOf { stamps, hashed, inline }),
+            // `build` matched the length; a mismatch still loses nothing.
+            Err(inline) => Self::all_hashed(stamps, hashed, inline),
+        }
+    }
+
+    fn all_hashed(
+        stamps: Stamps,
+        mut hashed: HashedMembers,
+        inline: Vec<Member>,
+    ) -> Box<ObjectOf<[Member]>> {
+        hashed.extend(inline);
+        Box::new(ObjectOf { stamps, hashed, inline: [] })
+    }
+
+    /// Moves the parts out, leaving an empty object behind.
+    fn take_parts(&mut self) -> (Stamps, HashedMembers, Vec<Member>) {
+        let object = &mut *self.0;
+        let mut inline = Vec::with_capacity(object.inline.len() + 1);
+        inline.extend(object.inline.iter_mut().map(std::mem::take));
+        (std::mem::take(&mut object.stamps), std::mem::take(&mut object.hashed), inline)
+    }
+
+    fn stamps(&self) -> &Stamps {
+        &self.0.stamps
+    }
+
+    fn stamps_mut(&mut self) -> &mut Stamps {
+        &mut self.0.stamps
+    }
+
+    fn member(&self, key: &str) -> Option<&Doc> {
+        let object = &*self.0;
+        if object.hashed.is_empty() {
+            object.inline.iter().find(|(k, _)| k.as_str() == key).map(|(_, value)| value)
+        } else {
+            object.hashed.get(key)
+        }
+    }
+
+    /// The member `key` and, either way, the object's stamps.
+    fn member_mut(&mut self, key: &str) -> (Option<&mut Doc>, &mut Stamps) {
+        let object = &mut *self.0;
+        let member = if object.hashed.is_empty() {
+            object.inline.iter_mut().find(|(k, _)| k.as_str() == key).map(|(_, value)| value)
+        } else {
+            object.hashed.get_mut(key)
+        };
+        (member, &mut object.stamps)
+    }
+
+    fn members(&self) -> impl Iterator<Item = (&CompactString, &Doc)> {
+        let object = &*self.0;
+        object.inline.iter().map(|(key, value)| (key, value)).chain(object.hashed.iter())
+    }
 }
 
 impl PartialEq for Doc {
@@ -189,7 +306,8 @@ impl PartialEq for DocArray {
 
 impl PartialEq for DocObject {
     fn eq(&self, other: &Self) -> bool {
-        self.members == other.members
+        Members::len(self) == Members::len(other)
+            && self.members().all(|(key, value)| other.member(key) == Some(value))
     }
 }
 
@@ -235,7 +353,7 @@ impl Doc {
 
     /// `{}`.
     pub fn empty_object() -> Self {
-        Doc::new(DocNode::Object(Box::default()))
+        Doc::new(DocNode::Object(DocObject::default()))
     }
 
     /// The same document as a `serde_json::Value`; costs a copy of it.
@@ -248,8 +366,7 @@ impl Doc {
             DocNode::Array(array) => Value::Array(array.items.iter().map(Doc::to_value).collect()),
             DocNode::Object(object) => Value::Object(
                 object
-                    .members
-                    .iter()
+                    .members()
                     .map(|(key, value)| (key.as_str().to_owned(), value.to_value()))
                     .collect(),
             ),
@@ -259,7 +376,7 @@ impl Doc {
     /// The member `key` of an object.
     pub fn get(&self, key: &str) -> Option<&Doc> {
         match &self.node {
-            DocNode::Object(object) => object.members.get(key),
+            DocNode::Object(object) => object.member(key),
             _ => None,
         }
     }
@@ -294,7 +411,7 @@ impl Doc {
     pub(crate) fn stamps(&self) -> Option<&Stamps> {
         match &self.node {
             DocNode::Array(array) => Some(&array.stamps),
-            DocNode::Object(object) => Some(&object.stamps),
+            DocNode::Object(object) => Some(object.stamps()),
             _ => None,
         }
     }
@@ -302,7 +419,7 @@ impl Doc {
     pub(crate) fn stamps_mut(&mut self) -> Option<&mut Stamps> {
         match &mut self.node {
             DocNode::Array(array) => Some(&mut array.stamps),
-            DocNode::Object(object) => Some(&mut object.stamps),
+            DocNode::Object(object) => Some(object.stamps_mut()),
             _ => None,
         }
     }
@@ -318,7 +435,7 @@ impl Doc {
     pub(crate) fn child(&self, token: &str) -> Result<&Doc, Version> {
         match &self.node {
             DocNode::Object(object) => {
-                object.members.get(token).ok_or_else(|| object.stamps.removed_at(token))
+                object.member(token).ok_or_else(|| object.stamps().removed_at(token))
             }
             DocNode::Array(array) => parse_array_index(token)
                 .and_then(|index| array.items.get(index))
@@ -331,7 +448,7 @@ impl Doc {
     /// this container; `None` for a scalar.
     pub(crate) fn child_mut(&mut self, token: &str) -> Option<(Option<&mut Doc>, &mut Stamps)> {
         match &mut self.node {
-            DocNode::Object(object) => Some((object.members.get_mut(token), &mut object.stamps)),
+            DocNode::Object(object) => Some(object.member_mut(token)),
             DocNode::Array(array) => {
                 let child = parse_array_index(token).and_then(|index| array.items.get_mut(index));
                 Some((child, &mut array.stamps))
@@ -353,14 +470,19 @@ impl From<&Value> for Doc {
                 stamps: Stamps::default(),
             })),
             Value::Object(members) => {
-                let mut map =
-                    DocMembers::with_capacity_and_hasher(members.len(), RandomState::default());
-                map.extend(
-                    members
-                        .iter()
-                        .map(|(key, value)| (CompactString::from(key.as_str()), Doc::from(value))),
-                );
-                DocNode::Object(Box::new(DocObject { members: map, stamps: Stamps::default() }))
+                let members = members
+                    .iter()
+                    .map(|(key, value)| (CompactString::from(key.as_str()), Doc::from(value)));
+                DocNode::Object(if members.len() <= INLINE_MEMBERS_MAX {
+                    DocObject::build(Stamps::default(), HashedMembers::default(), members.collect())
+                } else {
+                    let mut hashed = HashedMembers::with_capacity_and_hasher(
+                        members.len(),
+                        RandomState::default(),
+                    );
+                    hashed.extend(members);
+                    DocObject::build(Stamps::default(), hashed, Vec::new())
+                })
             }
         })
     }
@@ -374,22 +496,38 @@ impl From<Value> for Doc {
 
 impl Members<Doc> for DocObject {
     fn len(&self) -> usize {
-        self.members.len()
+        self.0.inline.len() + self.0.hashed.len()
     }
     fn get(&self, key: &str) -> Option<&Doc> {
-        self.members.get(key)
+        self.member(key)
     }
     fn get_mut(&mut self, key: &str) -> Option<&mut Doc> {
-        self.members.get_mut(key)
+        self.member_mut(key).0
     }
     fn insert(&mut self, key: &str, value: Doc) -> Option<Doc> {
-        self.members.insert(CompactString::from(key), value)
+        if !self.0.hashed.is_empty() {
+            return self.0.hashed.insert(CompactString::from(key), value);
+        }
+        if let Some(slot) = self.member_mut(key).0 {
+            return Some(std::mem::replace(slot, value));
+        }
+        let (stamps, hashed, mut inline) = self.take_parts();
+        inline.push((CompactString::from(key), value));
+        *self = DocObject::build(stamps, hashed, inline);
+        None
     }
     fn remove(&mut self, key: &str) -> Option<Doc> {
-        self.members.remove(key)
+        if !self.0.hashed.is_empty() {
+            return self.0.hashed.remove(key);
+        }
+        let index = self.0.inline.iter().position(|(k, _)| k.as_str() == key)?;
+        let (stamps, hashed, mut inline) = self.take_parts();
+        let (_, removed) = inline.swap_remove(index);
+        *self = DocObject::build(stamps, hashed, inline);
+        Some(removed)
     }
     fn iter(&self) -> impl Iterator<Item = (&str, &Doc)> {
-        self.members.iter().map(|(key, value)| (key.as_str(), value))
+        self.members().map(|(key, value)| (key.as_str(), value))
     }
 }
 
@@ -403,14 +541,14 @@ impl JsonTree for Doc {
             DocNode::Number(n) => Node::Number(n),
             DocNode::String(s) => Node::String(s),
             DocNode::Array(array) => Node::Array(&array.items),
-            DocNode::Object(object) => Node::Object(object.as_ref()),
+            DocNode::Object(object) => Node::Object(object),
         }
     }
 
     fn node_mut(&mut self) -> NodeMut<'_, Self> {
         match &mut self.node {
             DocNode::Array(array) => NodeMut::Array(&mut array.items),
-            DocNode::Object(object) => NodeMut::Object(object.as_mut()),
+            DocNode::Object(object) => NodeMut::Object(object),
             _ => NodeMut::Scalar,
         }
     }
@@ -439,8 +577,8 @@ impl Serialize for Doc {
                 seq.end()
             }
             DocNode::Object(object) => {
-                let mut map = serializer.serialize_map(Some(object.members.len()))?;
-                for (key, value) in object.members.iter() {
+                let mut map = serializer.serialize_map(Some(Members::len(object)))?;
+                for (key, value) in object.members() {
                     map.serialize_entry(key.as_str(), value)?;
                 }
                 map.end()
@@ -459,8 +597,11 @@ mod tests {
     fn a_doc_is_32_bytes_with_its_stamp_so_a_member_fits_a_cache_line() {
         assert_eq!(std::mem::size_of::<Doc>(), 32);
         assert_eq!(std::mem::size_of::<(u64, CompactString, Doc)>(), 64);
-        // A member's bucket in the object's hash map: key and value.
+        // A member (inline, or a bucket in a large object's hash map): key and value.
         assert_eq!(std::mem::size_of::<(CompactString, Doc)>(), 56);
+        // An object's header; its inline members follow in the same allocation.
+        assert_eq!(std::mem::size_of::<ObjectOf<[Member; 0]>>(), 56);
+        assert_eq!(std::mem::size_of::<ObjectOf<[Member; 5]>>(), 56 + 5 * 56);
     }
 
     #[test]
@@ -478,5 +619,83 @@ mod tests {
         let NodeMut::Object(members) = doc.node_mut() else { panic!("an object") };
         assert_eq!(Members::remove(members, "a"), Some(Doc::from_number(1.into())));
         assert_eq!(doc.to_value(), json!({"b": 2, "c": 3}));
+    }
+
+    /// One step of `an_object_behaves_as_a_map_inline_and_hashed`.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Insert(u8, i64),
+        Remove(u8),
+        Rebuild,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        // Twelve keys: enough to cross INLINE_MEMBERS_MAX both ways.
+        prop_oneof![
+            4 => (0..12u8, any::<i64>()).prop_map(|(key, value)| Step::Insert(key, value)),
+            3 => (0..12u8).prop_map(Step::Remove),
+            1 => Just(Step::Rebuild),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Inserts and removals across the inline limit, both ways, against
+        /// a `serde_json::Map`: every lookup, the count, the conversion and
+        /// equality agree, whichever representation the object is in.
+        #[test]
+        fn an_object_behaves_as_a_map_inline_and_hashed(
+            steps in proptest::collection::vec(step(), 1..80),
+        ) {
+            let mut doc = Doc::empty_object();
+            let mut model = Map::new();
+            for step in steps {
+                let NodeMut::Object(members) = doc.node_mut() else { panic!("an object") };
+                match step {
+                    Step::Insert(key, value) => {
+                        let key = format!("k{key}");
+                        let old = Members::insert(members, &key, Doc::from_number(value.into()));
+                        let model_old = model.insert(key, Value::from(value));
+                        proptest::prop_assert_eq!(old.map(|d| d.to_value()), model_old);
+                    }
+                    Step::Remove(key) => {
+                        let key = format!("k{key}");
+                        let removed = Members::remove(members, &key);
+                        proptest::prop_assert_eq!(removed.map(|d| d.to_value()), model.remove(&key));
+                    }
+                    // The same members built afresh (inline when few): equal to
+                    // the object however it got them.
+                    Step::Rebuild => {
+                        let rebuilt = Doc::from(&Value::Object(model.clone()));
+                        proptest::prop_assert!(rebuilt == doc);
+                        proptest::prop_assert!(doc.clone() == doc);
+                    }
+                }
+                proptest::prop_assert_eq!(doc.to_value(), Value::Object(model.clone()));
+                let NodeMut::Object(members) = doc.node_mut() else { panic!("an object") };
+                proptest::prop_assert_eq!(Members::len(members), model.len());
+                for key in 0..12u8 {
+                    let key = format!("k{key}");
+                    let found = Members::get(members, &key).map(Doc::to_value);
+                    proptest::prop_assert_eq!(found.as_ref(), model.get(&key));
+                    let found_mut = Members::get_mut(members, &key).map(|d| d.to_value());
+                    proptest::prop_assert_eq!(found_mut.as_ref(), model.get(&key));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_stamps_stay_with_an_object_as_it_changes_representation() {
+        let mut doc = Doc::empty_object();
+        doc.stamps_mut().map(|stamps| stamps.remember_removed("gone", Version(7))).unwrap();
+        for i in 0..=INLINE_MEMBERS_MAX {
+            let NodeMut::Object(members) = doc.node_mut() else { panic!("an object") };
+            Members::insert(members, &format!("k{i}"), Doc::from_number(i.into()));
+            assert_eq!(doc.child("gone").err(), Some(Version(7)), "after {} members", i + 1);
+        }
+        let NodeMut::Object(members) = doc.node_mut() else { panic!("an object") };
+        Members::remove(members, "k0");
+        assert_eq!(doc.child("gone").err(), Some(Version(7)));
     }
 }
