@@ -173,6 +173,9 @@ struct DocArray {
 /// all to a hash map.
 const INLINE_MEMBERS_MAX: usize = 8;
 
+/// A hashed object that shrinks to this many members moves them back inline.
+const INLINE_MEMBERS_BACK_MAX: usize = INLINE_MEMBERS_MAX / 2;
+
 /// An object member: its key (inline up to 24 bytes) and its value.
 type Member = (CompactString, Doc);
 
@@ -184,7 +187,8 @@ type HashedMembers = HashMap<CompactString, Doc, RandomState>;
 /// two dependent loads further on (its table's control bytes, then the
 /// bucket), each a cache miss on a large document (docs/benchmarks.md,
 /// "Seventh round"). Past `INLINE_MEMBERS_MAX` members, they move to
-/// `hashed`, and stay there. At most one of the two holds members.
+/// `hashed`, and come back when they are down to half that. At most one of
+/// the two holds members.
 #[derive(Debug)]
 struct ObjectOf<M: ?Sized> {
     stamps: Stamps,
@@ -518,7 +522,16 @@ impl Members<Doc> for DocObject {
     }
     fn remove(&mut self, key: &str) -> Option<Doc> {
         if !self.0.hashed.is_empty() {
-            return self.0.hashed.remove(key);
+            let removed = self.0.hashed.remove(key);
+            if self.0.hashed.len() <= INLINE_MEMBERS_BACK_MAX {
+                // Back inline, with the table's memory; at half the limit,
+                // so that an object at the limit does not move at every
+                // insert and removal.
+                let (stamps, hashed, mut inline) = self.take_parts();
+                inline.extend(hashed);
+                *self = DocObject::build(stamps, HashedMembers::default(), inline);
+            }
+            return removed;
         }
         let index = self.0.inline.iter().position(|(k, _)| k.as_str() == key)?;
         let (stamps, hashed, mut inline) = self.take_parts();
@@ -694,8 +707,14 @@ mod tests {
             Members::insert(members, &format!("k{i}"), Doc::from_number(i.into()));
             assert_eq!(doc.child("gone").err(), Some(Version(7)), "after {} members", i + 1);
         }
-        let NodeMut::Object(members) = doc.node_mut() else { panic!("an object") };
-        Members::remove(members, "k0");
-        assert_eq!(doc.child("gone").err(), Some(Version(7)));
+        // Down to half the limit: back inline.
+        for i in 0..=INLINE_MEMBERS_MAX - INLINE_MEMBERS_BACK_MAX {
+            let NodeMut::Object(members) = doc.node_mut() else { panic!("an object") };
+            Members::remove(members, &format!("k{i}"));
+            assert_eq!(doc.child("gone").err(), Some(Version(7)), "after removing {}", i + 1);
+        }
+        let DocNode::Object(object) = &doc.node else { panic!("an object") };
+        assert!(object.0.hashed.is_empty(), "back inline");
+        assert_eq!(object.0.inline.len(), INLINE_MEMBERS_BACK_MAX);
     }
 }
