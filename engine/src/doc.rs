@@ -477,16 +477,12 @@ impl From<&Value> for Doc {
                 let members = members
                     .iter()
                     .map(|(key, value)| (CompactString::from(key.as_str()), Doc::from(value)));
-                DocNode::Object(if members.len() <= INLINE_MEMBERS_MAX {
-                    DocObject::build(Stamps::default(), HashedMembers::default(), members.collect())
-                } else {
-                    let mut hashed = HashedMembers::with_capacity_and_hasher(
-                        members.len(),
-                        RandomState::default(),
-                    );
-                    hashed.extend(members);
-                    DocObject::build(Stamps::default(), hashed, Vec::new())
-                })
+                // `build` puts more than `INLINE_MEMBERS_MAX` in the hash map.
+                DocNode::Object(DocObject::build(
+                    Stamps::default(),
+                    HashedMembers::default(),
+                    members.collect(),
+                ))
             }
         })
     }
