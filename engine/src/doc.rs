@@ -189,11 +189,30 @@ type HashedMembers = HashMap<CompactString, Doc, RandomState>;
 /// "Seventh round"). Past `INLINE_MEMBERS_MAX` members, they move to
 /// `hashed`, and come back when they are down to half that. At most one of
 /// the two holds members.
+///
+/// A search of the inline members reads `fingerprints` first, one byte
+/// per member in the header, and compares only the keys whose fingerprint
+/// matches: it touches the header and the member found, not every member
+/// before it (a shape's `x` is its fourth, after `color`, `h` and `w`),
+/// and calls `memcmp` about once (docs/benchmarks.md, "Eighth round").
 #[derive(Debug)]
 struct ObjectOf<M: ?Sized> {
     stamps: Stamps,
     hashed: HashedMembers,
+    /// `fingerprint` of each inline member's key, in order; the rest 0.
+    fingerprints: [u8; INLINE_MEMBERS_MAX],
     inline: M,
+}
+
+/// A byte that two different keys are unlikely to share: their length,
+/// first and last bytes mixed. Equal keys always share it.
+fn fingerprint(key: &str) -> u8 {
+    match key.as_bytes() {
+        [] => 0,
+        [first, .., last] | [first @ last] => {
+            (key.len() as u8) ^ first.wrapping_mul(3) ^ last.rotate_left(3)
+        }
+    }
 }
 
 /// An object node: a box sized to its inline members (a fat pointer, whose
@@ -239,7 +258,13 @@ impl DocObject {
         inline: Vec<Member>,
     ) -> Box<ObjectOf<[Member]>> {
         match <[Member; N]>::try_from(inline) {
-            Ok(inline) => Box::new(ObjectOf { stamps, hashed, inline }),
+            Ok(inline) => {
+                let mut fingerprints = [0; INLINE_MEMBERS_MAX];
+                for (fingerprint_of, (key, _)) in fingerprints.iter_mut().zip(&inline) {
+                    *fingerprint_of = fingerprint(key);
+                }
+                Box::new(ObjectOf { stamps, hashed, fingerprints, inline })
+            }
             // `build` matched the length; a mismatch still loses nothing.
             Err(inline) => Self::all_hashed(stamps, hashed, inline),
         }
@@ -251,7 +276,7 @@ impl DocObject {
         inline: Vec<Member>,
     ) -> Box<ObjectOf<[Member]>> {
         hashed.extend(inline);
-        Box::new(ObjectOf { stamps, hashed, inline: [] })
+        Box::new(ObjectOf { stamps, hashed, fingerprints: [0; INLINE_MEMBERS_MAX], inline: [] })
     }
 
     /// Moves the parts out, leaving an empty object behind.
@@ -270,22 +295,32 @@ impl DocObject {
         &mut self.0.stamps
     }
 
-    fn member(&self, key: &str) -> Option<&Doc> {
+    /// Where the inline member `key` is.
+    fn inline_position(&self, key: &str) -> Option<usize> {
         let object = &*self.0;
-        if object.hashed.is_empty() {
-            object.inline.iter().find(|(k, _)| k.as_str() == key).map(|(_, value)| value)
+        let wanted = fingerprint(key);
+        // The key's load is skipped unless its fingerprint matches.
+        (object.fingerprints.iter().zip(&object.inline))
+            .position(|(&found, (k, _))| found == wanted && k.as_str() == key)
+    }
+
+    fn member(&self, key: &str) -> Option<&Doc> {
+        if self.0.hashed.is_empty() {
+            let index = self.inline_position(key)?;
+            self.0.inline.get(index).map(|(_, value)| value)
         } else {
-            object.hashed.get(key)
+            self.0.hashed.get(key)
         }
     }
 
     /// The member `key` and, either way, the object's stamps.
     fn member_mut(&mut self, key: &str) -> (Option<&mut Doc>, &mut Stamps) {
+        let index = if self.0.hashed.is_empty() { self.inline_position(key) } else { None };
         let object = &mut *self.0;
-        let member = if object.hashed.is_empty() {
-            object.inline.iter_mut().find(|(k, _)| k.as_str() == key).map(|(_, value)| value)
-        } else {
-            object.hashed.get_mut(key)
+        let member = match index {
+            Some(index) => object.inline.get_mut(index).map(|(_, value)| value),
+            None if object.hashed.is_empty() => None,
+            None => object.hashed.get_mut(key),
         };
         (member, &mut object.stamps)
     }
@@ -529,7 +564,7 @@ impl Members<Doc> for DocObject {
             }
             return removed;
         }
-        let index = self.0.inline.iter().position(|(k, _)| k.as_str() == key)?;
+        let index = self.inline_position(key)?;
         let (stamps, hashed, mut inline) = self.take_parts();
         let (_, removed) = inline.swap_remove(index);
         *self = DocObject::build(stamps, hashed, inline);
@@ -609,8 +644,8 @@ mod tests {
         // A member (inline, or a bucket in a large object's hash map): key and value.
         assert_eq!(std::mem::size_of::<(CompactString, Doc)>(), 56);
         // An object's header; its inline members follow in the same allocation.
-        assert_eq!(std::mem::size_of::<ObjectOf<[Member; 0]>>(), 56);
-        assert_eq!(std::mem::size_of::<ObjectOf<[Member; 5]>>(), 56 + 5 * 56);
+        assert_eq!(std::mem::size_of::<ObjectOf<[Member; 0]>>(), 64);
+        assert_eq!(std::mem::size_of::<ObjectOf<[Member; 5]>>(), 64 + 5 * 56);
     }
 
     #[test]
@@ -648,6 +683,23 @@ mod tests {
         ]
     }
 
+    /// The proptest's keys: odd ones share a fingerprint (same length,
+    /// first and last byte) with each other, even ones do not, so that
+    /// searches must compare keys past a matching fingerprint.
+    fn key_name(key: u8) -> String {
+        if key.is_multiple_of(2) {
+            format!("k{key}")
+        } else {
+            format!("k{key}z")
+        }
+    }
+
+    #[test]
+    fn the_proptests_odd_keys_share_a_fingerprint() {
+        assert_eq!(fingerprint(&key_name(1)), fingerprint(&key_name(9)));
+        assert_ne!(fingerprint(&key_name(0)), fingerprint(&key_name(2)));
+    }
+
     proptest::proptest! {
         /// Inserts and removals across the inline limit, both ways, against
         /// a `serde_json::Map`: every lookup, the count, the conversion and
@@ -662,13 +714,13 @@ mod tests {
                 let NodeMut::Object(members) = doc.node_mut() else { panic!("an object") };
                 match step {
                     Step::Insert(key, value) => {
-                        let key = format!("k{key}");
+                        let key = key_name(key);
                         let old = Members::insert(members, &key, Doc::from_number(value.into()));
                         let model_old = model.insert(key, Value::from(value));
                         proptest::prop_assert_eq!(old.map(|d| d.to_value()), model_old);
                     }
                     Step::Remove(key) => {
-                        let key = format!("k{key}");
+                        let key = key_name(key);
                         let removed = Members::remove(members, &key);
                         proptest::prop_assert_eq!(removed.map(|d| d.to_value()), model.remove(&key));
                     }
@@ -684,7 +736,7 @@ mod tests {
                 let NodeMut::Object(members) = doc.node_mut() else { panic!("an object") };
                 proptest::prop_assert_eq!(Members::len(members), model.len());
                 for key in 0..12u8 {
-                    let key = format!("k{key}");
+                    let key = key_name(key);
                     let found = Members::get(members, &key).map(Doc::to_value);
                     proptest::prop_assert_eq!(found.as_ref(), model.get(&key));
                     let found_mut = Members::get_mut(members, &key).map(|d| d.to_value());
