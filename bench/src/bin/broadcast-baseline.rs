@@ -40,7 +40,7 @@ struct Cli {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
     /// As `concord serve --writer-coalesce-window-us` (same default).
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 4_000)]
     writer_coalesce_window_us: u64,
 }
 
