@@ -182,7 +182,7 @@ type Member = (CompactString, Doc);
 type HashedMembers = HashMap<CompactString, Doc, RandomState>;
 
 /// An object's stamps and members, in one allocation. A small object keeps
-/// its members in `inline`, right after the header, searched in order: the
+/// its members in `inline`, right after the header (found as below): the
 /// parent's pointer leads straight to them, where a hash map's members are
 /// two dependent loads further on (its table's control bytes, then the
 /// bucket), each a cache miss on a large document (docs/benchmarks.md,
@@ -683,8 +683,8 @@ mod tests {
         ]
     }
 
-    /// The proptest's keys: odd ones share a fingerprint (same length,
-    /// first and last byte) with each other, even ones do not, so that
+    /// The proptest's keys: the odd ones below ten share a fingerprint
+    /// (same length, first and last byte), the even ones do not, so that
     /// searches must compare keys past a matching fingerprint.
     fn key_name(key: u8) -> String {
         if key.is_multiple_of(2) {
