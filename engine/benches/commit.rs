@@ -23,6 +23,11 @@ use concord_engine::{
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use serde_json::{json, Map, Value};
 
+/// The allocator the `concord` binary runs on (docs/benchmarks.md, "Ninth
+/// round").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Shapes in the ordinary document of (a) and (d).
 const SHAPES: usize = 10_000;
 /// Shapes in the large document of (b): 5 members each, 1,000,000 keys.

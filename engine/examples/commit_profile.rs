@@ -32,6 +32,10 @@ use serde_json::{json, Map, Value};
 const STRIDE: usize = 7_919;
 const BATCH: usize = 64;
 
+/// The allocator the `concord` binary runs on.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).map_or(default, |raw| raw.parse().expect("a number"))
 }

@@ -255,6 +255,12 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// mimalloc, not glibc's malloc: a commit's allocations and frees cost less,
+/// and the store's allocations sit closer together, so a commit misses the
+/// cache less (docs/benchmarks.md, "Ninth round").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
