@@ -6,9 +6,9 @@
 //! each a separate heap string, so nearly every comparison is a cache miss.
 //! That descent was half the misses of a commit (docs/benchmarks.md, "Second
 //! round"). [`Doc`] keeps a small object's members (up to eight) in the
-//! object's own allocation, after its stamps, and finds one by comparing keys
-//! in order: one pointer from the parent to the member, with the keys on
-//! adjacent cache lines. A larger object keeps them in a hash map whose keys
+//! object's own allocation, after its stamps, and finds one through a byte of
+//! each key kept in the object's header: one pointer from the parent to the
+//! header, then the member. A larger object keeps them in a hash map whose keys
 //! are stored inline when short (up to 24 bytes) next to their values, so a
 //! lookup is one hash, one probe of the control bytes and one bucket, at any
 //! object size. (An `IndexMap` adds an index array between the two: one more
@@ -215,6 +215,16 @@ fn fingerprint(key: &str) -> u8 {
     }
 }
 
+impl ObjectOf<[Member]> {
+    /// Where the inline member `key` is.
+    fn inline_position(&self, key: &str) -> Option<usize> {
+        let wanted = fingerprint(key);
+        // The key's load is skipped unless its fingerprint matches.
+        (self.fingerprints.iter().zip(&self.inline))
+            .position(|(&found, (k, _))| found == wanted && k.as_str() == key)
+    }
+}
+
 /// An object node: a box sized to its inline members (a fat pointer, whose
 /// length is their count). Adding or removing an inline member builds a new
 /// box, moving the members over: at most `INLINE_MEMBERS_MAX` of them.
@@ -295,32 +305,24 @@ impl DocObject {
         &mut self.0.stamps
     }
 
-    /// Where the inline member `key` is.
-    fn inline_position(&self, key: &str) -> Option<usize> {
-        let object = &*self.0;
-        let wanted = fingerprint(key);
-        // The key's load is skipped unless its fingerprint matches.
-        (object.fingerprints.iter().zip(&object.inline))
-            .position(|(&found, (k, _))| found == wanted && k.as_str() == key)
-    }
-
     fn member(&self, key: &str) -> Option<&Doc> {
-        if self.0.hashed.is_empty() {
-            let index = self.inline_position(key)?;
-            self.0.inline.get(index).map(|(_, value)| value)
+        let object = &*self.0;
+        if object.hashed.is_empty() {
+            let index = object.inline_position(key)?;
+            object.inline.get(index).map(|(_, value)| value)
         } else {
-            self.0.hashed.get(key)
+            object.hashed.get(key)
         }
     }
 
     /// The member `key` and, either way, the object's stamps.
     fn member_mut(&mut self, key: &str) -> (Option<&mut Doc>, &mut Stamps) {
-        let index = if self.0.hashed.is_empty() { self.inline_position(key) } else { None };
         let object = &mut *self.0;
-        let member = match index {
-            Some(index) => object.inline.get_mut(index).map(|(_, value)| value),
-            None if object.hashed.is_empty() => None,
-            None => object.hashed.get_mut(key),
+        let member = if object.hashed.is_empty() {
+            let index = object.inline_position(key);
+            index.and_then(|index| object.inline.get_mut(index)).map(|(_, value)| value)
+        } else {
+            object.hashed.get_mut(key)
         };
         (member, &mut object.stamps)
     }
@@ -564,7 +566,7 @@ impl Members<Doc> for DocObject {
             }
             return removed;
         }
-        let index = self.inline_position(key)?;
+        let index = self.0.inline_position(key)?;
         let (stamps, hashed, mut inline) = self.take_parts();
         let (_, removed) = inline.swap_remove(index);
         *self = DocObject::build(stamps, hashed, inline);

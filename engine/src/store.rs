@@ -760,14 +760,12 @@ mod tests {
         }
         // Versions 1 to COMMIT_AUTHORS_KEPT_MAX + 1 are committed: the
         // authors of all but the first are kept.
-        let writer_of = |store: &mut Store, read: &str, id: &str| match store.commit(tx(
-            id,
-            0,
-            &[read],
-            add("/d"),
-        )) {
-            Commit::Rejected(Rejection::Conflict { conflicts, .. }) => conflicts[0].tx_id.clone(),
-            other => panic!("a read of {read} at 0 conflicts, got {other:?}"),
+        let writer_of = |store: &mut Store, read: &str, id: &str| {
+            let commit = store.commit(tx(id, 0, &[read], add("/d")));
+            let Commit::Rejected(Rejection::Conflict { conflicts, .. }) = commit else {
+                panic!("a read of {read} at 0 conflicts, got {commit:?}")
+            };
+            conflicts[0].tx_id.clone()
         };
         assert_eq!(writer_of(&mut store, "/c", "r1").as_ref().map(TxId::as_str), Some("wrote-c"));
         assert_eq!(writer_of(&mut store, "/a", "r2"), None);
