@@ -6,7 +6,7 @@
 # <!-- peers:begin --> and <!-- peers:end --> of docs/benchmarks.md plus
 # docs/img/peers-*.svg.
 #
-#   bench/peers/run.sh                  # the full run (about 8 minutes on 2 cores)
+#   bench/peers/run.sh                  # the full run (about 12 minutes on 2 cores)
 #   bench/peers/run.sh --smoke          # correctness only: tiny C and K, one repetition, docs untouched
 #   bench/peers/run.sh --reps 3 --clients 16 --ops 400   # any option of src/main.js
 #

@@ -4,9 +4,10 @@
 //   node src/main.js [--smoke] [--reps N] [--clients C] [--ops K]
 //                    [--shapes N] [--joins J] [--systems concord,sharedb,yjs]
 //                    [--workloads w1,w2a,w2b,w3] [--counter-ops K] [--no-warmup] [--timeout-s S]
-//                    [--out results/run.json]
+//                    [--threads T] [--out results/run.json]
 //
-// Defaults: 32 clients, 200 moves, 100 increments, 5 joins, 5 repetitions.
+// Defaults: 32 clients, 1,000 moves, 100 increments, 5 joins, 5 repetitions,
+// W1's clients spread over one thread per core.
 // --smoke: 4 clients, 20 ops, one repetition, no warm-up; checks correctness
 // and exits non-zero on any failure. Every run checks the same things and
 // exits non-zero if any check failed (after writing its results).
@@ -20,7 +21,7 @@ import { parseArgs } from "node:util";
 import * as concord from "./adapters/concord.js";
 import * as sharedb from "./adapters/sharedb.js";
 import * as yjs from "./adapters/yjs.js";
-import { w1, w2, w3 } from "./workloads.js";
+import { W1Threads, w1, w2, w3 } from "./workloads.js";
 
 const ADAPTERS = { concord, sharedb, yjs };
 
@@ -38,17 +39,19 @@ const { values: opt } = parseArgs({
     "no-warmup": { type: "boolean", default: false },
     out: { type: "string" },
     "timeout-s": { type: "string", default: "120" },
+    threads: { type: "string", default: String(os.availableParallelism()) },
   },
 });
 
 const smoke = opt.smoke;
 const params = {
   clients: Number(opt.clients ?? (smoke ? 4 : 32)),
-  ops: Number(opt.ops ?? (smoke ? 20 : 200)),
+  ops: Number(opt.ops ?? (smoke ? 20 : 1000)),
   counterOps: Number(opt["counter-ops"] ?? opt.ops ?? (smoke ? 20 : 100)),
   shapes: Number(opt.shapes),
   joins: Number(opt.joins ?? (smoke ? 1 : 5)),
   reps: Number(opt.reps ?? (smoke ? 1 : 5)),
+  threads: Number(opt.threads),
   warmup: !smoke && !opt["no-warmup"],
   timeoutMs: Number(opt["timeout-s"]) * 1000,
 };
@@ -73,6 +76,7 @@ async function runSystem(adapter, rep) {
     result.loadavgEnd = os.loadavg();
     return result;
   }
+  const threads = new W1Threads(params.threads);
   const run = async (label, fn) => {
     try {
       const r = await fn();
@@ -90,13 +94,13 @@ async function runSystem(adapter, rep) {
       // allocator warm-up for every system alike. Not recorded.
       const warm = { ...params, ops: Math.max(5, Math.round(params.ops / 5)) };
       await run("warm-up", async () => {
-        await w1(adapter, server, warm);
+        await w1(adapter, server, warm, threads);
         await w2(adapter, server, { ...warm, ops: Math.max(5, Math.round(params.counterOps / 5)) }, "add");
         await w3(adapter, server, { ...params, joins: 1 });
         return {};
       });
     }
-    if (workloads.has("w1")) result.w1 = await run("W1", () => w1(adapter, server, params));
+    if (workloads.has("w1")) result.w1 = await run("W1", () => w1(adapter, server, params, threads));
     if (result.w1) log(`${adapter.name} W1  C=${params.clients} K=${params.ops}: ${fmt(result.w1.opsPerSec, 0)} ops/s, ack p50/p99 ${fmt(result.w1.ackP50, 2)}/${fmt(result.w1.ackP99, 2)} ms, fan-out p50/p99 ${fmt(result.w1.fanP50, 2)}/${fmt(result.w1.fanP99, 2)} ms, server ${fmt(result.w1.serverCpuPerOpUs, 1)} µs CPU/op`);
     const counter = { ...params, ops: params.counterOps };
     if (workloads.has("w2a")) result.w2a = await run("W2a", () => w2(adapter, server, counter, "add"));
@@ -108,9 +112,12 @@ async function runSystem(adapter, rep) {
   } finally {
     result.loadavgEnd = os.loadavg();
     result.diagnostics = adapter.diagnostics();
+    // W1's clients ran in worker threads, each with its own adapter module.
+    for (const [code, n] of Object.entries(result.w1?.serverErrors ?? {})) result.diagnostics[code] = (result.diagnostics[code] ?? 0) + n;
     result.serverAlive = server.alive;
     if (!server.alive) result.errors.push(`server exited during the run; stderr:\n${server.log()}`);
     await server.stop();
+    await threads.close();
   }
   return result;
 }

@@ -157,7 +157,7 @@ L(`Machine: ${mach.cpus} cores, ${mach.cpuModel}, ${mach.memGiB.toFixed(0)} GiB 
   `Load average (1, 5, 15 min) at the start ${la(mach.loadavgStart)}, at the end ${la(mach.loadavgEnd)}; ` +
   `the machine was shared with other builds, so treat absolute figures with care: the ratios come from the same run, systems interleaved.`);
 if (run.versions) L(`Versions: ${Object.entries(run.versions).map(([k, v]) => `${k} ${v}`).join(", ")}.`);
-L(`Parameters: W1 ${C} clients × ${K} moves; W2 ${C} clients × ${KC} increments; W3 ${run.params.shapes.toLocaleString("en-US")} shapes, ${run.params.joins} joins per repetition; ` +
+L(`Parameters: W1 ${C} clients × ${K} moves over ${run.params.threads ?? 1} load-generator thread${(run.params.threads ?? 1) === 1 ? "" : "s"}; W2 ${C} clients × ${KC} increments; W3 ${run.params.shapes.toLocaleString("en-US")} shapes, ${run.params.joins} joins per repetition; ` +
   `${run.params.reps} repetitions${run.params.warmup ? ", each on a fresh server after an unrecorded warm-up at a fifth of the work" : ""}. Figures are medians over repetitions ` +
   `(W3: of each repetition's median join). Whole run: ${f(run.wallSeconds)} s.`);
 L();
@@ -176,9 +176,10 @@ for (const s of systems) {
   L(row([NAMES[s], f(x.w1Ops), f(x.w1AckP50), f(x.w1AckP99), f(x.w1FanP50), f(x.w1FanP99), f(x.w1Cpu), f(x.w1Kernel), f(x.w1Lg), f(x.w1Total), f(x.w1Rss)]));
 }
 L();
-L(`The load generator runs all ${C} clients of a system in one Node process on the same two cores as the server, and every move is delivered to ${C - 1} other clients, ` +
-  `so the client library's CPU per move counts as much as the server's. The two processes run in parallel: on an otherwise idle machine moves/s is capped by the busier one ` +
-  `(about 10⁶ ÷ the larger of the two µs/move columns; Concord's cap is its own client, ShareDB's its server), and when other work takes the cores, by their sum.`);
+L(`The load generator runs all ${C} clients of a system in one Node process, spread over ${run.params.threads ?? 1} worker thread${(run.params.threads ?? 1) === 1 ? "" : "s"}, ` +
+  `on the same ${mach.cpus} cores as the server, and every move is delivered to ${C - 1} other clients, so the client library's CPU per move counts as much as the server's. ` +
+  `Moves/s is capped by the cores: at most about ${mach.cpus} × 10⁶ ÷ the "both" column, and for ShareDB and Yjs, whose servers run their JavaScript on one thread, ` +
+  `at most about 10⁶ ÷ their server CPU per move.`);
 L();
 L(`![W1 throughput](img/peers-w1-throughput.svg) ![W1 latency](img/peers-w1-latency.svg) ![W1 server CPU](img/peers-w1-cpu.svg)`);
 L();

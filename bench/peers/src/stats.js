@@ -1,5 +1,7 @@
 // Small statistics helpers: percentiles over raw samples, medians over runs.
 
+import { performance } from "node:perf_hooks";
+
 /** The p-th percentile (0–100) of `samples` by nearest rank; NaN when empty. */
 export function percentile(samples, p) {
   if (samples.length === 0) return NaN;
@@ -38,3 +40,12 @@ export class Samples {
     return percentile(this.values(), pct);
   }
 }
+
+/**
+ * Milliseconds on the process-wide monotonic clock: the same in every worker
+ * thread, unlike `performance.now()`, which counts from each thread's start.
+ */
+export const clockMs = (() => {
+  const offset = Number(process.hrtime.bigint()) / 1e6 - performance.now();
+  return () => performance.now() + offset;
+})();

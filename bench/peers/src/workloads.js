@@ -6,8 +6,10 @@
 // client) with a deadline; nothing sleeps to synchronise.
 
 import { performance } from "node:perf_hooks";
+import { Worker } from "node:worker_threads";
 
-import { Samples } from "./stats.js";
+import { inbox } from "./inbox.js";
+import { clockMs, Samples } from "./stats.js";
 
 let docSeq = 0;
 const uniqueDoc = (prefix) => `${prefix}-${process.pid}-${++docSeq}`;
@@ -39,92 +41,116 @@ function lgCpu(start) {
 }
 
 /**
+ * The worker threads W1's clients run in (src/w1-worker.js), the same for
+ * every system: one Node thread taking in every client's changes would cap
+ * the fastest server at what that thread can read. Kept for a system's whole
+ * repetition, so that the warm-up warms their JIT.
+ */
+export class W1Threads {
+  #count;
+  #workers = [];
+  constructor(count) {
+    this.#count = Math.max(1, count);
+    this.#spawn();
+  }
+  get count() {
+    return this.#count;
+  }
+  #spawn() {
+    this.#workers = Array.from({ length: this.#count }, (_, t) => {
+      const worker = new Worker(new URL("./w1-worker.js", import.meta.url));
+      return { worker, next: inbox(worker, (message) => new CheckFailed(`thread ${t}: ${message}`)) };
+    });
+  }
+  /** Posts `messages[t]` to thread t (one message to all if not an array) and waits for every reply. */
+  exchange(messages, ms, what) {
+    const replies = this.#workers.map(({ worker, next }, t) => {
+      worker.postMessage(Array.isArray(messages) ? messages[t] : messages);
+      return next();
+    });
+    return deadline(Promise.all(replies), ms, what);
+  }
+  /** Replaces every thread: after a failure a thread may be mid-job. */
+  async reset() {
+    await this.close();
+    this.#spawn();
+  }
+  async close() {
+    await Promise.all(this.#workers.map(({ worker }) => worker.terminate()));
+  }
+}
+
+/**
  * W1 whiteboard: C clients, each moves its own shape K times in a closed loop
  * (the next move once the server acknowledged the previous one). Every other
- * client must see every move, in order.
+ * client must see every move, in order. The clients are spread over
+ * `threads` (a `W1Threads`).
  */
-export async function w1(adapter, server, { clients: C, ops: K, timeoutMs }) {
+export async function w1(adapter, server, { clients: C, ops: K, timeoutMs }, threads) {
   const doc = uniqueDoc("w1");
   await adapter.seedBoard(server.url, doc, C);
-  const sendTimes = Array.from({ length: C }, () => new Float64Array(K + 1));
-  const ack = new Samples();
-  const fan = new Samples();
-  const last = Array.from({ length: C }, () => new Int32Array(C));
-  let outOfOrder = 0;
-  let remaining = C * (C - 1) * K;
-  let allSeen;
-  const seen = new Promise((resolve) => (allSeen = resolve));
-  if (remaining === 0) allSeen();
-  const boards = await openAll(C, (i) =>
-    adapter.openBoard(server.url, doc, i, (j, seq) => {
-      const now = performance.now();
-      const prev = last[i][j];
-      if (typeof seq !== "number" || seq <= prev || seq > K) {
-        outOfOrder++;
-        return;
-      }
-      if (seq !== prev + 1) outOfOrder++; // a move this client never saw on its own
-      last[i][j] = seq;
-      fan.push(now - sendTimes[j][seq]);
-      remaining -= seq - prev;
-      if (remaining === 0) allSeen();
-    }),
-  );
-  const split0 = server.cpuSplit();
-  const cpu0 = split0.user + split0.system;
-  const lg0 = process.cpuUsage();
-  const t0 = performance.now();
-  await deadline(
-    Promise.all(
-      boards.map(async (board, i) => {
-        const times = sendTimes[i];
-        for (let k = 1; k <= K; k++) {
-          const t = performance.now();
-          times[k] = t;
-          await board.move(k);
-          ack.push(performance.now() - t);
+  const T = threads.count;
+  // Thread t holds clients t, t + T, t + 2T, …
+  const mine = Array.from({ length: T }, (_, t) => Array.from({ length: C }, (_, i) => i).filter((i) => i % T === t));
+  try {
+    const jobs = mine.map((m) => ({ adapterId: adapter.id, url: server.url, doc, clients: C, ops: K, mine: m, timeoutMs }));
+    await threads.exchange(jobs, timeoutMs, `W1 ${adapter.name}: clients did not all open`);
+    const split0 = server.cpuSplit();
+    const cpu0 = split0.user + split0.system;
+    const lg0 = process.cpuUsage(); // the whole process: every thread
+    const t0 = clockMs();
+    const done = await threads.exchange("go", timeoutMs + 10_000, `W1 ${adapter.name}: threads did not finish`);
+    const split1 = server.cpuSplit();
+    const cpu1 = split1.user + split1.system;
+    const mem = server.memory();
+    const loadgenCpu = lgCpu(lg0);
+    const tAcked = Math.max(...done.map((d) => d.ackedAt));
+    const t1 = Math.max(...done.map((d) => d.seenAt));
+    // Fan-out: each arrival paired with its move's send time, whichever thread sent it.
+    const stride = K + 1;
+    const sendOf = new Array(C);
+    done.forEach((d, t) => mine[t].forEach((i, li) => (sendOf[i] = d.sendTimes.subarray(li * stride, (li + 1) * stride))));
+    const ack = new Samples();
+    const fan = new Samples();
+    const errors = [];
+    const serverErrors = {};
+    done.forEach((d, t) => {
+      for (const v of d.acks) ack.push(v);
+      for (let li = 0; li < mine[t].length; li++) {
+        for (let j = 0; j < C; j++) {
+          const base = (li * C + j) * stride;
+          for (let seq = 1; seq <= K; seq++) {
+            const at = d.recvTimes[base + seq];
+            if (!Number.isNaN(at)) fan.push(at - sendOf[j][seq]);
+          }
         }
-      }),
-    ),
-    timeoutMs,
-    `W1 ${adapter.name}: moves not all acknowledged`,
-  );
-  const tAcked = performance.now();
-  await deadline(seen, timeoutMs, `W1 ${adapter.name}: not every client saw every move (${remaining} missing)`);
-  const t1 = performance.now();
-  const split1 = server.cpuSplit();
-  const cpu1 = split1.user + split1.system;
-  const mem = server.memory();
-  const loadgenCpu = lgCpu(lg0);
-  const errors = [];
-  if (outOfOrder > 0) errors.push(`${outOfOrder} moves seen out of order or skipped`);
-  for (let i = 0; i < C && errors.length < 5; i++) {
-    for (let j = 0; j < C; j++) {
-      const v = boards[i].seqOf(j);
-      if (v !== K) {
-        errors.push(`client ${i} holds shape ${j} at ${v}, expected ${K}`);
-        break;
       }
-    }
+      errors.push(...d.errors);
+      for (const [code, n] of Object.entries(d.serverErrors)) serverErrors[code] = (serverErrors[code] ?? 0) + n;
+    });
+    const rate = throughput(C, K, t0, t1);
+    const { ops } = rate;
+    return {
+      ...rate,
+      threads: T,
+      ackedPerSec: ops / ((tAcked - t0) / 1000),
+      ackP50: ack.p(50),
+      ackP99: ack.p(99),
+      fanP50: fan.p(50),
+      fanP99: fan.p(99),
+      fanSamples: fan.length,
+      serverCpuPerOpUs: ((cpu1 - cpu0) / ops) * 1e6,
+      serverKernelCpuPerOpUs: ((split1.system - split0.system) / ops) * 1e6,
+      serverCpuSeconds: cpu1 - cpu0,
+      loadgenCpuSeconds: loadgenCpu,
+      serverRss: mem.rss,
+      serverErrors,
+      errors: errors.slice(0, 5),
+    };
+  } catch (error) {
+    await threads.reset();
+    throw error;
   }
-  for (const b of boards) b.close();
-  const rate = throughput(C, K, t0, t1);
-  const { ops } = rate;
-  return {
-    ...rate,
-    ackedPerSec: ops / ((tAcked - t0) / 1000),
-    ackP50: ack.p(50),
-    ackP99: ack.p(99),
-    fanP50: fan.p(50),
-    fanP99: fan.p(99),
-    fanSamples: fan.length,
-    serverCpuPerOpUs: ((cpu1 - cpu0) / ops) * 1e6,
-    serverKernelCpuPerOpUs: ((split1.system - split0.system) / ops) * 1e6,
-    serverCpuSeconds: cpu1 - cpu0,
-    loadgenCpuSeconds: loadgenCpu,
-    serverRss: mem.rss,
-    errors,
-  };
 }
 
 /** The fields every closed-loop result starts with: C clients × K ops between t0 and t1 (ms). */
