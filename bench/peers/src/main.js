@@ -6,8 +6,8 @@
 //                    [--workloads w1,w2a,w2b,w3] [--counter-ops K] [--no-warmup] [--timeout-s S]
 //                    [--threads T] [--out results/run.json]
 //
-// Defaults: 32 clients, 1,000 moves, 100 increments, 5 joins, 5 repetitions,
-// W1's clients spread over one thread per core.
+// Defaults: 32 clients, 1,000 moves, 300 increments, 5 joins, 5 repetitions,
+// the clients of W1 and W2 spread over one thread per core.
 // --smoke: 4 clients, 20 ops, one repetition, no warm-up; checks correctness
 // and exits non-zero on any failure. Every run checks the same things and
 // exits non-zero if any check failed (after writing its results).
@@ -21,7 +21,7 @@ import { parseArgs } from "node:util";
 import * as concord from "./adapters/concord.js";
 import * as sharedb from "./adapters/sharedb.js";
 import * as yjs from "./adapters/yjs.js";
-import { W1Threads, w1, w2, w3 } from "./workloads.js";
+import { GeneratorThreads, w1, w2, w3 } from "./workloads.js";
 
 const ADAPTERS = { concord, sharedb, yjs };
 
@@ -47,7 +47,7 @@ const smoke = opt.smoke;
 const params = {
   clients: Number(opt.clients ?? (smoke ? 4 : 32)),
   ops: Number(opt.ops ?? (smoke ? 20 : 1000)),
-  counterOps: Number(opt["counter-ops"] ?? opt.ops ?? (smoke ? 20 : 100)),
+  counterOps: Number(opt["counter-ops"] ?? opt.ops ?? (smoke ? 20 : 300)),
   shapes: Number(opt.shapes),
   joins: Number(opt.joins ?? (smoke ? 1 : 5)),
   reps: Number(opt.reps ?? (smoke ? 1 : 5)),
@@ -76,7 +76,7 @@ async function runSystem(adapter, rep) {
     result.loadavgEnd = os.loadavg();
     return result;
   }
-  const threads = new W1Threads(params.threads);
+  const threads = new GeneratorThreads(params.threads);
   const run = async (label, fn) => {
     try {
       const r = await fn();
@@ -95,7 +95,7 @@ async function runSystem(adapter, rep) {
       const warm = { ...params, ops: Math.max(5, Math.round(params.ops / 5)) };
       await run("warm-up", async () => {
         await w1(adapter, server, warm, threads);
-        await w2(adapter, server, { ...warm, ops: Math.max(5, Math.round(params.counterOps / 5)) }, "add");
+        await w2(adapter, server, { ...warm, ops: Math.max(5, Math.round(params.counterOps / 5)) }, "add", threads);
         await w3(adapter, server, { ...params, joins: 1 });
         return {};
       });
@@ -103,17 +103,19 @@ async function runSystem(adapter, rep) {
     if (workloads.has("w1")) result.w1 = await run("W1", () => w1(adapter, server, params, threads));
     if (result.w1) log(`${adapter.name} W1  C=${params.clients} K=${params.ops}: ${fmt(result.w1.opsPerSec, 0)} ops/s, ack p50/p99 ${fmt(result.w1.ackP50, 2)}/${fmt(result.w1.ackP99, 2)} ms, fan-out p50/p99 ${fmt(result.w1.fanP50, 2)}/${fmt(result.w1.fanP99, 2)} ms, server ${fmt(result.w1.serverCpuPerOpUs, 1)} µs CPU/op`);
     const counter = { ...params, ops: params.counterOps };
-    if (workloads.has("w2a")) result.w2a = await run("W2a", () => w2(adapter, server, counter, "add"));
+    if (workloads.has("w2a")) result.w2a = await run("W2a", () => w2(adapter, server, counter, "add", threads));
     if (result.w2a) log(`${adapter.name} W2a: ${fmt(result.w2a.opsPerSec, 0)} ops/s, final ${result.w2a.final}/${result.w2a.expected}`);
-    if (workloads.has("w2b")) result.w2b = await run("W2b", () => w2(adapter, server, counter, "rmw"));
+    if (workloads.has("w2b")) result.w2b = await run("W2b", () => w2(adapter, server, counter, "rmw", threads));
     if (result.w2b) log(`${adapter.name} W2b: ${fmt(result.w2b.opsPerSec, 0)} ops/s, final ${result.w2b.final}/${result.w2b.expected}, ${fmt(result.w2b.runsPerOp, 2)} runs/op`);
     if (workloads.has("w3")) result.w3 = await run("W3", () => w3(adapter, server, params));
     if (result.w3) log(`${adapter.name} W3  ${params.shapes} shapes: ${result.w3.timesMs.map((t) => fmt(t, 0)).join(", ")} ms, ${result.w3.bytes[0]} bytes`);
   } finally {
     result.loadavgEnd = os.loadavg();
     result.diagnostics = adapter.diagnostics();
-    // W1's clients ran in worker threads, each with its own adapter module.
-    for (const [code, n] of Object.entries(result.w1?.serverErrors ?? {})) result.diagnostics[code] = (result.diagnostics[code] ?? 0) + n;
+    // W1's and W2's clients ran in worker threads, each with its own adapter module.
+    for (const r of [result.w1, result.w2a, result.w2b]) {
+      for (const [code, n] of Object.entries(r?.serverErrors ?? {})) result.diagnostics[code] = (result.diagnostics[code] ?? 0) + n;
+    }
     result.serverAlive = server.alive;
     if (!server.alive) result.errors.push(`server exited during the run; stderr:\n${server.log()}`);
     await server.stop();

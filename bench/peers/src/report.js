@@ -157,7 +157,7 @@ L(`Machine: ${mach.cpus} cores, ${mach.cpuModel}, ${mach.memGiB.toFixed(0)} GiB 
   `Load average (1, 5, 15 min) at the start ${la(mach.loadavgStart)}, at the end ${la(mach.loadavgEnd)}; ` +
   `the machine was shared with other builds, so treat absolute figures with care: the ratios come from the same run, systems interleaved.`);
 if (run.versions) L(`Versions: ${Object.entries(run.versions).map(([k, v]) => `${k} ${v}`).join(", ")}.`);
-L(`Parameters: W1 ${C} clients × ${K} moves over ${run.params.threads ?? 1} load-generator thread${(run.params.threads ?? 1) === 1 ? "" : "s"}; W2 ${C} clients × ${KC} increments; W3 ${run.params.shapes.toLocaleString("en-US")} shapes, ${run.params.joins} joins per repetition; ` +
+L(`Parameters: W1 ${C} clients × ${K} moves; W2 ${C} clients × ${KC} increments; the clients of both spread over ${run.params.threads ?? 1} load-generator thread${(run.params.threads ?? 1) === 1 ? "" : "s"}; W3 ${run.params.shapes.toLocaleString("en-US")} shapes, ${run.params.joins} joins per repetition; ` +
   `${run.params.reps} repetitions${run.params.warmup ? ", each on a fresh server after an unrecorded warm-up at a fifth of the work" : ""}. Figures are medians over repetitions ` +
   `(W3: of each repetition's median join). Whole run: ${f(run.wallSeconds)} s.`);
 L();

@@ -1,7 +1,7 @@
 // W1–W3, written once against the adapter interface (src/adapters/*.js):
 //   start() → server {url, cpuSeconds(), memory(), stop()}
 //   seedBoard(url, doc, n) / openBoard(url, doc, me, onRemote) / joinBoard(url, doc)
-//   seedCounter(url, doc) / openCounter(url, doc) / readCounter(url, doc)
+//   seedCounter(url, doc) / openCounter(url, doc, me) / readCounter(url, doc)
 // Every check waits for an event (an acknowledgement, a change seen by a
 // client) with a deadline; nothing sleeps to synchronise.
 
@@ -28,25 +28,19 @@ function deadline(promise, ms, what) {
   ]).finally(() => clearTimeout(timer));
 }
 
-/** Opens `count` clients one after another (connection storms are not what is measured). */
-async function openAll(count, open) {
-  const out = [];
-  for (let i = 0; i < count; i++) out.push(await open(i));
-  return out;
-}
-
-function lgCpu(start) {
-  const d = process.cpuUsage(start);
-  return (d.user + d.system) / 1e6;
+/** CPU seconds between two `process.cpuUsage()` readings. */
+function cpuSecondsBetween(a, b) {
+  return (b.user - a.user + b.system - a.system) / 1e6;
 }
 
 /**
- * The worker threads W1's clients run in (src/w1-worker.js), the same for
- * every system: one Node thread taking in every client's changes would cap
- * the fastest server at what that thread can read. Kept for a system's whole
- * repetition, so that the warm-up warms their JIT.
+ * The worker threads the closed loops of W1 and W2 run in
+ * (src/generator-thread.js), the same for every system: one Node thread
+ * taking in every client's changes would cap the fastest server at what
+ * that thread can read. Kept for a system's whole repetition, so that the
+ * warm-up warms their JIT.
  */
-export class W1Threads {
+export class GeneratorThreads {
   #count;
   #workers = [];
   constructor(count) {
@@ -58,9 +52,14 @@ export class W1Threads {
   }
   #spawn() {
     this.#workers = Array.from({ length: this.#count }, (_, t) => {
-      const worker = new Worker(new URL("./w1-worker.js", import.meta.url));
+      const worker = new Worker(new URL("./generator-thread.js", import.meta.url));
       return { worker, next: inbox(worker, (message) => new CheckFailed(`thread ${t}: ${message}`)) };
     });
+  }
+  /** Clients 0..C-1 by thread: thread t holds clients t, t + T, t + 2T, … */
+  split(C) {
+    const T = this.#count;
+    return Array.from({ length: T }, (_, t) => Array.from({ length: C }, (_, i) => i).filter((i) => i % T === t));
   }
   /** Posts `messages[t]` to thread t (one message to all if not an array) and waits for every reply. */
   exchange(messages, ms, what) {
@@ -70,87 +69,102 @@ export class W1Threads {
     });
     return deadline(Promise.all(replies), ms, what);
   }
-  /** Replaces every thread: after a failure a thread may be mid-job. */
-  async reset() {
-    await this.close();
-    this.#spawn();
+  /**
+   * Opens every thread's clients with `jobs` (one per thread), starts them
+   * all at once and waits for every thread's result; then closes every
+   * client (no client leaves while others still work). `begin()` runs once
+   * all are open, just before they start, and `end()` once all are done,
+   * before any client closes. After a failure the threads are replaced,
+   * since one may be mid-job.
+   */
+  async run(jobs, timeoutMs, label, begin, end) {
+    try {
+      await this.exchange(jobs, timeoutMs, `${label}: clients did not all open`);
+      const before = begin();
+      const done = await this.exchange("go", timeoutMs + 10_000, `${label}: threads did not finish`);
+      const after = end();
+      await this.exchange("close", timeoutMs, `${label}: clients did not all close`);
+      return { before, after, done };
+    } catch (error) {
+      await this.close();
+      this.#spawn();
+      throw error;
+    }
   }
   async close() {
     await Promise.all(this.#workers.map(({ worker }) => worker.terminate()));
   }
 }
 
+/** Server-reported errors summed over threads' results. */
+function sumErrors(done) {
+  const out = {};
+  for (const d of done) for (const [code, n] of Object.entries(d.serverErrors)) out[code] = (out[code] ?? 0) + n;
+  return out;
+}
+
 /**
  * W1 whiteboard: C clients, each moves its own shape K times in a closed loop
  * (the next move once the server acknowledged the previous one). Every other
  * client must see every move, in order. The clients are spread over
- * `threads` (a `W1Threads`).
+ * `threads` (a `GeneratorThreads`).
  */
 export async function w1(adapter, server, { clients: C, ops: K, timeoutMs }, threads) {
   const doc = uniqueDoc("w1");
   await adapter.seedBoard(server.url, doc, C);
-  const T = threads.count;
-  // Thread t holds clients t, t + T, t + 2T, …
-  const mine = Array.from({ length: T }, (_, t) => Array.from({ length: C }, (_, i) => i).filter((i) => i % T === t));
-  try {
-    const jobs = mine.map((m) => ({ adapterId: adapter.id, url: server.url, doc, clients: C, ops: K, mine: m, timeoutMs }));
-    await threads.exchange(jobs, timeoutMs, `W1 ${adapter.name}: clients did not all open`);
-    const split0 = server.cpuSplit();
-    const cpu0 = split0.user + split0.system;
-    const lg0 = process.cpuUsage(); // the whole process: every thread
-    const t0 = clockMs();
-    const done = await threads.exchange("go", timeoutMs + 10_000, `W1 ${adapter.name}: threads did not finish`);
-    const split1 = server.cpuSplit();
-    const cpu1 = split1.user + split1.system;
-    const mem = server.memory();
-    const loadgenCpu = lgCpu(lg0);
-    const tAcked = Math.max(...done.map((d) => d.ackedAt));
-    const t1 = Math.max(...done.map((d) => d.seenAt));
-    // Fan-out: each arrival paired with its move's send time, whichever thread sent it.
-    const stride = K + 1;
-    const sendOf = new Array(C);
-    done.forEach((d, t) => mine[t].forEach((i, li) => (sendOf[i] = d.sendTimes.subarray(li * stride, (li + 1) * stride))));
-    const ack = new Samples();
-    const fan = new Samples();
-    const errors = [];
-    const serverErrors = {};
-    done.forEach((d, t) => {
-      for (const v of d.acks) ack.push(v);
-      for (let li = 0; li < mine[t].length; li++) {
-        for (let j = 0; j < C; j++) {
-          const base = (li * C + j) * stride;
-          for (let seq = 1; seq <= K; seq++) {
-            const at = d.recvTimes[base + seq];
-            if (!Number.isNaN(at)) fan.push(at - sendOf[j][seq]);
-          }
+  const mine = threads.split(C);
+  const jobs = mine.map((m) => ({ kind: "w1", adapterId: adapter.id, url: server.url, doc, clients: C, ops: K, mine: m, timeoutMs }));
+  const { before, after, done } = await threads.run(
+    jobs,
+    timeoutMs,
+    `W1 ${adapter.name}`,
+    () => ({ split: server.cpuSplit(), lg: process.cpuUsage() /* the whole process: every thread */, t0: clockMs() }),
+    () => ({ split: server.cpuSplit(), mem: server.memory(), lg: process.cpuUsage() }),
+  );
+  const { split: split0, t0 } = before;
+  const { split: split1, mem } = after;
+  const loadgenCpu = cpuSecondsBetween(before.lg, after.lg);
+  const cpu0 = split0.user + split0.system;
+  const cpu1 = split1.user + split1.system;
+  const tAcked = Math.max(...done.map((d) => d.ackedAt));
+  const t1 = Math.max(...done.map((d) => d.seenAt));
+  // Fan-out: each arrival paired with its move's send time, whichever thread sent it.
+  const stride = K + 1;
+  const sendOf = new Array(C);
+  done.forEach((d, t) => mine[t].forEach((i, li) => (sendOf[i] = d.sendTimes.subarray(li * stride, (li + 1) * stride))));
+  const ack = new Samples();
+  const fan = new Samples();
+  done.forEach((d, t) => {
+    for (const v of d.acks) ack.push(v);
+    for (let li = 0; li < mine[t].length; li++) {
+      for (let j = 0; j < C; j++) {
+        const base = (li * C + j) * stride;
+        for (let seq = 1; seq <= K; seq++) {
+          const at = d.recvTimes[base + seq];
+          if (!Number.isNaN(at)) fan.push(at - sendOf[j][seq]);
         }
       }
-      errors.push(...d.errors);
-      for (const [code, n] of Object.entries(d.serverErrors)) serverErrors[code] = (serverErrors[code] ?? 0) + n;
-    });
-    const rate = throughput(C, K, t0, t1);
-    const { ops } = rate;
-    return {
-      ...rate,
-      threads: T,
-      ackedPerSec: ops / ((tAcked - t0) / 1000),
-      ackP50: ack.p(50),
-      ackP99: ack.p(99),
-      fanP50: fan.p(50),
-      fanP99: fan.p(99),
-      fanSamples: fan.length,
-      serverCpuPerOpUs: ((cpu1 - cpu0) / ops) * 1e6,
-      serverKernelCpuPerOpUs: ((split1.system - split0.system) / ops) * 1e6,
-      serverCpuSeconds: cpu1 - cpu0,
-      loadgenCpuSeconds: loadgenCpu,
-      serverRss: mem.rss,
-      serverErrors,
-      errors: errors.slice(0, 5),
-    };
-  } catch (error) {
-    await threads.reset();
-    throw error;
-  }
+    }
+  });
+  const rate = throughput(C, K, t0, t1);
+  const { ops } = rate;
+  return {
+    ...rate,
+    threads: threads.count,
+    ackedPerSec: ops / ((tAcked - t0) / 1000),
+    ackP50: ack.p(50),
+    ackP99: ack.p(99),
+    fanP50: fan.p(50),
+    fanP99: fan.p(99),
+    fanSamples: fan.length,
+    serverCpuPerOpUs: ((cpu1 - cpu0) / ops) * 1e6,
+    serverKernelCpuPerOpUs: ((split1.system - split0.system) / ops) * 1e6,
+    serverCpuSeconds: cpu1 - cpu0,
+    loadgenCpuSeconds: loadgenCpu,
+    serverRss: mem.rss,
+    serverErrors: sumErrors(done),
+    errors: done.flatMap((d) => d.errors).slice(0, 5),
+  };
 }
 
 /** The fields every closed-loop result starts with: C clients × K ops between t0 and t1 (ms). */
@@ -163,52 +177,43 @@ function throughput(C, K, t0, t1) {
 /**
  * W2 hot counter: C clients each add 1 to one counter K times, closed loop.
  * `mode` "add" (the commutative op) or "rmw" (read-modify-write). The final
- * value is read by a fresh client.
+ * value is read by a fresh client. The clients are spread over `threads`.
  */
-export async function w2(adapter, server, { clients: C, ops: K, timeoutMs }, mode) {
+export async function w2(adapter, server, { clients: C, ops: K, timeoutMs }, mode, threads) {
   const doc = uniqueDoc(`w2${mode}`);
   await adapter.seedCounter(server.url, doc);
-  const counters = await openAll(C, () => adapter.openCounter(server.url, doc));
-  const ack = new Samples();
-  let runs = 0;
-  let runsMax = 0;
-  const cpu0 = server.cpuSeconds();
-  const lg0 = process.cpuUsage();
-  const t0 = performance.now();
-  await deadline(
-    Promise.all(
-      counters.map(async (counter) => {
-        for (let k = 0; k < K; k++) {
-          const t = performance.now();
-          const r = await counter[mode]();
-          runs += r;
-          if (r > runsMax) runsMax = r;
-          ack.push(performance.now() - t);
-        }
-      }),
-    ),
+  const jobs = threads.split(C).map((m) => ({ kind: "w2", adapterId: adapter.id, url: server.url, doc, ops: K, mine: m, mode, timeoutMs }));
+  const { before, after, done } = await threads.run(
+    jobs,
     timeoutMs,
-    `W2${mode === "add" ? "a" : "b"} ${adapter.name}: increments not all acknowledged`,
+    `W2${mode === "add" ? "a" : "b"} ${adapter.name}`,
+    () => ({ cpu: server.cpuSeconds(), lg: process.cpuUsage(), t0: clockMs() }),
+    () => ({ cpu: server.cpuSeconds(), lg: process.cpuUsage() }),
   );
-  const t1 = performance.now();
-  const cpu1 = server.cpuSeconds();
-  const loadgenCpu = lgCpu(lg0);
-  for (const c of counters) c.close();
+  const t1 = Math.max(...done.map((d) => d.doneAt));
+  const cpu1 = after.cpu;
+  const loadgenCpu = cpuSecondsBetween(before.lg, after.lg);
+  const ack = new Samples();
+  for (const d of done) for (const v of d.acks) ack.push(v);
+  const runs = done.reduce((sum, d) => sum + d.runs, 0);
+  // Every thread has closed its clients.
   const final = await adapter.readCounter(server.url, doc);
-  const rate = throughput(C, K, t0, t1);
+  const rate = throughput(C, K, before.t0, t1);
   const { ops } = rate;
   return {
     ...rate,
+    threads: threads.count,
     ackP50: ack.p(50),
     ackP99: ack.p(99),
     final,
     expected: ops,
     exact: final === ops,
     runsPerOp: runs / ops,
-    runsMax,
+    runsMax: Math.max(...done.map((d) => d.runsMax)),
     rejectionRate: runs > 0 ? (runs - ops) / runs : 0,
-    serverCpuPerOpUs: ((cpu1 - cpu0) / ops) * 1e6,
+    serverCpuPerOpUs: ((cpu1 - before.cpu) / ops) * 1e6,
     loadgenCpuSeconds: loadgenCpu,
+    serverErrors: sumErrors(done),
     errors: [],
   };
 }

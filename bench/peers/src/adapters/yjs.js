@@ -127,11 +127,11 @@ export async function seedCounter(url, docId) {
   close();
 }
 
-let counterClients = 0;
-export async function openCounter(url, docId) {
+/** Client `me` of the counter's clients (unique among them: it names the client's key). */
+export async function openCounter(url, docId, me) {
   const { ydoc, meter, change, close } = await session(url, docId);
   const counter = ydoc.getMap("counter");
-  const key = `c${counterClients++}`;
+  const key = `c${me}`;
   return {
     /**
      * Yjs has no numeric-add op. The CRDT way to count is a per-client
