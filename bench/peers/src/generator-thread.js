@@ -2,9 +2,9 @@
 // as long as one system's repetition, so its JIT warms up with the warm-up
 // run. For each job (W1 or W2) it opens the clients it is given, waits for
 // "go", runs their closed loops, posts back its raw samples, and closes its
-// clients on "close". Times are
-// on the process-wide monotonic clock (`clockMs`), so the main thread can
-// pair a move sent here with its arrival on another thread.
+// clients on "close". Times are on the process-wide monotonic clock
+// (`clockMs`), so the main thread can pair a move sent here with its
+// arrival on another thread.
 
 import { parentPort } from "node:worker_threads";
 
