@@ -113,9 +113,7 @@ async function runSystem(adapter, rep) {
     result.loadavgEnd = os.loadavg();
     result.diagnostics = adapter.diagnostics();
     // W1's and W2's clients ran in worker threads, each with its own adapter module.
-    for (const r of [result.w1, result.w2a, result.w2b]) {
-      for (const [code, n] of Object.entries(r?.serverErrors ?? {})) result.diagnostics[code] = (result.diagnostics[code] ?? 0) + n;
-    }
+    for (const [code, n] of Object.entries(threads.serverErrors)) result.diagnostics[code] = (result.diagnostics[code] ?? 0) + n;
     result.serverAlive = server.alive;
     if (!server.alive) result.errors.push(`server exited during the run; stderr:\n${server.log()}`);
     await server.stop();

@@ -43,6 +43,8 @@ function cpuSecondsBetween(a, b) {
 export class GeneratorThreads {
   #count;
   #workers = [];
+  /** Errors the server reported to the threads' clients, by code, over every job (warm-up included). */
+  serverErrors = {};
   constructor(count) {
     this.#count = Math.max(1, count);
     this.#spawn();
@@ -83,6 +85,7 @@ export class GeneratorThreads {
       const before = begin();
       const done = await this.exchange("go", timeoutMs + 10_000, `${label}: threads did not finish`);
       const after = end();
+      for (const d of done) for (const [code, n] of Object.entries(d.serverErrors)) this.serverErrors[code] = (this.serverErrors[code] ?? 0) + n;
       await this.exchange("close", timeoutMs, `${label}: clients did not all close`);
       return { before, after, done };
     } catch (error) {
@@ -94,13 +97,6 @@ export class GeneratorThreads {
   async close() {
     await Promise.all(this.#workers.map(({ worker }) => worker.terminate()));
   }
-}
-
-/** Server-reported errors summed over threads' results. */
-function sumErrors(done) {
-  const out = {};
-  for (const d of done) for (const [code, n] of Object.entries(d.serverErrors)) out[code] = (out[code] ?? 0) + n;
-  return out;
 }
 
 /**
@@ -162,7 +158,6 @@ export async function w1(adapter, server, { clients: C, ops: K, timeoutMs }, thr
     serverCpuSeconds: cpu1 - cpu0,
     loadgenCpuSeconds: loadgenCpu,
     serverRss: mem.rss,
-    serverErrors: sumErrors(done),
     errors: done.flatMap((d) => d.errors).slice(0, 5),
   };
 }
@@ -213,7 +208,6 @@ export async function w2(adapter, server, { clients: C, ops: K, timeoutMs }, mod
     rejectionRate: runs > 0 ? (runs - ops) / runs : 0,
     serverCpuPerOpUs: ((cpu1 - before.cpu) / ops) * 1e6,
     loadgenCpuSeconds: loadgenCpu,
-    serverErrors: sumErrors(done),
     errors: [],
   };
 }

@@ -27,11 +27,11 @@ use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-/// Most frames written before a flush, as in Concord's session writer.
 /// The allocator `concord` runs on, so the comparison is of the work done.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Most frames written before a flush, as in Concord's session writer.
 const WRITER_BATCH_MESSAGES_MAX: usize = 64;
 /// The same WebSocket buffers as `concord serve` (its `WS_READ_BUFFER_BYTES`
 /// and `WS_WRITE_BUFFER_BYTES`), so the comparison is of the logic alone.
