@@ -217,7 +217,19 @@ describe("whiteboard", () => {
     await shot(bob, "drag-bob");
     // Resize from a corner handle: the other context follows.
     await alice.click(`[data-id="${id}"] .body`);
-    const handle = await alice.locator('[data-testid="handle-se"]').boundingBox();
+    // The selection's handles are drawn on the next animation frame, and
+    // drawn anew on every render: read the box in the page, in one step,
+    // once there is one (a locator's box is null if a render replaced the
+    // element between finding it and measuring it).
+    const handleBox = await alice.waitForFunction(
+      () => {
+        const r = document.querySelector('[data-testid="handle-se"]')?.getBoundingClientRect();
+        return r && r.width > 0 ? { x: r.x, y: r.y, width: r.width, height: r.height } : null;
+      },
+      undefined,
+      { timeout: 5_000 },
+    );
+    const handle = await handleBox.jsonValue();
     assert.ok(handle);
     await drag(alice, { x: handle.x + handle.width / 2, y: handle.y + handle.height / 2 }, { x: handle.x + 80, y: handle.y + 60 });
     const resized = (await drawn(alice))[id];
