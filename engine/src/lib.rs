@@ -5,6 +5,8 @@
 //! server and the clients are thin shells around these types.
 //!
 //! # Layout
+//! - `access`: identities, permissions (document, pointer-scope, topic and
+//!   method grants) and the pure checks made with them.
 //! - `ids`: `DocId`, `TxId`, `Version` newtypes, validated once.
 //! - `pointer`: RFC 6901 JSON Pointers, parsed once into tokens.
 //! - `patch`: RFC 6902 ops plus `incr`, applied atomically in place with an
@@ -20,6 +22,7 @@
 //! - `limits`: every bound input can push against.
 //! - `error`: typed errors.
 
+pub mod access;
 pub mod certificate;
 pub mod doc;
 pub mod error;
@@ -38,4 +41,7 @@ pub use ids::{DocId, TxId, Version};
 pub use limits::Limits;
 pub use patch::{Patch, PatchOp};
 pub use pointer::Pointer;
-pub use store::{Change, Commit, Conflict, Outcome, Rejection, Store, Transaction};
+pub use store::{
+    AllowAll, Change, Commit, CommitCheck, CommitView, Conflict, Outcome, Rejection, Store,
+    Transaction,
+};

@@ -22,6 +22,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
+    /// Authenticates the session with a bearer token. Only as the first
+    /// message, on a server that requires authentication and when the
+    /// upgrade request carried no `Authorization` header.
+    Auth { token: String },
     /// Starts receiving a document. With `version`, the client holds that
     /// version and wants only what came after it (or a snapshot when those
     /// changes are gone); without, it wants a snapshot.
@@ -62,8 +66,17 @@ pub enum ClientMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
-    /// First message of a session.
-    Welcome { protocol: u32, session: String },
+    /// First message of a session; on a server that requires
+    /// authentication, sent once the session is authenticated. `sub` and
+    /// `name` are who the session is (absent on an open server).
+    Welcome {
+        protocol: u32,
+        session: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sub: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
     /// The whole document at a version; replaces whatever the client held.
     Snapshot { doc: DocId, version: Version, value: Value },
     /// Ends the reply to `open`: the client now holds `version` (through the
@@ -171,9 +184,17 @@ pub enum ErrorCode {
     /// Reserved: a v1 server closes a session that falls behind instead
     /// ([`close_code::SLOW_CONSUMER`]).
     Resynced,
-    /// The operation needs rights the session's token does not give.
-    /// Reserved until tokens exist.
+    /// The operation needs rights the session's identity does not give.
+    /// The message names what was refused and why; nothing changed.
     Forbidden,
+    /// Authentication failed: no token where one is required, a token that
+    /// does not verify, or an `auth` message out of place. The session is
+    /// then closed with [`close_code::UNAUTHORIZED`].
+    Unauthorized,
+    /// The session's token expired; the session is closed with
+    /// [`close_code::TOKEN_EXPIRED`] after a grace period. Reconnect with a
+    /// fresh token.
+    TokenExpired,
     /// A transaction or presence for a document the session has not opened
     /// (or a `close` of one).
     NotOpen,
@@ -200,6 +221,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Resynced => "resynced",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TokenExpired => "token_expired",
             ErrorCode::NotOpen => "not_open",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::LimitReached => "limit_reached",
@@ -227,6 +250,12 @@ pub mod close_code {
     pub const SLOW_CONSUMER: u16 = 4001;
     /// Nothing, not even a pong, arrived within the dead-peer timeout.
     pub const PEER_TIMEOUT: u16 = 4002;
+    /// Authentication failed (an `error` with `unauthorized` comes first).
+    /// Reconnect only with a different token.
+    pub const UNAUTHORIZED: u16 = 4003;
+    /// The session's token expired (an `error` with `token_expired` came
+    /// first). Reconnect with a fresh token.
+    pub const TOKEN_EXPIRED: u16 = 4004;
 }
 
 /// Why a text frame is not a [`ClientMessage`]; `code` is what the server
@@ -507,6 +536,8 @@ mod tests {
             ErrorCode::RateLimited,
             ErrorCode::Resynced,
             ErrorCode::Forbidden,
+            ErrorCode::Unauthorized,
+            ErrorCode::TokenExpired,
             ErrorCode::NotOpen,
             ErrorCode::ShuttingDown,
             ErrorCode::LimitReached,

@@ -87,6 +87,20 @@ pub enum Rejection {
     /// application's to decide.
     #[error("tx id not remembered and base {base} is older than the dedup floor {floor}")]
     OutcomeUnknown { base: Version, floor: Version },
+    /// The session may not write what op `op_index` writes (`pointer`):
+    /// the document is read-only for it, the location is outside its write
+    /// scopes, or it is a server-only path. Nothing changed; re-running
+    /// will not help.
+    #[error("forbidden: op {op_index} writes {pointer}: {message}")]
+    Forbidden { op_index: usize, pointer: Pointer, message: String },
+    /// The document after the patch breaks the schema for `pointer`.
+    /// Nothing changed.
+    #[error("invalid: {pointer}: {message}")]
+    Invalid { pointer: Pointer, message: String },
+    /// A guard of the server's application refused the commit. Nothing
+    /// changed.
+    #[error("vetoed: {message}")]
+    Vetoed { message: String },
 }
 
 impl Rejection {
@@ -103,6 +117,11 @@ impl Rejection {
             Rejection::Patch(error) => {
                 error.error.pointers().map(Pointer::heap_bytes_estimate).sum()
             }
+            Rejection::Forbidden { pointer, message, .. }
+            | Rejection::Invalid { pointer, message } => {
+                pointer.heap_bytes_estimate() + message.len()
+            }
+            Rejection::Vetoed { message } => message.len(),
             Rejection::Stale { .. }
             | Rejection::BaseAhead { .. }
             | Rejection::TooLarge { .. }
@@ -131,6 +150,35 @@ impl std::fmt::Display for TooLargePart {
             TooLargePart::ReadSet => "read set",
             TooLargePart::Patch => "patch",
         })
+    }
+}
+
+/// A transaction's patch as applied, shown to a [`CommitCheck`] before it
+/// is stamped: the document after the patch, and the locations it wrote
+/// (under the array rule: an array insert or removal writes the array).
+#[derive(Debug)]
+pub struct CommitView<'a> {
+    pub doc: &'a DocId,
+    pub tx_id: &'a TxId,
+    pub writes: &'a [PatchOp],
+    pub value: &'a Doc,
+    pub written: &'a [Pointer],
+}
+
+/// Decides whether an applied patch may stand (the server's schemas and
+/// guards). Runs inside the commit, so it must be deterministic in what it
+/// is shown for replay to hold, and quick.
+pub trait CommitCheck {
+    fn check(&mut self, view: &CommitView<'_>) -> Result<(), Rejection>;
+}
+
+/// The check that allows everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl CommitCheck for AllowAll {
+    fn check(&mut self, _view: &CommitView<'_>) -> Result<(), Rejection> {
+        Ok(())
     }
 }
 
@@ -222,13 +270,22 @@ impl Document {
     /// when the patch wrote nothing (and so made no version).
     fn apply(
         &mut self,
+        doc_id: &DocId,
         writes: &[PatchOp],
         tx_id: &TxId,
         limits: &Limits,
-    ) -> Result<Option<Version>, PatchError> {
-        let applied = patch::apply(&mut self.value, self.size_bytes, writes, limits)?;
+        check: &mut dyn CommitCheck,
+    ) -> Result<Option<Version>, Rejection> {
+        let applied = patch::apply(&mut self.value, self.size_bytes, writes, limits)
+            .map_err(Rejection::Patch)?;
         if applied.writes.is_empty() {
             return Ok(None);
+        }
+        let view =
+            CommitView { doc: doc_id, tx_id, writes, value: &self.value, written: &applied.writes };
+        if let Err(rejection) = check.check(&view) {
+            applied.undo(&mut self.value);
+            return Err(rejection);
         }
         let version = self.version.next();
         self.version = version;
@@ -582,11 +639,21 @@ impl Store {
 
     /// Validates, applies and sequences one transaction.
     pub fn commit(&mut self, tx: Transaction) -> Commit {
+        self.commit_checked(tx, &mut AllowAll)
+    }
+
+    /// [`Store::commit`], with `check` asked, after the patch applied and
+    /// before anything is stamped or sequenced, whether the result may
+    /// stand. A refusal undoes the patch: the document, its version and its
+    /// index are exactly as before, and the refusal is not remembered as the
+    /// tx id's outcome (it is not retryable, so a resubmission is checked
+    /// again). A patch that writes nothing is not checked.
+    pub fn commit_checked(&mut self, tx: Transaction, check: &mut dyn CommitCheck) -> Commit {
         if let Some(outcome) = self.outcomes.get(&tx.tx_id) {
             return Commit::Duplicate(outcome);
         }
         self.make_room();
-        let result = self.decide(tx.doc, tx.base, &tx.reads, tx.writes, &tx.tx_id);
+        let result = self.decide(tx.doc, tx.base, &tx.reads, tx.writes, &tx.tx_id, check);
         let outcome = match &result {
             Commit::Applied { version, .. } => Outcome::Committed { version: *version },
             Commit::Rejected(rejection) if !rejection.is_retryable() => {
@@ -608,6 +675,7 @@ impl Store {
         reads: &[Pointer],
         writes: Patch,
         tx_id: &TxId,
+        check: &mut dyn CommitCheck,
     ) -> Commit {
         let limits = self.limits;
         if reads.len() > limits.read_set_pointers_max {
@@ -635,8 +703,8 @@ impl Store {
         if let Some(rejection) = validate_reads(doc, reads, base) {
             return Commit::Rejected(rejection);
         }
-        match doc.apply(&writes, tx_id, &limits) {
-            Err(error) => Commit::Rejected(Rejection::Patch(error)),
+        match doc.apply(&doc_id, &writes, tx_id, &limits, check) {
+            Err(rejection) => Commit::Rejected(rejection),
             Ok(None) => Commit::Applied { version: doc.version, change: None },
             Ok(Some(version)) => {
                 let change = Change { doc: doc_id, version, tx_id: tx_id.clone(), patch: writes };
@@ -657,16 +725,18 @@ impl Store {
             let (doc_id, got) = at(change.version);
             return Err(ReplayError::OutOfSequence { doc: doc_id, held: doc.version, got });
         }
-        match doc.apply(&change.patch, &change.tx_id, &limits) {
+        let doc_id = change.doc.clone();
+        match doc.apply(&doc_id, &change.patch, &change.tx_id, &limits, &mut AllowAll) {
             Ok(Some(_)) => {}
             Ok(None) => {
                 let (doc, version) = at(change.version);
                 return Err(ReplayError::WritesNothing { doc, version });
             }
-            Err(error) => {
+            Err(Rejection::Patch(error)) => {
                 let (doc, version) = at(change.version);
                 return Err(ReplayError::Patch { doc, version, error });
             }
+            Err(other) => unreachable!("AllowAll refuses nothing, yet {other}"),
         }
         self.remember(&change.tx_id, Outcome::Committed { version: change.version });
         Ok(())

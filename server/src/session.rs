@@ -118,7 +118,12 @@ pub(crate) async fn run(
     state.metrics.sessions_opened.inc();
     tracing::debug!(session = %id, "session opened");
 
-    let welcome = ServerMessage::Welcome { protocol: PROTOCOL_VERSION, session: id.to_string() };
+    let welcome = ServerMessage::Welcome {
+        protocol: PROTOCOL_VERSION,
+        session: id.to_string(),
+        sub: None,
+        name: None,
+    };
     let _ = outbox.push(encode(&welcome));
     let join = HubCommand::Join { session: id.clone(), outbox: outbox.clone() };
     let _ = state.hub.send(join).await;
@@ -355,6 +360,10 @@ impl Session {
                 let _ = state.hub.send(HubCommand::Unregister { session, method }).await;
             }
             ClientMessage::Rpc { message } => self.rpc(message).await,
+            ClientMessage::Auth { .. } => {
+                let message = "auth is accepted only as a session's first message".into();
+                self.error(ErrorCode::Unauthorized, message, None, None);
+            }
         }
     }
 

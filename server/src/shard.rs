@@ -1049,6 +1049,9 @@ fn reason(rejection: &Rejection) -> &'static str {
         Rejection::Patch(_) => "patch",
         Rejection::TooLarge { .. } => "too_large",
         Rejection::OutcomeUnknown { .. } => "outcome_unknown",
+        Rejection::Forbidden { .. } => "forbidden",
+        Rejection::Invalid { .. } => "invalid",
+        Rejection::Vetoed { .. } => "vetoed",
     }
 }
 

@@ -226,7 +226,7 @@ pub(crate) async fn connect(
                 None => return Err(Error::Handshake("closed before welcome".into())),
             };
             return match serde_json::from_str::<ServerMessage>(text.as_str()) {
-                Ok(ServerMessage::Welcome { protocol, session })
+                Ok(ServerMessage::Welcome { protocol, session, .. })
                     if protocol == PROTOCOL_VERSION =>
                 {
                     Ok((socket, session))
