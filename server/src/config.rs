@@ -225,6 +225,9 @@ pub struct Config {
     pub storage: Option<StorageConfig>,
     pub shard_pending_effects_max: usize,
     pub shutdown_flush_timeout: Duration,
+    /// Serve TLS (`wss://`, `https://`) with this certificate and key;
+    /// `None` serves plain TCP (e.g. behind a TLS-terminating proxy).
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for Config {
@@ -269,6 +272,7 @@ impl Default for Config {
             storage: None,
             shard_pending_effects_max: SHARD_PENDING_EFFECTS_MAX,
             shutdown_flush_timeout: SHUTDOWN_FLUSH_TIMEOUT,
+            tls: None,
         }
     }
 }

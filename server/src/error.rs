@@ -32,6 +32,9 @@ pub enum ServerError {
     /// What storage holds could not be rebuilt into documents.
     #[error(transparent)]
     Recovery(#[from] crate::recovery::RecoveryError),
+    /// The TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The storage thread could not be started.
     #[error("cannot start the storage thread: {0}")]
     StorageThread(#[source] std::io::Error),

@@ -36,6 +36,7 @@
 //!   methods with their pending calls.
 //! - `topic`: topic validation and the wildcard subscription trie.
 //! - `rpc`: JSON-RPC 2.0 classification and codes; procedure and mutator types.
+//! - `tls`: TLS on the listener: certificate and key loading, the acceptor.
 //! - `metrics`: the Prometheus registry behind `/metrics`.
 //! - `error`: startup errors.
 
@@ -52,6 +53,7 @@ mod server;
 mod session;
 mod shard;
 pub mod storage;
+mod tls;
 mod topic;
 
 pub use config::{Config, StorageConfig};
@@ -61,3 +63,4 @@ pub use recovery::RecoveryError;
 pub use rpc::{CallContext, Mutation, MutatorCall, RpcError};
 pub use server::{RunningServer, ServerBuilder};
 pub use shard::Documents;
+pub use tls::{TlsConfig, TlsError};

@@ -13,7 +13,6 @@
 //! directory as JSON (`archive`).
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use concord_server::config::{self, Config, StorageConfig};
 use concord_server::storage::SyncMode;
-use concord_server::{archive, ServerBuilder};
+use concord_server::{archive, ServerBuilder, TlsConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "concord", version, about = "Concord: collaborative JSON state sync")]
@@ -97,6 +96,14 @@ struct Serve {
     /// locked while serving).
     #[arg(long, env = "CONCORD_DATA", default_value = config::DATA_DIR_DEFAULT)]
     data: PathBuf,
+    /// Serve TLS (wss://, https://) with this PEM certificate chain; needs
+    /// --tls-key. Without it the server speaks plain TCP (put a
+    /// TLS-terminating proxy in front; docs/security.md).
+    #[arg(long, env = "CONCORD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "CONCORD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Keep documents in memory only: nothing survives a restart.
     #[arg(long, env = "CONCORD_MEMORY")]
     memory: bool,
@@ -240,6 +247,10 @@ impl Serve {
             connections_max: self.connections_max,
             allowed_origins: self.allowed_origins.clone(),
             static_dir: self.static_dir.clone(),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsConfig::new(cert, key)),
+                _ => None,
+            },
             ..defaults
         }
     }
@@ -298,11 +309,11 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
         .bind(serve.listen.as_str())
         .await
         .with_context(|| format!("starting the server on {}", serve.listen))?;
-    let addr: SocketAddr = server.local_addr();
     // The first line of standard output is the contract for scripts and
     // tests that start us on port 0.
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "concord listening on http://{addr} (WebSocket: {})", server.ws_url())?;
+    let http = server.http_url();
+    writeln!(stdout, "concord listening on {http} (WebSocket: {})", server.ws_url())?;
     stdout.flush()?;
     drop(stdout);
     let failed = tokio::select! {

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub pubsub_deliveries: IntCounter,
     /// RPC calls received (server procedures and routed calls).
     pub rpc_calls: IntCounter,
+    /// TLS handshakes that failed or timed out (each ends only its own
+    /// connection).
+    pub tls_handshake_failures: IntCounter,
     /// Group commits: SQLite transactions appended to the log.
     pub storage_group_commits: IntCounter,
     /// Group commits that were fsynced (all of them with `--sync full`).
@@ -119,6 +122,10 @@ impl Metrics {
             "Messages delivered to subscribers.",
         )?;
         let rpc_calls = IntCounter::new("concord_rpc_calls_total", "RPC calls received.")?;
+        let tls_handshake_failures = IntCounter::new(
+            "concord_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out.",
+        )?;
         let storage_group_commits = IntCounter::new(
             "concord_storage_group_commits_total",
             "Group commits: transactions appended to the commit log.",
@@ -177,6 +184,7 @@ impl Metrics {
             outbound_overflows,
             pubsub_deliveries,
             rpc_calls,
+            tls_handshake_failures,
             storage_group_commits,
             storage_fsyncs,
             storage_batch_commits,
@@ -202,6 +210,7 @@ impl Metrics {
             Box::new(metrics.outbound_overflows.clone()),
             Box::new(metrics.pubsub_deliveries.clone()),
             Box::new(metrics.rpc_calls.clone()),
+            Box::new(metrics.tls_handshake_failures.clone()),
             Box::new(metrics.storage_group_commits.clone()),
             Box::new(metrics.storage_fsyncs.clone()),
             Box::new(metrics.storage_batch_commits.clone()),

@@ -33,6 +33,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::services::ServeDir;
@@ -137,6 +138,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves TLS with this certificate chain and key (PEM files), the same
+    /// as setting `Config::tls` (so call it after [`ServerBuilder::config`]).
+    /// `bind` fails with `ServerError::Tls` if they cannot be loaded.
+    pub fn tls(mut self, tls: crate::tls::TlsConfig) -> Self {
+        self.config.tls = Some(tls);
+        self
+    }
+
     /// Registers a server procedure callable by any client as JSON-RPC method
     /// `name`. `params` is `null` when the call has none. Runs in a task of
     /// the calling session under `rpc_call_timeout`.
@@ -201,6 +210,7 @@ impl ServerBuilder {
             return Err(ServerError::DuplicateProcedure(name));
         }
         self.config.validate()?;
+        let tls = self.config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
         let bind_error = |source| ServerError::Bind { addr: format!("{addr:?}"), source };
         let listener = TcpListener::bind(&addr).await.map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
@@ -258,7 +268,7 @@ impl ServerBuilder {
             history,
         });
         let router = router(state.clone());
-        let accept_task = tokio::spawn(accept_loop(listener, router, state.clone()));
+        let accept_task = tokio::spawn(accept_loop(listener, router, state.clone(), tls));
         tracing::info!(%local_addr, "concord server listening");
         Ok(RunningServer {
             local_addr,
@@ -377,14 +387,18 @@ impl RunningServer {
         self.local_addr
     }
 
-    /// The WebSocket endpoint, e.g. `ws://127.0.0.1:7700/ws`.
+    /// The WebSocket endpoint, e.g. `ws://127.0.0.1:7700/ws`
+    /// (`wss://` when serving TLS).
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.local_addr)
+        let scheme = if self.state.config.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}/ws", self.local_addr)
     }
 
-    /// The HTTP base URL, e.g. `http://127.0.0.1:7700`.
+    /// The HTTP base URL, e.g. `http://127.0.0.1:7700` (`https://` when
+    /// serving TLS).
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        let scheme = if self.state.config.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     /// Every committed transaction so far, in commit order (per document;
@@ -621,7 +635,12 @@ async fn ws_handler(
         })
 }
 
-async fn accept_loop(listener: TcpListener, router: Router, state: Arc<ServerState>) {
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    state: Arc<ServerState>,
+    tls: Option<TlsAcceptor>,
+) {
     let connections = Arc::new(Semaphore::new(state.config.connections_max));
     let shutdown = state.shutdown.clone();
     loop {
@@ -649,25 +668,68 @@ async fn accept_loop(listener: TcpListener, router: Router, state: Arc<ServerSta
         let service = TowerToHyperService::new(router.clone());
         let handshake_timeout = state.config.handshake_timeout;
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
+        let failures = state.metrics.tls_handshake_failures.clone();
         state.tracker.spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(handshake_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%peer, %error, "connection ended with an error");
+            let Some(tls) = tls else {
+                serve_connection(stream, service, handshake_timeout, peer, &shutdown).await;
+                drop(permit);
+                return;
+            };
+            // The TLS handshake counts against the handshake timeout; the
+            // HTTP request gets what is left of it.
+            let started = std::time::Instant::now();
+            let handshake = tokio::time::timeout(handshake_timeout, tls.accept(stream));
+            let stream = tokio::select! {
+                accepted = handshake => match accepted {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        failures.inc();
+                        return;
                     }
-                }
-                () = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        failures.inc();
+                        return;
+                    }
+                },
+                () = shutdown.cancelled() => return,
+            };
+            let left = handshake_timeout.saturating_sub(started.elapsed());
+            let left = left.max(std::time::Duration::from_millis(1));
+            serve_connection(stream, service, left, peer, &shutdown).await;
             drop(permit);
         });
+    }
+}
+
+/// Serves HTTP/1.1 (and WebSocket upgrades) on one accepted connection,
+/// plain or TLS, until it ends or the server shuts down.
+async fn serve_connection<S>(
+    stream: S,
+    service: TowerToHyperService<Router>,
+    header_read_timeout: std::time::Duration,
+    peer: SocketAddr,
+    shutdown: &CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        }
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
     }
 }

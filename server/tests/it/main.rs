@@ -13,3 +13,4 @@ mod pubsub;
 mod rpc;
 mod slow;
 mod support;
+mod tls;
