@@ -18,15 +18,173 @@ use concord_engine::DocId;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{ClientConfig, COMMANDS_QUEUED_MAX};
-use crate::connection::{self, Command, Delivery, Driver};
+use crate::connection::{self, Command, Delivery, Driver, Endpoint};
 use crate::document::Document;
 use crate::error::{CallError, Error};
 use crate::rpc::{HandlerFuture, RpcError};
 use crate::stats::{Counters, Stats};
+use crate::tls::{self, Certificate};
 use crate::topic::{self, Subscription};
+
+/// What a token provider returns: a fresh token, or why there is none.
+pub(crate) type TokenFuture =
+    Pin<Box<dyn Future<Output = Result<String, Box<dyn std::error::Error + Send + Sync>>> + Send>>;
+/// Called before every connection attempt.
+pub(crate) type TokenProvider = Arc<dyn Fn() -> TokenFuture + Send + Sync>;
+
+/// Who the server says the session is (`welcome`'s `sub` and `name`), on a
+/// server that authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The token's subject.
+    pub sub: String,
+    /// A display name, if the token carries one.
+    pub name: Option<String>,
+}
+
+/// The connection as the client sees it; see [`Client::state`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// A live session.
+    Connected {
+        session: String,
+        /// `None` on a server without authentication.
+        identity: Option<Identity>,
+    },
+    /// No session; the client is reconnecting by itself.
+    Disconnected { reason: String },
+    /// The server refused the credentials (HTTP 401, or close 4003). The
+    /// client keeps retrying with backoff, asking the token provider for a
+    /// token before each attempt.
+    Unauthorized { message: String },
+    /// The client was closed.
+    Closed,
+}
+
+/// Configures a [`Client`]: `Client::builder(url)`, then `.connect()`.
+///
+/// ```no_run
+/// # async fn demo(ca_pem: &[u8]) -> Result<(), concord_client::Error> {
+/// use concord_client::{Certificate, Client};
+/// let client = Client::builder("wss://concord.example.com/ws")
+///     .add_root_certificate(Certificate::from_pem(ca_pem)?)
+///     .token_provider(|| async { Ok::<_, std::io::Error>("a fresh token".to_owned()) })
+///     .connect()
+///     .await?;
+/// # drop(client); Ok(()) }
+/// ```
+#[must_use]
+pub struct ClientBuilder {
+    url: String,
+    config: ClientConfig,
+    roots: Vec<Certificate>,
+    platform_roots: bool,
+    token: Option<TokenProvider>,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("config", &self.config)
+            .field("roots", &self.roots.len())
+            .field("platform_roots", &self.platform_roots)
+            .field("token_provider", &self.token.is_some())
+            .finish()
+    }
+}
+
+impl ClientBuilder {
+    /// Replaces the whole configuration (timeouts, backoff, limits).
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Trusts `certificate` as a root for `wss://`, besides the platform's
+    /// roots: a private CA, or a self-signed server certificate.
+    pub fn add_root_certificate(mut self, certificate: Certificate) -> Self {
+        self.roots.push(certificate);
+        self
+    }
+
+    /// Whether to trust the platform's root certificates (the operating
+    /// system's store, read with rustls-native-certs) for `wss://`; on by
+    /// default. Off, only the added roots are trusted.
+    pub fn platform_roots(mut self, trust: bool) -> Self {
+        self.platform_roots = trust;
+        self
+    }
+
+    /// Asks `provider` for a token before every connection attempt (the
+    /// first and each reconnect) and sends it as `Authorization: Bearer
+    /// <token>` on the WebSocket upgrade. A provider error fails that
+    /// attempt (the first: [`Error::Token`]; later ones are retried with
+    /// backoff). When the server says the token expired (close 4004) the
+    /// client reconnects at once with a fresh one; when it refuses the
+    /// credentials (401, close 4003) it retries with backoff and shows
+    /// [`ConnectionState::Unauthorized`] meanwhile.
+    pub fn token_provider<F, Fut, E>(mut self, provider: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let provider = Arc::new(provider);
+        self.token = Some(Arc::new(move || -> TokenFuture {
+            let token = provider();
+            Box::pin(async move { token.await.map_err(Into::into) })
+        }));
+        self
+    }
+
+    /// Connects. Fails if the first connection cannot be made (an
+    /// unreachable server, a refused token, an untrusted certificate);
+    /// later drops are repaired by reconnecting.
+    pub async fn connect(self) -> Result<Client, Error> {
+        let tls = if self.url.starts_with("wss://") || self.url.starts_with("WSS://") {
+            Some(tls::client_config(&self.roots, self.platform_roots)?)
+        } else {
+            None
+        };
+        let config = Arc::new(self.config);
+        let endpoint = Arc::new(Endpoint::new(self.url, config.clone(), tls, self.token));
+        let (socket, welcome) = connection::connect(endpoint.clone()).await?;
+        let state = watch::channel(ConnectionState::Disconnected { reason: String::new() }).0;
+        let client_id: String = rand::thread_rng()
+            .sample_iter(Alphanumeric)
+            .take(CLIENT_ID_LEN)
+            .map(char::from)
+            .collect();
+        let (commands, receiver) = mpsc::channel(COMMANDS_QUEUED_MAX);
+        let counters = Arc::new(Counters::default());
+        let driver = Driver::new(
+            endpoint,
+            state.clone(),
+            client_id.clone(),
+            counters.clone(),
+            receiver,
+            commands.downgrade(),
+            socket,
+            welcome,
+        );
+        tokio::spawn(driver.run());
+        Ok(Client {
+            inner: Arc::new(Inner {
+                commands,
+                counters,
+                config,
+                client_id,
+                next_call_id: AtomicU64::new(0),
+                state: state.subscribe(),
+            }),
+        })
+    }
+}
 
 /// Length of the random client id, in characters of `[A-Za-z0-9]`: 62^12 is
 /// about 3·10^21, so two clients sharing an id is not a practical concern.
@@ -47,6 +205,7 @@ struct Inner {
     config: Arc<ClientConfig>,
     client_id: String,
     next_call_id: AtomicU64,
+    state: watch::Receiver<ConnectionState>,
 }
 
 impl fmt::Debug for Client {
@@ -65,35 +224,39 @@ impl Client {
 
     /// Connects with an explicit configuration.
     pub async fn connect_with(url: &str, config: ClientConfig) -> Result<Self, Error> {
-        let config = Arc::new(config);
-        let (socket, session) = connection::connect(url.to_owned(), config.clone()).await?;
-        let client_id: String = rand::thread_rng()
-            .sample_iter(Alphanumeric)
-            .take(CLIENT_ID_LEN)
-            .map(char::from)
-            .collect();
-        let (commands, receiver) = mpsc::channel(COMMANDS_QUEUED_MAX);
-        let counters = Arc::new(Counters::default());
-        let driver = Driver::new(
-            url.to_owned(),
-            config.clone(),
-            client_id.clone(),
-            counters.clone(),
-            receiver,
-            commands.downgrade(),
-            socket,
-            session,
-        );
-        tokio::spawn(driver.run());
-        Ok(Self {
-            inner: Arc::new(Inner {
-                commands,
-                counters,
-                config,
-                client_id,
-                next_call_id: AtomicU64::new(0),
-            }),
-        })
+        Self::builder(url).config(config).connect().await
+    }
+
+    /// A builder, for `wss://` roots, a token provider and the
+    /// configuration.
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            url: url.into(),
+            config: ClientConfig::default(),
+            roots: Vec::new(),
+            platform_roots: true,
+            token: None,
+        }
+    }
+
+    /// The connection's state now.
+    pub fn state(&self) -> ConnectionState {
+        self.inner.state.borrow().clone()
+    }
+
+    /// A receiver of the connection's state, to watch it change
+    /// (`changed().await`, then `borrow()`).
+    pub fn state_changes(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.state.clone()
+    }
+
+    /// Who the current session is, as the server's `welcome` said; `None`
+    /// while not connected, or on a server without authentication.
+    pub fn identity(&self) -> Option<Identity> {
+        match &*self.inner.state.borrow() {
+            ConnectionState::Connected { identity, .. } => identity.clone(),
+            _ => None,
+        }
     }
 
     /// This client's random id, the prefix of its transaction ids.

@@ -315,6 +315,9 @@ impl<T: Send + 'static, E: Send + 'static> Transact<T, E> {
                 // The job never reported: it panicked, or the client closed.
                 return Err(match resolution.await {
                     Ok(Resolution::Panicked) => TransactError::Panicked,
+                    Ok(Resolution::Refused { code, message }) => {
+                        TransactError::Refused { code, message }
+                    }
                     _ => TransactError::Closed,
                 });
             };
@@ -341,6 +344,19 @@ impl<T: Send + 'static, E: Send + 'static> Transact<T, E> {
                         Counters::bump(&counters.rejections);
                         contention.on_rejected(started.elapsed());
                         refusals += 1;
+                        // Refusals of the server's rules: never re-run.
+                        let rejection = match rejection {
+                            Rejection::Forbidden { op_index, pointer, message } => {
+                                return Err(TransactError::Forbidden { op_index, pointer, message })
+                            }
+                            Rejection::Invalid { pointer, message } => {
+                                return Err(TransactError::Invalid { pointer, message })
+                            }
+                            Rejection::Vetoed { message } => {
+                                return Err(TransactError::Vetoed { message })
+                            }
+                            rejection => rejection,
+                        };
                         // Only a first submission's `outcome_unknown` comes as
                         // a rejection (a resubmission's is `OutcomeUnknown`):
                         // it cannot have committed, and is stale.

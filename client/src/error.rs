@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use concord_engine::protocol::ErrorCode;
-use concord_engine::{InvalidId, PatchError, Rejection};
+use concord_engine::{InvalidId, PatchError, Pointer, Rejection};
 use tokio_tungstenite::tungstenite;
 
 use crate::rpc::RpcError;
@@ -24,6 +24,23 @@ pub enum Error {
     /// The server's first message was not a valid `welcome`.
     #[error("the server did not start the session with welcome: {0}")]
     Handshake(String),
+    /// The server refused the session's credentials: HTTP 401 on the
+    /// upgrade, or `error` `unauthorized` (then close 4003). The client keeps
+    /// retrying with backoff, asking the token provider for a token each
+    /// time; [`Client::state`](crate::Client::state) shows it meanwhile.
+    #[error("the server refused the credentials: {message}")]
+    Unauthorized { message: String },
+    /// The token provider failed, so no connection was attempted.
+    #[error("the token provider failed: {0}")]
+    Token(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A root certificate given to the builder is not usable, or `wss://`
+    /// was asked for with no trusted root at all.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// The server refused opening a document the session's identity may not
+    /// read (`error` `forbidden` answering `open`).
+    #[error("forbidden: {message}")]
+    Forbidden { message: String },
     /// The server speaks another protocol version.
     #[error("the server speaks protocol {server}, this client speaks {client}")]
     ProtocolMismatch { server: u32, client: u32 },
@@ -59,6 +76,18 @@ pub enum TransactError<E> {
     /// fix, or kept rejecting it for `attempts` rejections.
     #[error("rejected after {attempts} attempt(s): {rejection}")]
     Rejected { rejection: Rejection, attempts: u32 },
+    /// The server refused the commit because the session's identity may not
+    /// make write `op_index` (at `pointer`). Not re-run: nothing changed,
+    /// and running it again would be refused the same way.
+    #[error("forbidden: write {op_index} at {pointer}: {message}")]
+    Forbidden { op_index: usize, pointer: Pointer, message: String },
+    /// The document after the transaction would break the server's schema
+    /// at `pointer`. Not re-run.
+    #[error("invalid: {pointer}: {message}")]
+    Invalid { pointer: Pointer, message: String },
+    /// A guard of the server's application refused the commit. Not re-run.
+    #[error("vetoed: {message}")]
+    Vetoed { message: String },
     /// The transaction was sent, its acknowledgement was lost with the
     /// connection (or the document's reload), and by the time it was
     /// resubmitted the server had forgotten its id (over

@@ -26,7 +26,9 @@
 //! ```
 //!
 //! # Layout
-//! - `client`: the [`Client`] handle; connect, documents, RPC, pub/sub.
+//! - `client`: the [`Client`] handle and [`ClientBuilder`]; connect,
+//!   documents, RPC, pub/sub, connection state and identity.
+//! - `tls`: `wss://` roots (the platform's and added [`Certificate`]s).
 //! - `connection`: the connection task, sole owner of the socket and the
 //!   replicas; reconnect and resume.
 //! - `document`: the [`Document`] handle, its event streams, and the
@@ -52,9 +54,10 @@ mod document;
 mod error;
 mod rpc;
 mod stats;
+mod tls;
 mod topic;
 
-pub use client::{Client, Publish};
+pub use client::{Client, ClientBuilder, ConnectionState, Identity, Publish};
 pub use config::*;
 pub use document::{
     Changes, Document, DocumentEvent, PresenceEvents, PresenceUpdate, Receipt, Transact,
@@ -63,6 +66,7 @@ pub use document::{
 pub use error::{CallError, Error, TransactError};
 pub use rpc::{HandlerFuture, RpcError};
 pub use stats::Stats;
+pub use tls::Certificate;
 pub use topic::{topic_matches, Message, Subscription};
 
 pub use concord_engine::protocol::{ErrorCode, PresenceEvent};

@@ -232,6 +232,10 @@ impl Driver {
     pub(super) fn run_job(&mut self, doc: DocId, job: Job, resolve: oneshot::Sender<Resolution>) {
         let tx_id = self.next_tx_id();
         let Some(state) = self.docs.get_mut(&doc) else {
+            // Its open was refused (e.g. `forbidden`) after the handle was
+            // made: say so rather than leave the transaction to report Closed.
+            let message = format!("{doc} is not open (the server refused opening it)");
+            let _ = resolve.send(Resolution::Refused { code: ErrorCode::NotOpen, message });
             return;
         };
         let Some(replica) = state.replica.as_mut() else {
@@ -469,6 +473,29 @@ impl Driver {
                 // Only an `open` leaves us waiting; presence is ephemeral.
                 if matches!(state.status, DocStatus::Opening | DocStatus::Reopening) {
                     state.open_dropped = true;
+                }
+            }
+            // The identity may not read it (first open, or a reopen after a
+            // reconnect with a token that lost the grant): the document is
+            // dropped, its waiters told, its pending transactions refused.
+            ErrorCode::Forbidden
+                if matches!(state.status, DocStatus::Opening | DocStatus::Reopening) =>
+            {
+                let Some(state) = self.docs.remove(doc) else {
+                    return;
+                };
+                for waiter in state.open_waiters {
+                    let _ = waiter.send(Err(Error::Forbidden { message: message.clone() }));
+                }
+                for (_, waiting) in state.commits {
+                    let refused = Resolution::Refused { code, message: message.clone() };
+                    let _ = waiting.resolve.send(refused);
+                }
+                for waiter in state.retry_waiters {
+                    let _ = waiter.resolve.send(Resolution::Wake);
+                }
+                for waiter in state.blocked {
+                    let _ = waiter.send(Resolution::Wake);
                 }
             }
             _ if state.replica.is_none() => {

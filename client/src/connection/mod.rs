@@ -39,24 +39,28 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use concord_engine::protocol::{
-    ClientMessage, ErrorCode, ServerFrame, ServerMessage, PROTOCOL_VERSION,
+    close_code, ClientMessage, ErrorCode, ServerFrame, ServerMessage, PROTOCOL_VERSION,
 };
 use concord_engine::replica::Replica;
 use concord_engine::{patch, DocId, Pointer, Rejection, Transaction, TxId, Version};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::Message as Frame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{tungstenite, Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{debug, warn};
 
 use self::channels::{Procedure, TopicState};
 use self::documents::{DocState, DocStatus};
 use crate::backoff::Backoff;
+use crate::client::{ConnectionState, Identity, TokenProvider};
 use crate::config::{ClientConfig, RPC_HANDLERS_IN_FLIGHT_MAX};
 use crate::contention::Contention;
 use crate::document::{DocumentEvent, PresenceUpdate};
@@ -199,49 +203,116 @@ pub(crate) enum Command {
     },
 }
 
-/// Opens a WebSocket to `url` and waits for `welcome`; returns the socket
-/// and the session id.
-pub(crate) async fn connect(
-    url: String,
-    config: Arc<ClientConfig>,
-) -> Result<(Socket, String), Error> {
-    let url = with_batched_frames(url);
+/// Where and how the client connects; the same for every reconnect.
+pub(crate) struct Endpoint {
+    /// The session URL, asking for batched frames.
+    pub(crate) url: String,
+    pub(crate) config: Arc<ClientConfig>,
+    /// For `wss://`: the roots to trust. `None` for `ws://`.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    /// Asked for a fresh token before every connection attempt.
+    pub(crate) token: Option<TokenProvider>,
+}
+
+impl Endpoint {
+    pub(crate) fn new(
+        url: String,
+        config: Arc<ClientConfig>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        token: Option<TokenProvider>,
+    ) -> Self {
+        Self { url: with_batched_frames(url), config, tls, token }
+    }
+}
+
+/// What the server's `welcome` said.
+#[derive(Debug)]
+pub(crate) struct Welcome {
+    pub(crate) session: String,
+    pub(crate) identity: Option<Identity>,
+}
+
+/// Opens a WebSocket to the endpoint (with a fresh token, if it has a
+/// provider) and waits for `welcome`.
+pub(crate) async fn connect(endpoint: Arc<Endpoint>) -> Result<(Socket, Welcome), Error> {
+    let config = &endpoint.config;
     let attempt = async {
+        let mut request = endpoint
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|error| Error::Connect(Box::new(error)))?;
+        if let Some(provider) = &endpoint.token {
+            let token = provider().await.map_err(Error::Token)?;
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Error::Token("the token is not a valid HTTP header value".into()))?;
+            request.headers_mut().insert(header::AUTHORIZATION, value);
+        }
+        let connector = match &endpoint.tls {
+            Some(tls) => Connector::Rustls(tls.clone()),
+            None => Connector::Plain,
+        };
         // Nagle off: messages are small and latency is what transactions wait on.
-        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(
-            url.as_str(),
+        let (mut socket, _) = tokio_tungstenite::connect_async_tls_with_config(
+            request,
             Some(config.websocket()),
             true,
+            Some(connector),
         )
         .await
-        .map_err(|error| Error::Connect(Box::new(error)))?;
+        .map_err(connect_error)?;
         loop {
             let text = match socket.next().await {
                 Some(Ok(Frame::Text(text))) => text,
                 Some(Ok(Frame::Close(frame))) => {
-                    return Err(Error::Handshake(format!("closed before welcome: {frame:?}")))
+                    if frame.as_ref().is_some_and(|f| u16::from(f.code) == close_code::UNAUTHORIZED)
+                    {
+                        let message = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                        return Err(Error::Unauthorized { message });
+                    }
+                    return Err(Error::Handshake(format!("closed before welcome: {frame:?}")));
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(error)) => return Err(Error::Connect(Box::new(error))),
                 None => return Err(Error::Handshake("closed before welcome".into())),
             };
-            return match serde_json::from_str::<ServerMessage>(text.as_str()) {
-                Ok(ServerMessage::Welcome { protocol, session, .. })
+            let decoded = ServerFrame::decode(text.as_str())
+                .map(|frame| frame.into_iter().next())
+                .map_err(|error| Error::Handshake(error.to_string()))?;
+            return match decoded {
+                Some(ServerMessage::Welcome { protocol, session, sub, name })
                     if protocol == PROTOCOL_VERSION =>
                 {
-                    Ok((socket, session))
+                    let identity = sub.map(|sub| Identity { sub, name });
+                    Ok((socket, Welcome { session, identity }))
                 }
-                Ok(ServerMessage::Welcome { protocol, .. }) => {
+                Some(ServerMessage::Welcome { protocol, .. }) => {
                     Err(Error::ProtocolMismatch { server: protocol, client: PROTOCOL_VERSION })
                 }
-                Ok(_) => Err(Error::Handshake("the first message was not welcome".into())),
-                Err(error) => Err(Error::Handshake(error.to_string())),
+                Some(ServerMessage::Error {
+                    code: ErrorCode::Unauthorized | ErrorCode::TokenExpired,
+                    message,
+                    ..
+                }) => Err(Error::Unauthorized { message }),
+                Some(_) | None => Err(Error::Handshake("the first message was not welcome".into())),
             };
         }
     };
     tokio::time::timeout(config.connect_timeout, attempt)
         .await
         .map_err(|_| Error::ConnectTimeout(config.connect_timeout))?
+}
+
+/// A failed upgrade: HTTP 401 is a refusal of the credentials.
+fn connect_error(error: tungstenite::Error) -> Error {
+    match error {
+        tungstenite::Error::Http(response) if response.status() == StatusCode::UNAUTHORIZED => {
+            let body = response.body().as_deref().unwrap_or_default();
+            let message = String::from_utf8_lossy(body).trim().to_owned();
+            Error::Unauthorized { message }
+        }
+        error => Error::Connect(Box::new(error)),
+    }
 }
 
 /// `url` asking for batched frames (docs/protocol.md, section 1): the
@@ -258,7 +329,7 @@ fn with_batched_frames(mut url: String) -> String {
     url
 }
 
-type ConnectAttempt = Pin<Box<dyn Future<Output = Result<(Socket, String), Error>> + Send>>;
+type ConnectAttempt = Pin<Box<dyn Future<Output = Result<(Socket, Welcome), Error>> + Send>>;
 
 enum Link {
     Up(Box<Session>),
@@ -269,6 +340,8 @@ enum Link {
 
 struct Session {
     socket: Socket,
+    /// When it started.
+    since: Instant,
     /// Anything from the server (pongs included) proves it alive.
     last_heard: Instant,
     heartbeat: Interval,
@@ -278,13 +351,15 @@ enum Event {
     Command(Option<Command>),
     Frame(Option<Result<Frame, tokio_tungstenite::tungstenite::Error>>),
     Heartbeat,
-    Connected(Box<Result<(Socket, String), Error>>),
+    Connected(Box<Result<(Socket, Welcome), Error>>),
     Reconnect,
 }
 
 pub(crate) struct Driver {
-    url: String,
+    endpoint: Arc<Endpoint>,
     config: Arc<ClientConfig>,
+    /// What handles see of the connection ([`Client::state`](crate::Client::state)).
+    state: watch::Sender<ConnectionState>,
     client_id: String,
     tx_seq: u64,
     counters: Arc<Counters>,
@@ -294,6 +369,8 @@ pub(crate) struct Driver {
     commands_weak: mpsc::WeakSender<Command>,
     link: Link,
     reconnect_backoff: Backoff,
+    /// Paces reconnects after sessions whose token expired right away.
+    expiry_backoff: Backoff,
     session: Option<String>,
     /// Counts sessions, so answers meant for an earlier one are dropped.
     epoch: u64,
@@ -315,26 +392,29 @@ pub(crate) struct Driver {
 impl Driver {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        url: String,
-        config: Arc<ClientConfig>,
+        endpoint: Arc<Endpoint>,
+        state: watch::Sender<ConnectionState>,
         client_id: String,
         counters: Arc<Counters>,
         commands: mpsc::Receiver<Command>,
         commands_weak: mpsc::WeakSender<Command>,
         socket: Socket,
-        session: String,
+        welcome: Welcome,
     ) -> Self {
+        let config = endpoint.config.clone();
         let reconnect_backoff =
             Backoff::new(config.reconnect_backoff_initial, config.reconnect_backoff_max);
         let mut driver = Self {
-            url,
+            endpoint,
             config,
+            state,
             client_id,
             tx_seq: 0,
             counters,
             commands,
             commands_weak,
             link: Link::Waiting(Instant::now()),
+            expiry_backoff: reconnect_backoff.clone(),
             reconnect_backoff,
             session: None,
             epoch: 0,
@@ -349,7 +429,7 @@ impl Driver {
             acks: HashMap::new(),
             next_ack: 0,
         };
-        driver.on_connected(socket, session);
+        driver.on_connected(socket, welcome);
         driver
     }
 
@@ -395,15 +475,21 @@ impl Driver {
                 Event::Frame(frame) => self.on_frame(frame),
                 Event::Heartbeat => self.on_heartbeat(),
                 Event::Connected(result) => match *result {
-                    Ok((socket, session)) => self.on_connected(socket, session),
+                    Ok((socket, welcome)) => self.on_connected(socket, welcome),
                     Err(error) => {
                         warn!(%error, "reconnect attempt failed");
+                        self.state.send_replace(match error {
+                            Error::Unauthorized { message } => {
+                                ConnectionState::Unauthorized { message }
+                            }
+                            error => ConnectionState::Disconnected { reason: error.to_string() },
+                        });
                         let delay = self.reconnect_backoff.next_delay();
                         self.link = Link::Waiting(Instant::now() + delay);
                     }
                 },
                 Event::Reconnect => {
-                    let attempt = connect(self.url.clone(), self.config.clone());
+                    let attempt = connect(self.endpoint.clone());
                     self.link = Link::Connecting(Box::pin(attempt));
                 }
             }
@@ -417,6 +503,7 @@ impl Driver {
             // A server that does not take the close frame is not waited for.
             let _ = tokio::time::timeout(self.config.connect_timeout, close).await;
         }
+        self.state.send_replace(ConnectionState::Closed);
         // Dropping the state drops every waiter's sender: they report Closed.
         drop(self.docs);
         if let Some(reply) = reply {
@@ -466,13 +553,16 @@ impl Driver {
         }
     }
 
-    fn on_connected(&mut self, socket: Socket, session_id: String) {
+    fn on_connected(&mut self, socket: Socket, welcome: Welcome) {
+        let Welcome { session: session_id, identity } = welcome;
         let now = Instant::now();
         let mut heartbeat =
             tokio::time::interval_at(now + self.config.ping_interval, self.config.ping_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        self.link = Link::Up(Box::new(Session { socket, last_heard: now, heartbeat }));
+        self.link = Link::Up(Box::new(Session { socket, since: now, last_heard: now, heartbeat }));
         debug!(session = %session_id, "connected");
+        self.state
+            .send_replace(ConnectionState::Connected { session: session_id.clone(), identity });
         self.session = Some(session_id);
         self.epoch += 1;
         self.reconnect_backoff.reset();
@@ -482,19 +572,46 @@ impl Driver {
     }
 
     fn disconnect(&mut self, reason: &str) {
+        let delay = self.reconnect_backoff.next_delay();
+        let state = ConnectionState::Disconnected { reason: reason.to_owned() };
+        self.disconnect_for(reason, state, delay);
+    }
+
+    /// Drops the session and reconnects after `delay`, showing `state`
+    /// meanwhile.
+    fn disconnect_for(&mut self, reason: &str, state: ConnectionState, delay: Duration) {
         if !matches!(self.link, Link::Up(_)) {
             return;
         }
         warn!(reason, "connection lost; reconnecting");
         Counters::bump(&self.counters.disconnects);
+        self.state.send_replace(state);
         // Dropping the session drops the socket, which closes the TCP stream.
-        self.link = Link::Waiting(Instant::now() + self.reconnect_backoff.next_delay());
+        self.link = Link::Waiting(Instant::now() + delay);
         self.outbox.clear();
         self.session = None;
         for state in self.docs.values_mut() {
             state.status = DocStatus::Disconnected;
         }
         self.end_session_channels();
+    }
+
+    /// Drops the session and reconnects at once, calling the token provider
+    /// again. A session that lasted less than `reconnect_backoff_max` (the
+    /// provider handing out tokens about to expire) waits out a backoff of
+    /// its own instead, so such a provider cannot make the client spin.
+    fn reconnect_now(&mut self, reason: &str) {
+        let Link::Up(session) = &self.link else {
+            return;
+        };
+        let delay = if session.since.elapsed() < self.config.reconnect_backoff_max {
+            self.expiry_backoff.next_delay()
+        } else {
+            self.expiry_backoff.reset();
+            Duration::ZERO
+        };
+        let state = ConnectionState::Disconnected { reason: reason.to_owned() };
+        self.disconnect_for(reason, state, delay);
     }
 
     fn on_heartbeat(&mut self) {
@@ -540,7 +657,17 @@ impl Driver {
                 }
             }
             Some(Ok(Frame::Close(frame))) => {
-                self.disconnect(&format!("the server closed the session: {frame:?}"))
+                let reason = format!("the server closed the session: {frame:?}");
+                match frame.map(|frame| u16::from(frame.code)) {
+                    // A fresh token, at once: resume loses nothing.
+                    Some(close_code::TOKEN_EXPIRED) => self.reconnect_now(&reason),
+                    Some(close_code::UNAUTHORIZED) => {
+                        let delay = self.reconnect_backoff.next_delay();
+                        let state = ConnectionState::Unauthorized { message: reason.clone() };
+                        self.disconnect_for(&reason, state, delay);
+                    }
+                    _ => self.disconnect(&reason),
+                }
             }
             // Pings are answered by tungstenite itself.
             Some(Ok(_)) => session.last_heard = Instant::now(),
@@ -643,6 +770,17 @@ impl Driver {
             (Some(doc), Some(tx_id)) => self.on_commit_refused(&doc, &tx_id, code, message),
             (Some(doc), None) => self.on_doc_error(&doc, code, message),
             (None, _) if code == ErrorCode::AlreadyRegistered => self.on_register_refused(message),
+            // The session's token expired: the server closes it (4004) after
+            // a grace period; reconnecting now with a fresh token loses
+            // nothing (every document resumes) and skips the wait.
+            (None, _) if code == ErrorCode::TokenExpired => {
+                self.reconnect_now(&format!("the token expired: {message}"))
+            }
+            // A close with 4003 follows.
+            (None, _) if code == ErrorCode::Unauthorized => {
+                warn!(message, "the server refused the credentials");
+                self.state.send_replace(ConnectionState::Unauthorized { message });
+            }
             (None, _) => warn!(?code, message, "the server reported an error"),
         }
     }

@@ -7,4 +7,5 @@ mod pubsub;
 mod resume;
 mod rpc;
 mod support;
+mod tls;
 mod transact;
