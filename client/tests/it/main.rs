@@ -2,6 +2,7 @@
 //! started in-process on port 0 for each test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod netsim;
 mod pubsub;
 mod resume;
