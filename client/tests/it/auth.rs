@@ -66,6 +66,8 @@ async fn scripted(script: impl Fn(usize) -> Answer + Send + Sync + 'static) -> S
                 if answer == Answer::GatedWelcome {
                     opened.notified().await;
                 }
+                // tungstenite's callback signature, not ours.
+                #[allow(clippy::result_large_err)]
                 let callback = |request: &Request, response: Response| {
                     let token = request
                         .headers()
@@ -73,8 +75,8 @@ async fn scripted(script: impl Fn(usize) -> Answer + Send + Sync + 'static) -> S
                         .map(|value| value.to_str().unwrap().to_owned());
                     seen.lock().unwrap().push(token);
                     if answer == Answer::Refuse {
-                        let refusal = ErrorResponse::new(Some("the token does not verify".into()));
-                        let mut refusal = refusal;
+                        let mut refusal =
+                            ErrorResponse::new(Some("the token does not verify".into()));
                         *refusal.status_mut() = 401.try_into().unwrap();
                         return Err(refusal);
                     }
