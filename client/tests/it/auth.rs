@@ -291,3 +291,128 @@ async fn refusals_by_the_servers_rules_are_typed_and_never_re_run() {
     assert_eq!(doc.value().await.unwrap(), json!({}));
     client.close().await;
 }
+
+/// Against the real server with HS256 JWT authentication.
+mod real_server {
+    use super::*;
+    use concord_engine::access::Grants;
+    use concord_server::auth::{self, JwtConfig, TokenRequest};
+    use concord_server::{Config, RunningServer, ServerBuilder};
+
+    const SECRET: &[u8] = b"a test secret of at least 32 bytes, for HS256";
+
+    async fn start() -> RunningServer {
+        let jwt = JwtConfig { hs256_secret: Some(SECRET.to_vec()), ..JwtConfig::default() };
+        // A session without a token gets this long to send an `auth`
+        // message before `unauthorized` and 4003.
+        let handshake_timeout = Duration::from_millis(300);
+        let config = Config { record_commit_log: true, handshake_timeout, ..Config::default() };
+        ServerBuilder::new().jwt(jwt).config(config).bind("127.0.0.1:0").await.unwrap()
+    }
+
+    /// Alice may write `team/*` under `/mine` only, and nothing else.
+    fn alice_token(ttl: Duration) -> String {
+        let grants: Grants = serde_json::from_value(json!({
+            "docs": [{"pattern": "team/*", "access": "write", "scopes": ["/mine"]}]
+        }))
+        .unwrap();
+        let request = TokenRequest {
+            sub: "alice".into(),
+            name: Some("Alice".into()),
+            grants,
+            ttl,
+            audience: None,
+            issuer: None,
+        };
+        auth::mint_hs256(SECRET, &request).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_token_provider_authenticates_and_the_servers_refusals_are_typed() {
+        let server = start().await;
+        // No token: upgraded, then `unauthorized` once no `auth` came.
+        let refused = Client::connect_with(&server.ws_url(), fast_config()).await;
+        assert!(matches!(refused, Err(Error::Unauthorized { .. })), "{refused:?}");
+        // A token that does not verify: 401 on the upgrade.
+        let forged = Client::builder(server.ws_url())
+            .token_provider(|| async { Ok::<_, std::io::Error>("not.a.jwt".to_owned()) })
+            .connect()
+            .await;
+        assert!(matches!(forged, Err(Error::Unauthorized { .. })), "{forged:?}");
+
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let client = Client::builder(server.ws_url())
+            .config(fast_config())
+            .token_provider(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, std::io::Error>(alice_token(Duration::from_secs(600))) }
+            })
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let alice = Identity { sub: "alice".into(), name: Some("Alice".into()) };
+        assert_eq!(client.identity(), Some(alice));
+
+        let denied = client.open("secret").await;
+        assert!(matches!(denied, Err(Error::Forbidden { .. })), "{denied:?}");
+
+        let doc = client.open("team/board").await.unwrap();
+        let mine = Pointer::parse("/mine").unwrap();
+        doc.transact(move |tx| -> TxResult<()> { Ok(tx.increment(&mine, 1)?) }).await.unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let theirs = Pointer::parse("/theirs").unwrap();
+        let outside = doc
+            .transact(move |tx| -> TxResult<()> {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Ok(tx.set(&theirs, json!(1))?)
+            })
+            .await;
+        match outside {
+            Err(TransactError::Forbidden { op_index: 0, pointer, .. }) => {
+                assert_eq!(pointer.to_string(), "/theirs");
+            }
+            other => panic!("expected Forbidden, got {other:?}"),
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(doc.value().await.unwrap(), json!({"mine": 1}));
+        client.close().await;
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_expiring_token_is_replaced_by_reconnecting_with_a_fresh_one() {
+        let server = start().await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let client = Client::builder(server.ws_url())
+            .config(fast_config())
+            .token_provider(move || {
+                // The first token expires within a second; the next last.
+                let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+                let ttl = Duration::from_secs(if first { 1 } else { 600 });
+                async move { Ok::<_, std::io::Error>(alice_token(ttl)) }
+            })
+            .connect()
+            .await
+            .unwrap();
+        let ConnectionState::Connected { session: first, .. } = client.state() else {
+            panic!("not connected: {:?}", client.state());
+        };
+        let doc = client.open("team/expiry").await.unwrap();
+        // The server says token_expired; the client reconnects at once.
+        wait_for_state(&client, |state| {
+            matches!(state, ConnectionState::Connected { session, .. } if *session != first)
+        })
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // The document resumed on the new session.
+        let mine = Pointer::parse("/mine").unwrap();
+        doc.transact(move |tx| -> TxResult<()> { Ok(tx.increment(&mine, 1)?) }).await.unwrap();
+        assert_eq!(client.stats().connects, 2);
+        client.close().await;
+        server.shutdown().await;
+    }
+}
