@@ -60,8 +60,9 @@ pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How a client connects, keeps its connection alive and retries.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Longest a connection attempt (TCP, WebSocket handshake and `welcome`)
-    /// may take before it counts as failed.
+    /// Longest a connection attempt (the token provider, TCP, TLS for
+    /// `wss://`, the WebSocket handshake and `welcome`) may take before it
+    /// counts as failed.
     pub connect_timeout: Duration,
     /// How often the client pings the server. The pongs (and any other
     /// traffic) prove the server alive.

@@ -663,7 +663,12 @@ impl Driver {
                     Some(close_code::TOKEN_EXPIRED) => self.reconnect_now(&reason),
                     Some(close_code::UNAUTHORIZED) => {
                         let delay = self.reconnect_backoff.next_delay();
-                        let state = ConnectionState::Unauthorized { message: reason.clone() };
+                        // Keep the `unauthorized` error's message, if it came.
+                        let state = match &*self.state.borrow() {
+                            ConnectionState::Unauthorized { message } => message.clone(),
+                            _ => reason.clone(),
+                        };
+                        let state = ConnectionState::Unauthorized { message: state };
                         self.disconnect_for(&reason, state, delay);
                     }
                     _ => self.disconnect(&reason),
