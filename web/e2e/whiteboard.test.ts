@@ -51,12 +51,24 @@ function freshBoard(name: string): string {
 }
 
 /** A person: a browser context with the board open and a name set. */
-async function person(board: string, name: string): Promise<Page> {
+async function person(board: string, name: string, on: ConcordServer = server): Promise<Page> {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   contexts.push(context);
   const page = await context.newPage();
   page.on("pageerror", (error) => console.error(`[${name}] page error:`, error));
-  await page.goto(`${server.httpUrl}/#board=${board}`);
+  await page.goto(`${on.httpUrl}/#board=${board}`);
+  await page.fill('[data-testid="name"]', name);
+  await synced(page);
+  return page;
+}
+
+/** A person opening the board with `?view` (view-only) on `on`. */
+async function viewerPage(on: ConcordServer, board: string, name = "Viewer"): Promise<Page> {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  contexts.push(context);
+  const page = await context.newPage();
+  page.on("pageerror", (error) => console.error(`[${name}] page error:`, error));
+  await page.goto(`${on.httpUrl}/?view#board=${board}`);
   await page.fill('[data-testid="name"]', name);
   await synced(page);
   return page;
@@ -318,6 +330,69 @@ describe("whiteboard", () => {
     await waitForShapes(alice, 2);
     assert.deepEqual(await drawn(alice), before);
     await shot(alice, "reload");
+  });
+
+  test("a ?view board has every editing tool disabled and labelled, and an editor's shapes appear in it live", async () => {
+    const board = freshBoard("view");
+    const alice = await person(board, "Alice");
+    const viewer = await viewerPage(server, board);
+    const badge = viewer.locator('[data-testid="view-only"]');
+    assert.ok(await badge.isVisible(), "the View only badge shows");
+    assert.equal((await badge.textContent())?.trim(), "View only");
+    assert.equal(await alice.locator('[data-testid="view-only"]').isVisible(), false, "an editor has no badge");
+    const controls = await viewer.evaluate(() =>
+      [...document.querySelectorAll<HTMLButtonElement>("#toolbar button, [data-testid=color]")].map((b) => ({
+        what: b.dataset.testid ?? b.id,
+        disabled: b.disabled,
+        title: b.title,
+      })),
+    );
+    for (const control of controls) {
+      if (control.what === "tool-select") {
+        assert.equal(control.disabled, false, "select (to pan) stays");
+      } else {
+        assert.equal(control.disabled, true, `${control.what} is disabled`);
+      }
+      if (control.what.startsWith("tool-") && control.what !== "tool-select") assert.match(control.title, /view only/, `${control.what} says why`);
+    }
+    // Alice draws: the viewer sees it live.
+    await drawRect(alice, 300, 200, 160, 100, "rect");
+    await waitForShapes(viewer, 1);
+    await alice.click('[data-testid="tool-note"]');
+    await alice.mouse.click(700, 300);
+    await alice.waitForSelector('[data-testid="note-editor"]:not([hidden])');
+    await alice.keyboard.type("Read me");
+    await alice.mouse.click(1000, 600);
+    await waitForShapes(viewer, 2);
+    await viewer.waitForFunction(() => document.querySelector(".note-text")?.textContent === "Read me", undefined, { timeout: 5_000 });
+    await converged(alice, viewer);
+    const before = await docValue(alice);
+    // The viewer tries everything an editor would: shortcuts to draw, a drag
+    // on the canvas, a drag of a shape, Delete, undo, a double click on the note.
+    const [rectId] = Object.entries(await drawn(viewer)).find(([, s]) => s.type === "rect") ?? [];
+    assert.ok(rectId);
+    await viewer.keyboard.press("r");
+    await drag(viewer, { x: 200, y: 500 }, { x: 320, y: 600 });
+    const at = await center(viewer, rectId);
+    await drag(viewer, at, { x: at.x + 150, y: at.y + 120 });
+    await viewer.mouse.click(at.x, at.y);
+    await viewer.keyboard.press("Delete");
+    await viewer.keyboard.press("Control+z");
+    const noteAt = await center(viewer, Object.entries(await drawn(viewer)).find(([, s]) => s.type === "note")?.[0] ?? "");
+    await viewer.mouse.dblclick(noteAt.x, noteAt.y);
+    assert.equal(await viewer.locator('[data-testid="note-editor"]').isHidden(), true, "no note editor");
+    const state = await viewer.evaluate(() => {
+      const doc = (globalThis as unknown as { concord: { doc: { pendingCount: number; value: unknown } } }).concord.doc;
+      return { pending: doc.pendingCount, value: doc.value };
+    });
+    assert.equal(state.pending, 0, "the viewer sent nothing");
+    assert.deepEqual(state.value, before, "the viewer's board is unchanged");
+    await converged(alice, viewer);
+    assert.deepEqual(await docValue(alice), before, "the editor's board is unchanged");
+    await shot(viewer, "view-only");
+    // Alice keeps drawing: it still reaches the viewer.
+    await drawRect(alice, 500, 450, 120, 80, "ellipse");
+    await waitForShapes(viewer, 3);
   });
 
   test("the page recovers when the server restarts mid-session", async () => {

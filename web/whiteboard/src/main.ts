@@ -112,14 +112,29 @@ function colorFor(text: string): string {
 
 const id = boardId();
 const viewOnly = isViewOnly();
-const authOn = await demoAuthEnabled();
 const me = { id: "", name: myName(), color: "" };
+// The name field works from the first moment, also while the page asks the
+// server whether auth is on (below): a name typed meanwhile is kept.
+const nameInput = $<HTMLInputElement>("#name");
+nameInput.value = me.name;
+let booted = false;
+nameInput.addEventListener("input", () => {
+  const name = nameInput.value.trim() || "Anonymous";
+  me.name = name;
+  localStorage.setItem("concord.whiteboard.name", name);
+  if (!booted) return;
+  board.me = { ...me };
+  publishPresence();
+  scheduleRender();
+});
+const authOn = await demoAuthEnabled();
 const options: ConnectOptions = authOn ? { token: demoTokenProvider(viewOnly ? "read" : "write", () => me.name) } : {};
 const client = new Client(sameOriginUrl(), options);
 const doc = client.document(`board:${id}`);
 me.id = client.clientId;
 me.color = colorFor(me.name + me.id);
 const board = new Board(doc, me, { readOnly: viewOnly });
+booted = true;
 
 let tool: Tool = "select";
 let color = COLORS[0] as string;
@@ -140,8 +155,6 @@ const noteEditor = $<HTMLTextAreaElement>("#note-editor");
 
 $("#board-id").textContent = id;
 document.title = `${id} · Concord Whiteboard`;
-const nameInput = $<HTMLInputElement>("#name");
-nameInput.value = me.name;
 $("#me-swatch").style.background = me.color;
 
 (globalThis as unknown as { concord: unknown }).concord = { client, doc, board, viewOnly, authOn };
@@ -505,14 +518,6 @@ function publishPresence(): void {
   flush();
 }
 
-nameInput.addEventListener("input", () => {
-  const name = nameInput.value.trim() || "Anonymous";
-  me.name = name;
-  board.me = { ...me };
-  localStorage.setItem("concord.whiteboard.name", name);
-  publishPresence();
-  scheduleRender();
-});
 
 // ---- tools and palette ----
 
