@@ -129,8 +129,12 @@ export class AuthError extends Error {
   override name = "AuthError";
   constructor(
     message: string,
-    /** `unauthorized` from the server, or `token_provider` when the provider threw. */
-    readonly code: "unauthorized" | "token_provider",
+    /**
+     * `unauthorized` from the server; `token_expired` when the token the
+     * provider gave was expired already; `token_provider` when the provider
+     * threw (or did not answer in time).
+     */
+    readonly code: "unauthorized" | "token_expired" | "token_provider",
     options?: { cause?: unknown },
   ) {
     super(message, options);
@@ -382,10 +386,10 @@ export class Client extends Emitter<ClientEvents> {
   #handshakeTimer: ReturnType<typeof setTimeout> | undefined;
   #readyWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   #docs = new Map<string, DocumentHandle>();
-  #subscriptions = new Map<string, { handlers: Set<(data: Json, topic: string) => void>; acked: boolean; waiters: (() => void)[] }>();
+  #subscriptions = new Map<string, { handlers: Set<(data: Json, topic: string) => void>; acked: boolean; waiters: ((error?: Error) => void)[] }>();
   #methods = new Map<string, RpcHandler>();
   #calls = new Map<number, { resolve: (v: Json) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }>();
-  #acks = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+  #acks = new Map<number, { topic: string; resolve: () => void; reject: (e: Error) => void }>();
   #registering = new Map<string, { handler: RpcHandler; resolve: () => void; reject: (e: Error) => void }>();
   #txSeq = 0;
   #rpcSeq = 0;
@@ -523,7 +527,11 @@ export class Client extends Emitter<ClientEvents> {
 
   // ---- publish / subscribe ----
 
-  /** Subscribes `handler` to a topic pattern (`*` one segment, `>` the rest); resolves once acknowledged. Returns the unsubscribe function. */
+  /**
+   * Subscribes `handler` to a topic pattern (`*` one segment, `>` the rest);
+   * resolves once acknowledged, with the unsubscribe function. Rejects with
+   * an `AccessDeniedError` when the session's token does not allow it.
+   */
   async subscribe(topic: string, handler: (data: Json, topic: string) => void): Promise<() => void> {
     let sub = this.#subscriptions.get(topic);
     if (!sub) {
@@ -542,7 +550,7 @@ export class Client extends Emitter<ClientEvents> {
     };
     if (!sub.acked) {
       const pending = sub;
-      await new Promise<void>((resolve) => pending.waiters.push(resolve));
+      await new Promise<void>((resolve, reject) => pending.waiters.push((error) => (error ? reject(error) : resolve())));
     }
     return unsubscribe;
   }
@@ -560,7 +568,7 @@ export class Client extends Emitter<ClientEvents> {
     }
     const ack = ++this.#ackSeq;
     message.ack = ack;
-    const acked = new Promise<void>((resolve, reject) => this.#acks.set(ack, { resolve, reject }));
+    const acked = new Promise<void>((resolve, reject) => this.#acks.set(ack, { topic, resolve, reject }));
     this.#sendOrThrow(message);
     return acked;
   }
@@ -855,6 +863,14 @@ export class Client extends Emitter<ClientEvents> {
           this.#authFailed(new AuthError(`unauthorized: ${message.message}`, "unauthorized"));
           return;
         }
+        if (message.code === "token_expired" && !this.#welcomed) {
+          // The provider's token had expired before the server saw it: a
+          // failure to report (the server closes with 4004; the reconnect
+          // asks the provider again, with backoff if this repeats).
+          this.#refused = true;
+          this.#authFailed(new AuthError(`token_expired: ${message.message}`, "token_expired"));
+          return;
+        }
         if (message.code === "token_expired") {
           // Not an application error: a fresh session with a fresh token
           // follows now, rather than after the server's grace period and
@@ -871,7 +887,8 @@ export class Client extends Emitter<ClientEvents> {
           doc._onError(error);
           return;
         }
-        if (message.code === "already_registered" || message.code === "limit_reached" || message.code === "forbidden") {
+        if (error instanceof AccessDeniedError && this.#claimRefusal(error)) return;
+        if (message.code === "already_registered" || message.code === "limit_reached") {
           // No correlation id: it answers the oldest registration in flight, if any.
           const [method, waiter] = this.#registering.entries().next().value ?? [];
           if (method !== undefined && waiter) {
@@ -891,6 +908,37 @@ export class Client extends Emitter<ClientEvents> {
         return;
       }
     }
+  }
+
+  /**
+   * Hands a `forbidden` error to the request it answers: a registration,
+   * an unacknowledged subscription or an acknowledged publish whose name
+   * the server's message names (it names what was refused). Returns whether
+   * one took it.
+   */
+  #claimRefusal(error: AccessDeniedError): boolean {
+    // The name as a word of the message: after a space, and followed by its end, a space, or punctuation that ends the sentence or clause.
+    const names = (name: string) => new RegExp(`(^|\\s)${escapeRegExp(name)}($|\\s|[.,:;](\\s|$))`).test(error.message);
+    for (const [method, waiter] of this.#registering) {
+      if (!names(method)) continue;
+      this.#registering.delete(method);
+      if (this.#methods.get(method) === waiter.handler) this.#methods.delete(method);
+      waiter.reject(error);
+      return true;
+    }
+    for (const [pattern, sub] of this.#subscriptions) {
+      if (sub.acked || !names(pattern)) continue;
+      this.#subscriptions.delete(pattern);
+      for (const fail of sub.waiters.splice(0)) fail(error);
+      return true;
+    }
+    for (const [id, ack] of this.#acks) {
+      if (!names(ack.topic)) continue;
+      this.#acks.delete(id);
+      ack.reject(error);
+      return true;
+    }
+    return false;
   }
 
   #onRpc(raw: Json): void {
@@ -1425,6 +1473,10 @@ function runEffects(effects: (() => void)[], emitter: Emitter<DocumentEvents>): 
 function backoffMs(rejections: number): number {
   const ceiling = Math.min(1_000, 10 * 2 ** rejections);
   return Math.random() * ceiling;
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
 function sleep(ms: number): Promise<void> {

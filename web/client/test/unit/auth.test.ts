@@ -167,3 +167,19 @@ test("connect() rejects with the AuthError of a refused first attempt and closes
   socket.receive({ type: "error", code: "unauthorized", message: "token expired" });
   await assert.rejects(pending, (e: unknown) => e instanceof AuthError && e.code === "unauthorized");
 });
+
+test("a token that had expired before the server saw it is an AuthError (token_expired), and the provider is asked again", async () => {
+  const { provider, calls } = countingProvider();
+  const { client, sockets } = makeClient(provider);
+  const failed = nextEvent<AuthError>((l) => client.on("auth_error", l), () => true, "auth_error");
+  const first = await waitFor(() => sockets[0], "the first socket");
+  first.connect();
+  first.receive({ type: "error", code: "token_expired", message: "the token expired 3 s ago" });
+  first.closeWith(4004);
+  const error = await failed;
+  assert.equal(error.code, "token_expired");
+  const second = await waitFor(() => sockets[1], "the retry's socket");
+  assert.equal(calls(), 2);
+  second.accept("s2", { sub: "alice" });
+  assert.equal(client.authError, undefined);
+});

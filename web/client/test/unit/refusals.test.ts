@@ -139,3 +139,27 @@ test("a forbidden error on a live document (not an open) leaves it open", async 
   assert.ok(doc.live);
   await doc.whenReady();
 });
+
+test("a subscribe, a register and an acknowledged publish the token does not allow reject with AccessDeniedError", async () => {
+  const { WebSocket, sockets } = fakeSockets();
+  const client = new Client("ws://fake/ws", { WebSocket, clientId: "c", reconnect: { initialDelayMs: 1, maxDelayMs: 1 } });
+  clients.push(client);
+  const socket = sockets[0] as FakeSocket;
+  socket.accept("s1", { sub: "viewer" });
+  const allowed = client.subscribe("board.*", () => {});
+  const subscribing = client.subscribe("board.1.cursor.>", () => {}).then(() => null, (e: unknown) => e);
+  const registering = client.register("bot.move", () => 1).then(() => null, (e: unknown) => e);
+  const publishing = client.publish("chat.room", { hi: 1 }, { ack: true }).then(() => null, (e: unknown) => e);
+  // Answered in another order than asked: each refusal names what it refuses.
+  socket.receive({ type: "error", code: "forbidden", message: "no grant of this session allows publishing to chat.room" });
+  socket.receive({ type: "error", code: "forbidden", message: "no grant of this session allows registering bot.move" });
+  socket.receive({ type: "error", code: "forbidden", message: "no grant of this session allows subscribing to board.1.cursor.>" });
+  socket.receive({ type: "subscribed", topic: "board.*" });
+  for (const [what, result] of [["subscribe", subscribing], ["register", registering], ["publish", publishing]] as const) {
+    const error = await result;
+    assert.ok(error instanceof AccessDeniedError, `${what}: ${String(error)}`);
+    assert.equal(error.code, "forbidden");
+  }
+  assert.match(String(((await subscribing) as Error).message), /subscribing to board\.1\.cursor\.>/);
+  assert.equal(typeof (await allowed), "function", "the allowed subscription is acknowledged");
+});
