@@ -132,9 +132,11 @@ export class AuthError extends Error {
     /**
      * `unauthorized` from the server; `token_expired` when the token the
      * provider gave was expired already; `token_provider` when the provider
-     * threw (or did not answer in time).
+     * threw (or did not answer in time); `rate_limited` when the server
+     * turned the attempt away unread, after too many failed ones from this
+     * address.
      */
-    readonly code: "unauthorized" | "token_expired" | "token_provider",
+    readonly code: "unauthorized" | "token_expired" | "token_provider" | "rate_limited",
     options?: { cause?: unknown },
   ) {
     super(message, options);
@@ -321,28 +323,26 @@ const JSONRPC = "2.0";
  * retrying instead.
  */
 export async function connect(url: string, options: ConnectOptions = {}): Promise<Client> {
-  const client = new Client(url, options);
+  return readyOrClosed(new Client(url, options), options.connectTimeoutMs);
+}
+
+/**
+ * Resolves with `client` once its first session is up; closes it if that
+ * fails: past `timeoutMs`, or at the first authentication failure (the
+ * `AuthError` is the rejection).
+ */
+export async function readyOrClosed<C extends Client>(client: C, timeoutMs?: number): Promise<C> {
   let offAuth = () => {};
   const refused = new Promise<never>((_, reject) => {
     offAuth = client.on("auth_error", reject);
   });
   try {
-    return await Promise.race([readyOrClosed(client, options.connectTimeoutMs), refused]);
+    await Promise.race([client.ready(timeoutMs), refused]);
   } catch (error) {
     client.close();
     throw error;
   } finally {
     offAuth();
-  }
-}
-
-/** Resolves with `client` once its first session is up; closes it if that fails. */
-export async function readyOrClosed<C extends Client>(client: C, timeoutMs?: number): Promise<C> {
-  try {
-    await client.ready(timeoutMs);
-  } catch (error) {
-    client.close();
-    throw error;
   }
   return client;
 }
@@ -861,6 +861,13 @@ export class Client extends Emitter<ClientEvents> {
           // The server closes the session (4003) next; the reconnect calls the provider again.
           this.#refused = true;
           this.#authFailed(new AuthError(`unauthorized: ${message.message}`, "unauthorized"));
+          return;
+        }
+        if (message.code === "rate_limited" && !this.#welcomed) {
+          // Too many failed authentications from this address: the token
+          // was not even looked at (close 4003 follows).
+          this.#refused = true;
+          this.#authFailed(new AuthError(`rate_limited: ${message.message}`, "rate_limited"));
           return;
         }
         if (message.code === "token_expired" && !this.#welcomed) {

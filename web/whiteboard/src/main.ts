@@ -89,7 +89,7 @@ function demoTokenProvider(access: "read" | "write", name: () => string): () => 
     const response = await fetch("/demo/token", {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ name: name(), access, ...(sub ? { sub } : {}) }),
+      body: JSON.stringify({ name: clipBytes(name(), 64), access, ...(sub ? { sub } : {}) }),
     });
     if (!response.ok) {
       const text = await response.text().catch(() => "");
@@ -100,6 +100,17 @@ function demoTokenProvider(access: "read" | "write", name: () => string): () => 
     if (typeof body.sub === "string") localStorage.setItem(SUB_KEY, body.sub);
     return body.token;
   };
+}
+
+/** `text` cut to at most `max` UTF-8 bytes, on a character boundary (the demo token endpoint takes names of up to 64 bytes). */
+function clipBytes(text: string, max: number): string {
+  const encoder = new TextEncoder();
+  let out = "";
+  for (const ch of text) {
+    if (encoder.encode(out + ch).length > max) break;
+    out += ch;
+  }
+  return out || "Anonymous";
 }
 
 function colorFor(text: string): string {

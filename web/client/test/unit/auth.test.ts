@@ -183,3 +183,20 @@ test("a token that had expired before the server saw it is an AuthError (token_e
   second.accept("s2", { sub: "alice" });
   assert.equal(client.authError, undefined);
 });
+
+test("an authentication turned away by the server's rate limit is an AuthError (rate_limited), and the client keeps trying", async () => {
+  const { provider, calls } = countingProvider();
+  const { client, sockets } = makeClient(provider);
+  const failed = nextEvent<AuthError>((l) => client.on("auth_error", l), () => true, "auth_error");
+  const errors: ServerError[] = [];
+  client.on("error", (e) => errors.push(e));
+  const first = await waitFor(() => sockets[0], "the first socket");
+  first.connect();
+  first.receive({ type: "error", code: "rate_limited", message: "too many failed authentications from this address" });
+  first.closeWith(4003);
+  const error = await failed;
+  assert.equal(error.code, "rate_limited");
+  assert.deepEqual(errors, [], "reported once, as the auth failure");
+  await waitFor(() => sockets[1], "the retry's socket");
+  assert.equal(calls(), 2);
+});
