@@ -9,6 +9,12 @@
 // `outcome_unknown`, reported as `TransactionOutcomeUnknown`), topics re-subscribed,
 // procedures re-registered and presence re-sent. Calls in flight when the
 // socket drops fail: a call is not idempotent, so the caller decides.
+//
+// On a server that requires authentication, each socket's first message is
+// `auth` with a token from the application's provider, asked afresh for
+// every connect; the session (and everything it resumes) starts with the
+// server's `welcome`. An expired token means a prompt reconnect with a new
+// one; a refused token an `AuthError`, and retries with backoff.
 
 import { Emitter } from "./events.js";
 import { cloneJson, deepFreeze, isObject, toJson, type Json } from "./json.js";
@@ -112,7 +118,8 @@ export class ServerError extends Error {
  * The server refused an operation the session's token does not allow
  * (`error` `forbidden`): an `open` of a document it may not read (then
  * `doc` names it, and the document's `whenReady()` rejects with this), or a
- * subscribe, publish, call or register outside its patterns. Nothing
+ * subscribe, publish, register or JSON-RPC notification outside its
+ * patterns (a refused call is answered as a JSON-RPC error). Nothing
  * changed. Not a transaction's rejection: that is `ForbiddenError`.
  */
 export class AccessDeniedError extends ServerError {
