@@ -448,6 +448,9 @@ pub mod rpc_code {
     pub const MUTATION_REJECTED: i64 = -32003;
     /// The server is shutting down.
     pub const SHUTTING_DOWN: i64 = -32004;
+    /// The session's identity may not call this method (`data.code` is
+    /// `"forbidden"`).
+    pub const FORBIDDEN: i64 = -32005;
 }
 
 #[cfg(test)]

@@ -81,6 +81,10 @@ pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(45);
 /// Longest a client may take to send its HTTP request (the WebSocket
 /// handshake) after connecting.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a session's token expires it is told (`token_expired`) and closed
+/// (4004) this much later, so its client can reconnect with a fresh token
+/// while this session still delivers.
+pub const TOKEN_EXPIRY_GRACE: Duration = Duration::from_secs(10);
 /// Longest the server waits to write a close frame before dropping the
 /// connection.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -225,6 +229,11 @@ pub struct Config {
     pub storage: Option<StorageConfig>,
     pub shard_pending_effects_max: usize,
     pub shutdown_flush_timeout: Duration,
+    pub token_expiry_grace: Duration,
+    /// Serve without authentication on a non-loopback address. Without
+    /// this, a server with no authenticator refuses to start anywhere but
+    /// on a loopback address.
+    pub insecure_open: bool,
 }
 
 impl Default for Config {
@@ -269,6 +278,8 @@ impl Default for Config {
             storage: None,
             shard_pending_effects_max: SHARD_PENDING_EFFECTS_MAX,
             shutdown_flush_timeout: SHUTDOWN_FLUSH_TIMEOUT,
+            token_expiry_grace: TOKEN_EXPIRY_GRACE,
+            insecure_open: false,
         }
     }
 }
@@ -322,6 +333,7 @@ impl Config {
             ("shutdown_drain_timeout", self.shutdown_drain_timeout),
             ("rpc_call_timeout", self.rpc_call_timeout),
             ("shutdown_flush_timeout", self.shutdown_flush_timeout),
+            ("token_expiry_grace", self.token_expiry_grace),
         ];
         if let Some((name, _)) = durations.iter().find(|(_, d)| *d > DURATION_MAX) {
             return fail(&format!(

@@ -32,6 +32,16 @@ pub enum ServerError {
     /// What storage holds could not be rebuilt into documents.
     #[error(transparent)]
     Recovery(#[from] crate::recovery::RecoveryError),
+    /// The authenticator could not be set up (a key file).
+    #[error(transparent)]
+    Auth(crate::auth::AuthSetupError),
+    /// No authentication is configured and the address is not loopback.
+    #[error(
+        "refusing to serve without authentication on {addr}, which is not a loopback address: \
+         configure tokens (--jwt-secret-file or --jwks-file), listen on 127.0.0.1, or pass \
+         --insecure-open to serve everyone everything"
+    )]
+    InsecureOpen { addr: std::net::SocketAddr },
     /// The storage thread could not be started.
     #[error("cannot start the storage thread: {0}")]
     StorageThread(#[source] std::io::Error),

@@ -16,6 +16,8 @@
 //! ```
 //!
 //! # Layout
+//! - `auth`: authentication: the `Authenticator` trait, JWT verification
+//!   (HS256, RS256/EdDSA from a JWKS file), failed-attempt limits, minting.
 //! - `config`: `Config` and every limit's default (`*_MAX`).
 //! - `server`: `ServerBuilder`, `RunningServer`, the HTTP routes and the
 //!   accept loop (handshake timeout, connection bound, graceful shutdown).
@@ -40,6 +42,7 @@
 //! - `error`: startup errors.
 
 pub mod archive;
+pub mod auth;
 pub mod config;
 mod durable;
 mod error;

@@ -19,6 +19,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use concord_engine::access::{
+    DocAccess, DocGrant, Grant, Grants, MethodAction, Permissions, TopicAction,
+};
+use concord_server::auth::{self, JwtConfig, TokenRequest};
 use concord_server::config::{self, Config, StorageConfig};
 use concord_server::storage::SyncMode;
 use concord_server::{archive, ServerBuilder};
@@ -42,6 +46,136 @@ enum Command {
     /// missing). Refuses documents that already exist, all or nothing, and
     /// refuses to run while a server holds the directory.
     Import(Import),
+    /// Mint an HS256 token signed with a secret file, for development and
+    /// trying access control (printed on standard output).
+    Token(Box<Token>),
+}
+
+#[derive(Debug, Args)]
+struct Token {
+    /// The HS256 secret (the file `serve --jwt-secret-file` reads; at least
+    /// 32 bytes).
+    #[arg(long)]
+    secret_file: PathBuf,
+    /// The subject: a stable user id.
+    #[arg(long)]
+    sub: String,
+    /// A display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// How long the token is valid: seconds, or with a unit (90s, 15m, 8h, 7d).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Documents readable (an id glob: `*` within a segment, `**` across);
+    /// repeat.
+    #[arg(long = "read", value_name = "DOC_PATTERN")]
+    read: Vec<String>,
+    /// Documents writable, optionally only under pointer prefixes:
+    /// `board:*` or `board:*=/shapes,/cursors/{sub}`; repeat.
+    #[arg(long = "write", value_name = "DOC_PATTERN[=SCOPE,...]")]
+    write: Vec<String>,
+    /// Topic patterns subscribable (`*` one segment, `>` the rest); repeat.
+    #[arg(long = "subscribe", value_name = "TOPIC_PATTERN")]
+    subscribe: Vec<String>,
+    /// Topic patterns publishable; repeat.
+    #[arg(long = "publish", value_name = "TOPIC_PATTERN")]
+    publish: Vec<String>,
+    /// Method globs callable; repeat.
+    #[arg(long = "call", value_name = "METHOD_PATTERN")]
+    call: Vec<String>,
+    /// Method globs a client may register; repeat.
+    #[arg(long = "register", value_name = "METHOD_PATTERN")]
+    register: Vec<String>,
+    /// More grants as a JSON `concord` claim (docs/security.md), added to
+    /// the flags' grants.
+    #[arg(long)]
+    grants: Option<String>,
+    /// The `aud` claim.
+    #[arg(long)]
+    aud: Option<String>,
+    /// The `iss` claim.
+    #[arg(long)]
+    iss: Option<String>,
+}
+
+/// Parses `90`, `90s`, `15m`, `8h` or `7d`.
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let (number, unit) = match raw.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => raw.split_at(at),
+        None => (raw, "s"),
+    };
+    let value: u64 =
+        number.parse().map_err(|_| format!("{raw:?} is not a duration like 90s, 15m, 8h, 7d"))?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit in {raw:?}: use s, m, h or d")),
+    };
+    value
+        .checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{raw:?} is too long"))
+}
+
+impl Token {
+    fn grants(&self) -> anyhow::Result<Grants> {
+        let mut grants: Grants = match &self.grants {
+            Some(json) => serde_json::from_str(json).context("--grants is not a concord claim")?,
+            None => Grants::default(),
+        };
+        for pattern in &self.read {
+            grants.docs.push(DocGrant {
+                pattern: pattern.clone(),
+                access: DocAccess::Read,
+                scopes: None,
+            });
+        }
+        for spec in &self.write {
+            let (pattern, scopes) = match spec.split_once('=') {
+                Some((pattern, scopes)) => {
+                    (pattern, Some(scopes.split(',').map(str::to_owned).collect()))
+                }
+                None => (spec.as_str(), None),
+            };
+            grants.docs.push(DocGrant {
+                pattern: pattern.to_owned(),
+                access: DocAccess::Write,
+                scopes,
+            });
+        }
+        let topic_grants =
+            [(&self.subscribe, TopicAction::Subscribe), (&self.publish, TopicAction::Publish)];
+        for (patterns, action) in topic_grants {
+            for pattern in patterns {
+                grants.topics.push(Grant { pattern: pattern.clone(), allow: vec![action] });
+            }
+        }
+        let method_grants =
+            [(&self.call, MethodAction::Call), (&self.register, MethodAction::Register)];
+        for (patterns, action) in method_grants {
+            for pattern in patterns {
+                grants.methods.push(Grant { pattern: pattern.clone(), allow: vec![action] });
+            }
+        }
+        // Refuse here what a server would refuse.
+        Permissions::resolve(&grants, &self.sub).context("the grants")?;
+        Ok(grants)
+    }
+
+    fn mint(&self) -> anyhow::Result<String> {
+        let secret = JwtConfig::read_secret(&self.secret_file)?;
+        let request = TokenRequest {
+            sub: self.sub.clone(),
+            name: self.name.clone(),
+            grants: self.grants()?,
+            ttl: self.ttl,
+            audience: self.aud.clone(),
+            issuer: self.iss.clone(),
+        };
+        auth::mint_hs256(&secret, &request).map_err(|error| anyhow::anyhow!("signing: {error}"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -80,9 +214,43 @@ struct Import {
 
 #[derive(Debug, Args)]
 struct Serve {
-    /// Address to listen on (port 0 picks a free port).
+    /// Address to listen on (port 0 picks a free port). Without
+    /// authentication, only a loopback address (see --insecure-open).
     #[arg(long, env = "CONCORD_LISTEN", default_value = "127.0.0.1:7700")]
     listen: String,
+    /// Require HS256 JWTs signed with the secret in this file (at least 32
+    /// bytes).
+    #[arg(long, env = "CONCORD_JWT_SECRET_FILE")]
+    jwt_secret_file: Option<PathBuf>,
+    /// Require JWTs signed by a RS256 or EdDSA key of this JWKS file
+    /// (re-read when it changes and on SIGHUP).
+    #[arg(long, env = "CONCORD_JWKS_FILE")]
+    jwks_file: Option<PathBuf>,
+    /// Tokens must carry this `aud`.
+    #[arg(long, env = "CONCORD_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Tokens must carry this `iss`.
+    #[arg(long, env = "CONCORD_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Clock leeway for a token's `exp` and `nbf`, in seconds.
+    #[arg(long, env = "CONCORD_JWT_LEEWAY_SECS", default_value_t = concord_server::auth::JWT_LEEWAY.as_secs())]
+    jwt_leeway_secs: u64,
+    /// How long a session whose token expired keeps going after it is told
+    /// (`token_expired`) before it is closed (4004).
+    #[arg(long, env = "CONCORD_TOKEN_EXPIRY_GRACE_MS", default_value_t = millis(config::TOKEN_EXPIRY_GRACE))]
+    token_expiry_grace_ms: u64,
+    /// Serve without authentication on a non-loopback address: anyone who
+    /// reaches the port may read and write everything.
+    #[arg(long, env = "CONCORD_INSECURE_OPEN")]
+    insecure_open: bool,
+    /// Put /metrics behind `Authorization: Bearer` with the token in this file.
+    #[arg(long, env = "CONCORD_METRICS_TOKEN_FILE")]
+    metrics_token_file: Option<PathBuf>,
+    /// The whiteboard's demo mode: POST /demo/token gives any visitor a
+    /// token for board:* (write, or read-only for ?view). Turns
+    /// authentication on; not for production.
+    #[arg(long, env = "CONCORD_DEMO_AUTH")]
+    demo_auth: bool,
     /// Directory served at / (the web app); without it, a placeholder page.
     #[arg(long = "static", env = "CONCORD_STATIC")]
     static_dir: Option<PathBuf>,
@@ -240,6 +408,8 @@ impl Serve {
             connections_max: self.connections_max,
             allowed_origins: self.allowed_origins.clone(),
             static_dir: self.static_dir.clone(),
+            token_expiry_grace: Duration::from_millis(self.token_expiry_grace_ms),
+            insecure_open: self.insecure_open,
             ..defaults
         }
     }
@@ -288,17 +458,40 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("imported {count} documents into {}", import.data.display());
             Ok(())
         }
+        Command::Token(token) => {
+            let minted = token.mint()?;
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{minted}")?;
+            Ok(())
+        }
     }
 }
 
 async fn run(serve: Serve) -> anyhow::Result<()> {
     init_logging(serve.log_format);
-    let server = ServerBuilder::new()
-        .config(serve.config())
+    let mut builder = ServerBuilder::new().config(serve.config()).demo_auth(serve.demo_auth);
+    if serve.jwt_secret_file.is_some() || serve.jwks_file.is_some() {
+        let hs256_secret =
+            serve.jwt_secret_file.as_deref().map(JwtConfig::read_secret).transpose()?;
+        builder = builder.jwt(JwtConfig {
+            hs256_secret,
+            jwks_file: serve.jwks_file.clone(),
+            audience: serve.jwt_audience.clone(),
+            issuer: serve.jwt_issuer.clone(),
+            leeway: Some(Duration::from_secs(serve.jwt_leeway_secs)),
+        });
+    }
+    if let Some(path) = &serve.metrics_token_file {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the metrics token {}", path.display()))?;
+        builder = builder.metrics_token(token.trim());
+    }
+    let server = builder
         .bind(serve.listen.as_str())
         .await
         .with_context(|| format!("starting the server on {}", serve.listen))?;
     let addr: SocketAddr = server.local_addr();
+    let mut signals = Signals::install()?;
     // The first line of standard output is the contract for scripts and
     // tests that start us on port 0.
     let mut stdout = std::io::stdout().lock();
@@ -306,7 +499,7 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
     stdout.flush()?;
     drop(stdout);
     let failed = tokio::select! {
-        signal = shutdown_signal() => { signal?; false }
+        signal = signals.shutdown(&server) => { signal?; false }
         () = server.storage_failed() => true,
     };
     if failed {
@@ -321,19 +514,53 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// The signals `concord serve` answers, installed before the address line
+/// is printed so that a signal sent as soon as it appears is never missed
+/// (the default action would kill the process without a graceful shutdown).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut terminate =
-            signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
-            _ = terminate.recv() => {}
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+                terminate: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+                hangup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Resolves on SIGINT (Ctrl-C) or SIGTERM; on SIGHUP, re-reads the
+    /// authenticator's keys and goes on waiting.
+    async fn shutdown(&mut self, server: &concord_server::RunningServer) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        loop {
+            tokio::select! {
+                _ = self.interrupt.recv() => return Ok(()),
+                _ = self.terminate.recv() => return Ok(()),
+                _ = self.hangup.recv() => match server.reload_auth() {
+                    Ok(()) => tracing::info!("SIGHUP: authentication keys reloaded"),
+                    Err(error) => {
+                        tracing::error!(%error, "SIGHUP: keys not reloaded; the old keys stay");
+                    }
+                },
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = server;
+            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
         }
     }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-    Ok(())
 }

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// Errors sent to clients, by code.
     pub client_errors: IntCounterVec,
+    /// Refused authentications, by reason (`invalid`, `expired`, `rate_limited`).
+    pub auth_failures: IntCounterVec,
     /// Bytes currently waiting in all sessions' outbound queues.
     pub outbound_queued_bytes: IntGauge,
     /// The most bytes any one session's outbound queue has held.
@@ -101,6 +103,13 @@ impl Metrics {
         let client_errors = IntCounterVec::new(
             Opts::new("concord_client_errors_total", "Errors sent to clients, by code."),
             &["code"],
+        )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "concord_auth_failures_total",
+                "Refused authentications (sessions and HTTP), by reason.",
+            ),
+            &["reason"],
         )?;
         let outbound_queued_bytes = IntGauge::new(
             "concord_outbound_queued_bytes",
@@ -171,6 +180,7 @@ impl Metrics {
             duplicates,
             commit_latency,
             client_errors,
+            auth_failures,
             outbound_queued_bytes,
             outbound_queue_high_water_bytes,
             high_water: Default::default(),
@@ -197,6 +207,7 @@ impl Metrics {
             Box::new(metrics.duplicates.clone()),
             Box::new(metrics.commit_latency.clone()),
             Box::new(metrics.client_errors.clone()),
+            Box::new(metrics.auth_failures.clone()),
             Box::new(metrics.outbound_queued_bytes.clone()),
             Box::new(metrics.outbound_queue_high_water_bytes.clone()),
             Box::new(metrics.outbound_overflows.clone()),

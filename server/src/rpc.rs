@@ -31,6 +31,9 @@ pub struct CallContext {
     pub session: String,
     /// Read and mutate documents on the authoritative store.
     pub documents: Documents,
+    /// Who is calling (on an open server, an anonymous identity allowed
+    /// everything): a procedure decides what the caller may do with it.
+    pub identity: Arc<concord_engine::access::Identity>,
 }
 
 /// The future a procedure returns.

@@ -18,12 +18,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
+use concord_engine::access::{DocAccess, DocGrant, Grants, Identity};
 use concord_engine::certificate::CommittedTx;
 use concord_engine::{DocId, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -37,6 +39,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::services::ServeDir;
 
+use crate::auth::{
+    self, AuthFailures, AuthRefusal, AuthRequest, Authenticator, JwtAuthenticator, JwtConfig,
+    TokenRequest,
+};
 use crate::config::{Config, StorageConfig};
 use crate::durable;
 use crate::error::ServerError;
@@ -44,7 +50,7 @@ use crate::hub::{spawn_hub, HubCommand, HubLimits};
 use crate::metrics::Metrics;
 use crate::recovery::{self, Recovery};
 use crate::rpc::{CallContext, Mutation, MutatorCall, MutatorFn, Procedure, RpcError};
-use crate::session::{self, Frames};
+use crate::session::{self, Frames, SessionAuth};
 use crate::shard::{shard_index, spawn_shards, CommitLog, Documents, ShardSet, ShardStorage};
 use crate::storage::{DataDir, SqliteOptions, SqliteStorage, Storage};
 
@@ -83,6 +89,66 @@ pub(crate) struct ServerState {
     /// are refused, `/healthz` answers 503.
     pub(crate) storage_failed: CancellationToken,
     pub(crate) history: Option<HistoryReader>,
+    /// Who sessions and HTTP requests are; `None`: an open server.
+    pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
+    pub(crate) auth_failures: AuthFailures,
+    /// When set, `/metrics` wants `Authorization: Bearer` with this token.
+    pub(crate) metrics_token: Option<String>,
+    /// The HS256 secret the demo token endpoint signs with (`--demo-auth`).
+    pub(crate) demo_secret: Option<Vec<u8>>,
+}
+
+/// Why an authentication failed, as the session or route answers it.
+#[derive(Debug)]
+pub(crate) enum AuthFailure {
+    /// The remote address failed too often this minute; the token was not
+    /// looked at.
+    RateLimited,
+    Refused(AuthRefusal),
+}
+
+impl AuthFailure {
+    pub(crate) fn message(&self) -> String {
+        match self {
+            AuthFailure::RateLimited => format!(
+                "too many failed authentications from this address (over {} a minute); try later",
+                auth::AUTH_FAILURES_PER_MINUTE_MAX
+            ),
+            AuthFailure::Refused(refusal) => format!("authentication failed: {refusal}"),
+        }
+    }
+}
+
+impl ServerState {
+    /// Authenticates `token` for a request from `remote_addr`, counting and
+    /// logging a failure (never the token). Only called when an
+    /// authenticator is configured.
+    pub(crate) async fn authenticate(
+        &self,
+        token: String,
+        remote_addr: SocketAddr,
+        origin: Option<String>,
+    ) -> Result<Identity, AuthFailure> {
+        let Some(authenticator) = &self.authenticator else {
+            return Ok(Identity::anonymous());
+        };
+        let ip = remote_addr.ip();
+        if self.auth_failures.blocked(ip, Instant::now()) {
+            self.metrics.auth_failures.with_label_values(&["rate_limited"]).inc();
+            tracing::info!(remote = %ip, reason = "rate_limited", "authentication refused");
+            return Err(AuthFailure::RateLimited);
+        }
+        let request = AuthRequest { token, remote_addr, origin };
+        match authenticator.authenticate(&request).await {
+            Ok(identity) => Ok(identity),
+            Err(refusal) => {
+                self.auth_failures.record(ip, Instant::now());
+                self.metrics.auth_failures.with_label_values(&[refusal.label()]).inc();
+                tracing::info!(remote = %ip, reason = %refusal, "authentication refused");
+                Err(AuthFailure::Refused(refusal))
+            }
+        }
+    }
 }
 
 /// Configures and starts a server.
@@ -107,6 +173,10 @@ pub struct ServerBuilder {
     config: Config,
     procedures: HashMap<String, Procedure>,
     duplicate: Option<String>,
+    authenticator: Option<Arc<dyn Authenticator>>,
+    jwt: Option<JwtConfig>,
+    metrics_token: Option<String>,
+    demo_auth: bool,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -128,7 +198,49 @@ impl Default for ServerBuilder {
 
 impl ServerBuilder {
     pub fn new() -> Self {
-        Self { config: Config::default(), procedures: HashMap::new(), duplicate: None }
+        Self {
+            config: Config::default(),
+            procedures: HashMap::new(),
+            duplicate: None,
+            authenticator: None,
+            jwt: None,
+            metrics_token: None,
+            demo_auth: false,
+        }
+    }
+
+    /// Requires every session (and `GET /docs`) to authenticate with a
+    /// bearer token that `authenticator` accepts; its identity's
+    /// permissions then decide what the session may do. Replaces `jwt`.
+    pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
+        self.authenticator = Some(Arc::new(authenticator));
+        self.jwt = None;
+        self
+    }
+
+    /// Requires JWTs verified as `jwt` says (HS256 secret and/or a JWKS
+    /// file of RS256/EdDSA keys). Replaces `authenticator`.
+    pub fn jwt(mut self, jwt: JwtConfig) -> Self {
+        self.jwt = Some(jwt);
+        self.authenticator = None;
+        self
+    }
+
+    /// Puts `/metrics` behind `Authorization: Bearer <token>`.
+    pub fn metrics_token(mut self, token: impl Into<String>) -> Self {
+        self.metrics_token = Some(token.into());
+        self
+    }
+
+    /// The whiteboard's demo mode: `POST /demo/token` hands any visitor a
+    /// token for `board:*` (write, or read with `"access": "read"`), signed
+    /// with the JWT config's HS256 secret or, without one, a random secret
+    /// made at start. Turns JWT authentication on. For trying access
+    /// control, not for production: anyone who reaches the server gets a
+    /// token.
+    pub fn demo_auth(mut self, on: bool) -> Self {
+        self.demo_auth = on;
+        self
     }
 
     /// Replaces the whole configuration.
@@ -201,9 +313,29 @@ impl ServerBuilder {
             return Err(ServerError::DuplicateProcedure(name));
         }
         self.config.validate()?;
+        let mut jwt = self.jwt;
+        let mut demo_secret = None;
+        if self.demo_auth {
+            let config = jwt.get_or_insert_with(JwtConfig::default);
+            let secret = config
+                .hs256_secret
+                .get_or_insert_with(|| (0..32).map(|_| rand::random::<u8>()).collect());
+            demo_secret = Some(secret.clone());
+        }
+        let authenticator = match (self.authenticator, jwt) {
+            (Some(authenticator), _) => Some(authenticator),
+            (None, Some(jwt)) => {
+                let jwt = JwtAuthenticator::new(jwt).map_err(ServerError::Auth)?;
+                Some(Arc::new(jwt) as Arc<dyn Authenticator>)
+            }
+            (None, None) => None,
+        };
         let bind_error = |source| ServerError::Bind { addr: format!("{addr:?}"), source };
         let listener = TcpListener::bind(&addr).await.map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
+        if authenticator.is_none() && !local_addr.ip().is_loopback() && !self.config.insecure_open {
+            return Err(ServerError::InsecureOpen { addr: local_addr });
+        }
         let config = self.config;
 
         let metrics = Metrics::new()?;
@@ -256,6 +388,10 @@ impl ServerBuilder {
             tracker: TaskTracker::new(),
             storage_failed,
             history,
+            authenticator,
+            auth_failures: AuthFailures::default(),
+            metrics_token: self.metrics_token,
+            demo_secret,
         });
         let router = router(state.clone());
         let accept_task = tokio::spawn(accept_loop(listener, router, state.clone()));
@@ -411,6 +547,16 @@ impl RunningServer {
         self.documents.get(doc).await
     }
 
+    /// Re-reads the authenticator's key material (the JWKS file): `concord
+    /// serve` calls it on SIGHUP. The JWT authenticator also re-reads the
+    /// file by itself when it changes.
+    pub fn reload_auth(&self) -> Result<(), String> {
+        match &self.state.authenticator {
+            Some(authenticator) => authenticator.reload(),
+            None => Ok(()),
+        }
+    }
+
     /// Resolves once a shutdown has begun (e.g. for `main` to stop waiting).
     pub fn shutdown_started(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.state.shutdown.cancelled()
@@ -475,7 +621,9 @@ fn router(state: Arc<ServerState>) -> Router {
         .route("/ws", get(ws_handler))
         .route("/healthz", get(healthz_handler))
         .route("/metrics", get(metrics_handler))
-        .route("/docs/{*id}", get(document_handler));
+        .route("/docs/{*id}", get(document_handler))
+        .route("/demo/config", get(demo_config_handler))
+        .route("/demo/token", post(demo_token_handler));
     let router = match &state.config.static_dir {
         Some(dir) => router.fallback_service(ServeDir::new(dir)),
         None => router.route("/", get(|| async { Html(PLACEHOLDER_PAGE) })),
@@ -500,13 +648,26 @@ fn json_error(status: StatusCode, code: &str, message: impl Into<String>) -> Res
 /// log's retained history. Read-only.
 async fn document_handler(
     State(state): State<Arc<ServerState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(raw): Path<String>,
+    headers: HeaderMap,
     uri: Uri,
 ) -> Response {
     let doc = match DocId::parse(&raw) {
         Ok(doc) => doc,
         Err(error) => return json_error(StatusCode::BAD_REQUEST, "bad_id", error.to_string()),
     };
+    if state.authenticator.is_some() {
+        let identity = match authenticate_http(&state, &headers, peer).await {
+            Ok(identity) => identity,
+            Err(refusal) => return refusal,
+        };
+        // The same answer whether or not the document exists.
+        if identity.permissions.doc(&doc).is_none() {
+            let message = format!("no grant of this token allows reading {doc}");
+            return json_error(StatusCode::FORBIDDEN, "forbidden", message);
+        }
+    }
     let mut version = None;
     for pair in uri.query().unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
         match pair.split_once('=') {
@@ -562,7 +723,69 @@ async fn document_handler(
     }
 }
 
-async fn metrics_handler(State(state): State<Arc<ServerState>>) -> Response {
+/// The token of an `Authorization: Bearer` header: `Ok(None)` without
+/// the header, `Err` for one that is not a bearer token.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let value = value.to_str().map_err(|_| "the Authorization header is not ASCII".to_owned())?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err("the Authorization header must be \"Bearer <token>\"".to_owned());
+    }
+    Ok(Some(token.trim().to_owned()))
+}
+
+/// The HTTP answer to a failed authentication.
+fn auth_failure_response(failure: &AuthFailure) -> Response {
+    let (status, code) = match failure {
+        AuthFailure::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        AuthFailure::Refused(AuthRefusal::Expired) => (StatusCode::UNAUTHORIZED, "token_expired"),
+        AuthFailure::Refused(AuthRefusal::Invalid(_)) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+    };
+    let mut response = json_error(status, code, failure.message());
+    if status == StatusCode::UNAUTHORIZED {
+        let challenge = axum::http::HeaderValue::from_static("Bearer error=\"invalid_token\"");
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    response
+}
+
+/// Authenticates an HTTP request by its `Authorization: Bearer` header.
+async fn authenticate_http(
+    state: &ServerState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Identity, Response> {
+    let unauthorized = |message: String| {
+        let mut response = json_error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        let challenge = axum::http::HeaderValue::from_static("Bearer");
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+        response
+    };
+    let token = match bearer_token(headers) {
+        Ok(Some(token)) => token,
+        Ok(None) => {
+            return Err(unauthorized("this server wants Authorization: Bearer <token>".into()))
+        }
+        Err(message) => return Err(unauthorized(message)),
+    };
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_owned);
+    state.authenticate(token, peer, origin).await.map_err(|failure| auth_failure_response(&failure))
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn metrics_handler(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &state.metrics_token {
+        let allowed = matches!(bearer_token(&headers), Ok(Some(token)) if same_secret(token.as_bytes(), expected.as_bytes()));
+        if !allowed {
+            let message = "/metrics wants Authorization: Bearer <the metrics token>";
+            return json_error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        }
+    }
     let content_type = [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")];
     (content_type, state.metrics.render()).into_response()
 }
@@ -572,10 +795,82 @@ async fn metrics_handler(State(state): State<Arc<ServerState>>) -> Response {
 #[derive(Debug, Deserialize)]
 struct SessionQuery {
     batch: Option<String>,
+    token: Option<String>,
+    access_token: Option<String>,
+}
+
+/// `GET /demo/config`: whether the whiteboard should ask `/demo/token` for
+/// tokens.
+async fn demo_config_handler(State(state): State<Arc<ServerState>>) -> Response {
+    axum::Json(json!({"auth": state.demo_secret.is_some()})).into_response()
+}
+
+/// Most bytes of a demo visitor's name or subject id.
+const DEMO_NAME_BYTES_MAX: usize = 64;
+/// How long a demo token lasts.
+const DEMO_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DemoTokenRequest {
+    name: String,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default = "demo_write")]
+    access: DocAccess,
+}
+
+fn demo_write() -> DocAccess {
+    DocAccess::Write
+}
+
+/// `POST /demo/token` (`--demo-auth` only): a token for `board:*` with the
+/// access asked for, for the name given; the subject is the one given
+/// (kept by the page across reloads) or a new random one.
+async fn demo_token_handler(State(state): State<Arc<ServerState>>, body: Bytes) -> Response {
+    let Some(secret) = &state.demo_secret else {
+        return json_error(StatusCode::NOT_FOUND, "not_found", "the demo auth mode is off");
+    };
+    let request: DemoTokenRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => return json_error(StatusCode::BAD_REQUEST, "bad_message", error.to_string()),
+    };
+    let valid = |text: &str| {
+        !text.is_empty() && text.len() <= DEMO_NAME_BYTES_MAX && !text.chars().any(char::is_control)
+    };
+    let sub = request.sub.unwrap_or_else(|| format!("demo-{:016x}", rand::random::<u64>()));
+    if !valid(&request.name) || !valid(&sub) {
+        let message =
+            format!("name and sub are 1-{DEMO_NAME_BYTES_MAX} bytes, no control characters");
+        return json_error(StatusCode::BAD_REQUEST, "bad_message", message);
+    }
+    let grants = Grants {
+        docs: vec![DocGrant { pattern: "board:*".into(), access: request.access, scopes: None }],
+        ..Grants::default()
+    };
+    let token_request = TokenRequest {
+        sub: sub.clone(),
+        name: Some(request.name.clone()),
+        grants,
+        ttl: DEMO_TOKEN_TTL,
+        audience: None,
+        issuer: None,
+    };
+    match auth::mint_hs256(secret, &token_request) {
+        Ok(token) => axum::Json(json!({
+            "token": token,
+            "sub": sub,
+            "name": request.name,
+            "expires_in": DEMO_TOKEN_TTL.as_secs(),
+        }))
+        .into_response(),
+        Err(error) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", error),
+    }
 }
 
 async fn ws_handler(
     State(state): State<Arc<ServerState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<SessionQuery>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -586,6 +881,11 @@ async fn ws_handler(
         Some("1") => Frames::Batched,
         Some(_) => return (StatusCode::BAD_REQUEST, "batch must be 0 or 1\n").into_response(),
     };
+    if query.token.is_some() || query.access_token.is_some() {
+        let message = "a token in the URL is not accepted (URLs end up in logs): send it in the \
+                       Authorization header or as the first message, {\"type\":\"auth\"}";
+        return json_error(StatusCode::BAD_REQUEST, "unauthorized", message);
+    }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let allowed = config.allowed_origins.is_empty()
             || origin
@@ -601,6 +901,20 @@ async fn ws_handler(
     if state.storage_failed.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "storage failed\n").into_response();
     }
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_owned);
+    // The header, when present, decides: a bad one is refused before the
+    // upgrade, and the session then takes no `auth` message.
+    let auth = match (&state.authenticator, bearer_token(&headers)) {
+        (None, _) => SessionAuth::Open,
+        (Some(_), Err(message)) => {
+            return json_error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        }
+        (Some(_), Ok(None)) => SessionAuth::FirstMessage { remote_addr: peer, origin },
+        (Some(_), Ok(Some(token))) => match state.authenticate(token, peer, origin).await {
+            Ok(identity) => SessionAuth::Header(identity),
+            Err(failure) => return auth_failure_response(&failure),
+        },
+    };
     let Ok(permit) = state.sessions.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many sessions\n").into_response();
     };
@@ -616,7 +930,7 @@ async fn ws_handler(
         .write_buffer_size(config.ws_write_buffer_bytes)
         .max_write_buffer_size(write_buffer_max)
         .on_upgrade(move |socket| async move {
-            session::run(socket, state, permit, frames).await;
+            session::run(socket, state, permit, frames, auth).await;
             drop(token);
         })
 }
@@ -646,7 +960,9 @@ async fn accept_loop(listener: TcpListener, router: Router, state: Arc<ServerSta
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // Routes that authenticate see the peer's address.
+        let service =
+            TowerToHyperService::new(router.clone().layer(axum::Extension(ConnectInfo(peer))));
         let handshake_timeout = state.config.handshake_timeout;
         let shutdown = shutdown.clone();
         state.tracker.spawn(async move {

@@ -12,7 +12,8 @@
 //! commit or presence for an unopened one (`not_open`) and close them all
 //! (announcing presence `leave`) when it ends.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -20,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use concord_engine::access::{DocRights, Identity, MethodAction, TopicAction};
 use concord_engine::protocol::{
     close_code, ClientMessage, ErrorCode, ServerMessage, PROTOCOL_VERSION,
 };
-use concord_engine::{DocId, TxId};
+use concord_engine::{DocId, Rejection, TxId};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -34,7 +36,7 @@ use tokio::task::JoinSet;
 use crate::hub::HubCommand;
 use crate::outbox::{Outbox, Outgoing};
 use crate::rpc::{self, code, CallContext, Incoming, RpcError};
-use crate::server::ServerState;
+use crate::server::{AuthFailure, ServerState};
 use crate::shard::{encode, SessionId, ShardCommand};
 use crate::topic;
 
@@ -68,6 +70,21 @@ enum Ended {
     MessageTooBig,
     /// The commit log failed; the server stops acknowledging (1011).
     StorageFailed,
+    /// Authentication failed or never came (4003).
+    Unauthorized,
+    /// The token expired and the grace period is over (4004).
+    TokenExpired,
+}
+
+/// How a session proves who it is, as the upgrade request decided.
+#[derive(Debug)]
+pub(crate) enum SessionAuth {
+    /// The server has no authenticator: everyone may do everything.
+    Open,
+    /// The upgrade request's `Authorization` header was verified.
+    Header(Identity),
+    /// The first message must be `auth`, within the handshake timeout.
+    FirstMessage { remote_addr: SocketAddr, origin: Option<String> },
 }
 
 impl Ended {
@@ -80,6 +97,8 @@ impl Ended {
             Ended::Transport | Ended::WriterGone => "transport",
             Ended::MessageTooBig => "message_too_big",
             Ended::StorageFailed => "storage_failed",
+            Ended::Unauthorized => "unauthorized",
+            Ended::TokenExpired => "token_expired",
         }
     }
 }
@@ -88,8 +107,13 @@ struct Session {
     id: SessionId,
     outbox: Outbox,
     state: Arc<ServerState>,
-    /// Documents this session opened; bounded by `open_docs_max`.
-    open: HashSet<DocId>,
+    /// Who the session is and what it may do.
+    identity: Arc<Identity>,
+    /// False on an open server (no authenticator).
+    authenticated: bool,
+    /// Documents this session opened, with what it may do with each;
+    /// bounded by `open_docs_max`.
+    open: HashMap<DocId, DocRights>,
     limiter: DefaultDirectRateLimiter,
     /// Calls to server procedures in flight; bounded by
     /// `rpc_pending_calls_max`, aborted when the session ends.
@@ -103,6 +127,7 @@ pub(crate) async fn run(
     state: Arc<ServerState>,
     _permit: OwnedSemaphorePermit,
     frames: Frames,
+    auth: SessionAuth,
 ) {
     let config = &state.config;
     let id: SessionId = format!("{:016x}", rand::random::<u64>()).into();
@@ -118,12 +143,35 @@ pub(crate) async fn run(
     state.metrics.sessions_opened.inc();
     tracing::debug!(session = %id, "session opened");
 
-    let welcome = ServerMessage::Welcome {
-        protocol: PROTOCOL_VERSION,
-        session: id.to_string(),
-        sub: None,
-        name: None,
+    let (identity, open_server) = match auth {
+        SessionAuth::Open => (Identity::anonymous(), true),
+        SessionAuth::Header(identity) => (identity, false),
+        SessionAuth::FirstMessage { remote_addr, origin } => {
+            match first_message_auth(&mut stream, &state, remote_addr, origin).await {
+                Ok(identity) => (identity, false),
+                Err(refusal) => {
+                    if let Some((code, message, close)) = refusal {
+                        state.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
+                        let error = ServerMessage::Error { code, message, doc: None, tx_id: None };
+                        let _ = outbox.push(encode(&error));
+                        outbox.close_after_drain(close, "authentication failed");
+                    }
+                    let ended = Ended::Unauthorized;
+                    state.metrics.sessions_closed.with_label_values(&[ended.label()]).inc();
+                    finish(stream, writer, &outbox, ended, &state).await;
+                    state.metrics.sessions.dec();
+                    return;
+                }
+            }
+        }
     };
+    let (sub, name) = if open_server {
+        (None, None)
+    } else {
+        (Some(identity.sub.clone()), identity.name.clone())
+    };
+    let welcome =
+        ServerMessage::Welcome { protocol: PROTOCOL_VERSION, session: id.to_string(), sub, name };
     let _ = outbox.push(encode(&welcome));
     let join = HubCommand::Join { session: id.clone(), outbox: outbox.clone() };
     let _ = state.hub.send(join).await;
@@ -134,7 +182,9 @@ pub(crate) async fn run(
         id: id.clone(),
         outbox: outbox.clone(),
         state: state.clone(),
-        open: HashSet::new(),
+        identity: Arc::new(identity),
+        authenticated: !open_server,
+        open: HashMap::new(),
         limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
         calls: JoinSet::new(),
         last_heard: Instant::now(),
@@ -143,7 +193,78 @@ pub(crate) async fn run(
     // Counted when decided, not after the lingering below.
     state.metrics.sessions_closed.with_label_values(&[ended.label()]).inc();
     session.cleanup().await;
+    finish(stream, writer, &outbox, ended, &state).await;
+    state.metrics.sessions.dec();
+    tracing::debug!(session = %id, reason = ended.label(), "session closed");
+}
 
+/// What a session refused at authentication: the error to send and the
+/// close code, or `None` when the peer went away first.
+type AuthRefused = Option<(ErrorCode, String, u16)>;
+
+/// Waits (within the handshake timeout) for the session's first message,
+/// which must be `auth`, and authenticates its token.
+async fn first_message_auth(
+    stream: &mut SplitStream<WebSocket>,
+    state: &ServerState,
+    remote_addr: SocketAddr,
+    origin: Option<String>,
+) -> Result<Identity, AuthRefused> {
+    let config = &state.config;
+    let first_text = async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Text(text))) => return Some(text),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Binary(_))) => return Some(Utf8Bytes::from_static("")),
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
+            }
+        }
+    };
+    let unauthorized =
+        |message: String| Some((ErrorCode::Unauthorized, message, close_code::UNAUTHORIZED));
+    let text = match tokio::time::timeout(config.handshake_timeout, first_text).await {
+        Err(_elapsed) => {
+            let waited = config.handshake_timeout.as_secs_f64();
+            return Err(unauthorized(format!(
+                "this server requires authentication: no auth message within {waited} s"
+            )));
+        }
+        Ok(None) => return Err(None),
+        Ok(Some(text)) => text,
+    };
+    let token = match ClientMessage::decode(&text, config.message_json_depth_max) {
+        _ if text.len() > config.message_bytes_max => None,
+        Ok(ClientMessage::Auth { token }) => Some(token),
+        _ => None,
+    };
+    let Some(token) = token else {
+        return Err(unauthorized(
+            "this server requires authentication: the first message must be \
+             {\"type\":\"auth\",\"token\":...} (or send Authorization: Bearer on the upgrade)"
+                .to_owned(),
+        ));
+    };
+    state.authenticate(token, remote_addr, origin).await.map_err(|failure| match failure {
+        AuthFailure::RateLimited => {
+            Some((ErrorCode::RateLimited, failure.message(), close_code::UNAUTHORIZED))
+        }
+        AuthFailure::Refused(crate::auth::AuthRefusal::Expired) => {
+            Some((ErrorCode::TokenExpired, failure.message(), close_code::TOKEN_EXPIRED))
+        }
+        AuthFailure::Refused(_) => unauthorized(failure.message()),
+    })
+}
+
+/// Closes the session: sends the close frame (1000 unless one is queued)
+/// and lingers for the closing handshake.
+async fn finish(
+    mut stream: SplitStream<WebSocket>,
+    mut writer: tokio::task::JoinHandle<()>,
+    outbox: &Outbox,
+    ended: Ended,
+    state: &ServerState,
+) {
     if outbox.close_code().is_none() {
         outbox.close_now(close_code::NORMAL, "");
     }
@@ -168,8 +289,6 @@ pub(crate) async fn run(
     if tokio::time::timeout(state.config.close_timeout, linger).await.is_err() {
         writer.abort();
     }
-    state.metrics.sessions.dec();
-    tracing::debug!(session = %id, reason = ended.label(), "session closed");
 }
 
 impl Session {
@@ -186,6 +305,15 @@ impl Session {
         let shutdown = self.state.shutdown.clone();
         let storage_failed = self.state.storage_failed.clone();
         let outbox = self.outbox.clone();
+        // The token's expiry: first the session is told, then, a grace
+        // period later, closed.
+        let mut expiry_told = false;
+        let expires_in = self
+            .identity
+            .expires_at
+            .map(|exp| Duration::from_secs(exp.saturating_sub(crate::auth::unix_now())));
+        let expiry = tokio::time::sleep(expires_in.unwrap_or(config.token_expiry_grace));
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
                 biased;
@@ -234,6 +362,20 @@ impl Session {
                     self.outbox.ping();
                 }
                 Some(_) = self.calls.join_next(), if !self.calls.is_empty() => {}
+                () = &mut expiry, if expires_in.is_some() => {
+                    if expiry_told {
+                        self.outbox.close_after_drain(close_code::TOKEN_EXPIRED, "token expired");
+                        return Ended::TokenExpired;
+                    }
+                    expiry_told = true;
+                    let grace = config.token_expiry_grace;
+                    let message = format!(
+                        "the session's token expired; it closes in {} s: reconnect with a fresh token",
+                        grace.as_secs_f64()
+                    );
+                    self.error(ErrorCode::TokenExpired, message, None, None);
+                    expiry.as_mut().reset(tokio::time::Instant::now() + grace);
+                }
             }
         }
     }
@@ -288,28 +430,48 @@ impl Session {
         let session = self.id.clone();
         match message {
             ClientMessage::Open { doc, version } => {
-                if !self.open.contains(&doc) && self.open.len() >= config.open_docs_max {
+                // The same answer whether or not the document exists.
+                let Some(rights) = self.identity.permissions.doc(&doc) else {
+                    let message = format!("no grant of this session allows reading {doc}");
+                    self.error(ErrorCode::Forbidden, message, Some(doc), None);
+                    return;
+                };
+                if !self.open.contains_key(&doc) && self.open.len() >= config.open_docs_max {
                     let message =
                         format!("a session may open at most {} documents", config.open_docs_max);
                     self.error(ErrorCode::LimitReached, message, Some(doc), None);
                     return;
                 }
-                self.open.insert(doc.clone());
+                self.open.insert(doc.clone(), rights);
                 let outbox = self.outbox.clone();
                 let command = ShardCommand::Open { session, outbox, doc: doc.clone(), version };
                 state.shards.send(&doc, command).await;
             }
             ClientMessage::Close { doc } => {
-                if !self.open.remove(&doc) {
+                if self.open.remove(&doc).is_none() {
                     self.error(ErrorCode::NotOpen, format!("{doc} is not open"), Some(doc), None);
                     return;
                 }
                 state.shards.send(&doc, ShardCommand::Close { session, doc: doc.clone() }).await;
             }
             ClientMessage::Commit { tx } => {
-                if !self.open.contains(&tx.doc) {
+                let Some(rights) = self.open.get(&tx.doc) else {
                     let message = format!("open {} before committing to it", tx.doc);
                     self.error(ErrorCode::NotOpen, message, Some(tx.doc), Some(tx.tx_id));
+                    return;
+                };
+                if let Err(refused) = rights.check_writes(&tx.writes) {
+                    // Decided without the document: the rights are the
+                    // session's, so nothing about the document is revealed.
+                    state.metrics.rejections.with_label_values(&["forbidden"]).inc();
+                    let rejection = Rejection::Forbidden {
+                        op_index: refused.op_index,
+                        pointer: refused.pointer,
+                        message: refused.why,
+                    };
+                    let rejected =
+                        ServerMessage::Rejected { doc: tx.doc, tx_id: tx.tx_id, rejection };
+                    let _ = self.outbox.push_reply(encode(&rejected));
                     return;
                 }
                 let doc = tx.doc.clone();
@@ -319,7 +481,7 @@ impl Session {
                 state.shards.send(&doc, command).await;
             }
             ClientMessage::Presence { doc, state: presence } => {
-                if !self.open.contains(&doc) {
+                if !self.open.contains_key(&doc) {
                     let message = format!("open {doc} before setting presence on it");
                     self.error(ErrorCode::NotOpen, message, Some(doc), None);
                     return;
@@ -332,6 +494,11 @@ impl Session {
                     self.error(ErrorCode::BadId, error.to_string(), None, None);
                     return;
                 }
+                if !self.identity.permissions.topic(&topic, TopicAction::Subscribe) {
+                    let message = format!("no grant of this session allows subscribing to {topic}");
+                    self.error(ErrorCode::Forbidden, message, None, None);
+                    return;
+                }
                 let _ = state.hub.send(HubCommand::Subscribe { session, pattern: topic }).await;
             }
             ClientMessage::Unsubscribe { topic } => {
@@ -340,6 +507,11 @@ impl Session {
             ClientMessage::Publish { topic, data, ack, echo } => {
                 if let Err(error) = topic::check_topic(&topic, config.name_bytes_max) {
                     self.error(ErrorCode::BadId, error.to_string(), None, None);
+                    return;
+                }
+                if !self.identity.permissions.topic(&topic, TopicAction::Publish) {
+                    let message = format!("no grant of this session allows publishing to {topic}");
+                    self.error(ErrorCode::Forbidden, message, None, None);
                     return;
                 }
                 let command = HubCommand::Publish { session, topic, data, ack, echo };
@@ -354,15 +526,24 @@ impl Session {
                     self.error(ErrorCode::BadId, message, None, None);
                     return;
                 }
+                if !self.identity.permissions.method(&method, MethodAction::Register) {
+                    let message = format!("no grant of this session allows registering {method}");
+                    self.error(ErrorCode::Forbidden, message, None, None);
+                    return;
+                }
                 let _ = state.hub.send(HubCommand::Register { session, method }).await;
             }
             ClientMessage::Unregister { method } => {
                 let _ = state.hub.send(HubCommand::Unregister { session, method }).await;
             }
             ClientMessage::Rpc { message } => self.rpc(message).await,
+            // An open server takes no tokens: there is nothing to check.
+            ClientMessage::Auth { .. } if !self.authenticated => {}
             ClientMessage::Auth { .. } => {
-                let message = "auth is accepted only as a session's first message".into();
-                self.error(ErrorCode::Unauthorized, message, None, None);
+                let message = "this session is already authenticated (by its Authorization \
+                               header or its first message); reconnect to change identity"
+                    .into();
+                self.error(ErrorCode::BadMessage, message, None, None);
             }
         }
     }
@@ -376,6 +557,11 @@ impl Session {
                 self.reply(rpc::error_response(id, &error));
             }
             Incoming::Request { id, method, params } => {
+                if !self.identity.permissions.method(&method, MethodAction::Call) {
+                    let error = forbidden_call(&method);
+                    self.reply(rpc::error_response(id, &error));
+                    return;
+                }
                 if state.procedures.contains_key(&method) {
                     self.call_procedure(Some(id), &method, params);
                 } else {
@@ -384,6 +570,11 @@ impl Session {
                 }
             }
             Incoming::Notification { method, params } => {
+                if !self.identity.permissions.method(&method, MethodAction::Call) {
+                    let message = forbidden_call(&method).message;
+                    self.error(ErrorCode::Forbidden, message, None, None);
+                    return;
+                }
                 if state.procedures.contains_key(&method) {
                     self.call_procedure(None, &method, params);
                 } else {
@@ -416,8 +607,11 @@ impl Session {
             }
             return;
         }
-        let context =
-            CallContext { session: self.id.to_string(), documents: state.documents.clone() };
+        let context = CallContext {
+            session: self.id.to_string(),
+            documents: state.documents.clone(),
+            identity: self.identity.clone(),
+        };
         let call = AssertUnwindSafe(procedure(context, params)).catch_unwind();
         let timeout = state.config.rpc_call_timeout;
         let outbox = self.outbox.clone();
@@ -440,12 +634,18 @@ impl Session {
 
     async fn cleanup(&mut self) {
         self.calls.abort_all();
-        for doc in std::mem::take(&mut self.open) {
+        for doc in std::mem::take(&mut self.open).into_keys() {
             let command = ShardCommand::Close { session: self.id.clone(), doc: doc.clone() };
             self.state.shards.send(&doc, command).await;
         }
         let _ = self.state.hub.send(HubCommand::Leave { session: self.id.clone() }).await;
     }
+}
+
+/// The answer to a call the session's identity may not make.
+fn forbidden_call(method: &str) -> RpcError {
+    let message = format!("no grant of this session allows calling {method}");
+    RpcError::new(code::FORBIDDEN, message).with_data(serde_json::json!({"code": "forbidden"}))
 }
 
 /// The document and transaction a message names, for error replies.

@@ -44,6 +44,7 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 /// A raw protocol client.
+#[derive(Debug)]
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub session: String,
@@ -173,4 +174,40 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         (status, body)
     })
     .await
+}
+
+/// A running `concord serve` child process on port 0, killed when dropped.
+#[allow(dead_code)] // Fields for the tests that need them.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub ws_url: String,
+}
+
+impl Binary {
+    /// Starts `concord serve --listen 127.0.0.1:0` with `args` and waits for
+    /// its address line.
+    pub async fn start(args: &[&str]) -> Binary {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = within("the address line", lines.next_line()).await.unwrap();
+        let line = line.unwrap_or_else(|| panic!("concord {args:?} exited before listening"));
+        let addr: std::net::SocketAddr = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .parse()
+            .unwrap();
+        Binary { child, addr, ws_url: format!("ws://{addr}/ws") }
+    }
 }
