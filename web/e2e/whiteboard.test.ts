@@ -440,3 +440,76 @@ describe("whiteboard", () => {
     }
   });
 });
+
+describe("whiteboard with demo auth (concord serve --demo-auth)", () => {
+  let authServer: ConcordServer;
+
+  before(async () => {
+    authServer = await ConcordServer.start({ staticDir: DIST, args: ["--demo-auth"] });
+  });
+
+  after(async () => {
+    await authServer?.stop();
+  });
+
+  interface PageIdentity {
+    authOn: boolean;
+    identity: { sub: string; name?: string } | undefined;
+  }
+  const identityOf = (page: Page) =>
+    page.evaluate((): PageIdentity => {
+      const c = (globalThis as unknown as { concord: { authOn: boolean; client: { identity?: { sub: string; name?: string } } } }).concord;
+      return { authOn: c.authOn, identity: c.client.identity };
+    });
+
+  test("an editor draws; a ?view viewer follows live and cannot write: the server refuses a forced commit and nothing changes", async () => {
+    const board = freshBoard("auth");
+    const alice = await person(board, "Alice", authServer);
+    const seen = await identityOf(alice);
+    assert.equal(seen.authOn, true, "the page found demo auth on");
+    assert.ok(seen.identity?.sub, "the session is someone");
+    await drawRect(alice, 300, 200, 160, 100);
+    const viewer = await viewerPage(authServer, board);
+    assert.equal((await identityOf(viewer)).authOn, true);
+    await waitForShapes(viewer, 1);
+    await converged(alice, viewer);
+    const before = await docValue(alice);
+    // Past the page's own restraint: a commit straight through the client.
+    const forced = await viewer.evaluate(async () => {
+      const { doc } = (globalThis as unknown as { concord: { doc: { transact(fn: (tx: { set(p: string, v: unknown): void }) => void): Promise<void> } } }).concord;
+      try {
+        await doc.transact((tx) => tx.set("/shapes/forced", { type: "rect", x: 0, y: 0, w: 50, h: 50, color: "#ef4444", z: 1, by: "Viewer", byId: "v" }));
+        return { committed: true } as const;
+      } catch (e) {
+        const error = e as { name: string; code?: string; pointer?: string; detail?: string };
+        return { committed: false, name: error.name, code: error.code, pointer: error.pointer, detail: error.detail } as const;
+      }
+    });
+    assert.equal(forced.committed, false, "the server refused the viewer's write");
+    assert.equal(forced.name, "ForbiddenError");
+    assert.equal(forced.code, "forbidden");
+    assert.equal(forced.pointer, "/shapes/forced");
+    const notice = viewer.locator('[data-testid="notice"]', { hasText: "refused" });
+    await notice.first().waitFor({ timeout: 5_000 });
+    await shot(viewer, "auth-view-refused");
+    await converged(alice, viewer);
+    assert.deepEqual(await docValue(viewer), before, "the viewer's replica rolled back");
+    assert.deepEqual(await docValue(alice), before, "the board did not change");
+    // The viewer still follows live after the refusal.
+    await drawRect(alice, 520, 220, 120, 80, "ellipse");
+    await waitForShapes(viewer, 2);
+  });
+
+  test("a reload is the same person: the page keeps its sub and gets a fresh token", async () => {
+    const board = freshBoard("auth-reload");
+    const alice = await person(board, "Alice", authServer);
+    const first = await identityOf(alice);
+    assert.ok(first.identity?.sub);
+    await alice.reload();
+    await synced(alice);
+    const second = await identityOf(alice);
+    assert.equal(second.identity?.sub, first.identity?.sub);
+    await drawRect(alice, 300, 200, 160, 100);
+    await synced(alice);
+  });
+});
