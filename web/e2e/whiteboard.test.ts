@@ -500,6 +500,33 @@ describe("whiteboard with demo auth (concord serve --demo-auth)", () => {
     await waitForShapes(viewer, 2);
   });
 
+  test("while no token can be had the page says it is not signed in, and it gets in once one can", async () => {
+    const board = freshBoard("auth-down");
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    contexts.push(context);
+    let refused = 0;
+    await context.route("**/demo/token", (route) => {
+      refused++;
+      return route.fulfill({ status: 503, contentType: "text/plain", body: "the token service is down" });
+    });
+    const page = await context.newPage();
+    page.on("pageerror", (error) => console.error("[down] page error:", error));
+    await page.goto(`${authServer.httpUrl}/#board=${board}`);
+    await page.waitForFunction(() => document.querySelector('[data-testid="connection"]')?.getAttribute("data-state") === "unauthorized", undefined, { timeout: 10_000, polling: 50 });
+    assert.match((await page.locator('[data-testid="connection"] .label').textContent()) ?? "", /Not signed in/);
+    // The board never opened: the loading screen, which covers the page, says why.
+    const loading = page.locator('[data-testid="loading"]', { hasText: "Not signed in" });
+    await loading.waitFor({ state: "visible", timeout: 5_000 });
+    assert.match((await loading.textContent()) ?? "", /503/);
+    assert.equal(await page.locator('[data-testid="notice"]', { hasText: "Not signed in" }).count() > 0, true, "and a notice");
+    await shot(page, "auth-not-signed-in");
+    assert.ok(refused >= 1);
+    await context.unroute("**/demo/token");
+    await synced(page, 15_000);
+    await drawRect(page, 300, 200, 160, 100);
+    await synced(page);
+  });
+
   test("a reload is the same person: the page keeps its sub and gets a fresh token", async () => {
     const board = freshBoard("auth-reload");
     const alice = await person(board, "Alice", authServer);

@@ -201,10 +201,14 @@ function notice(message: string, kind: "info" | "warn" = "warn"): void {
 board.onNotice = (message) => notice(message);
 client.on("error", (error) => notice(`Server: ${error.message}`));
 client.on("auth_error", (error) => {
-  notice(`Not signed in: ${error.message}. Retrying…`);
+  const message = `Not signed in: ${error.message}. Retrying…`;
+  notice(message);
+  // Before the board first opens, the loading screen covers the page: say it there too.
+  $("#loading p").textContent = message;
   scheduleRender();
 });
 client.on("session", ({ identity }) => {
+  $("#loading p").textContent = "Opening board…";
   if (identity) $("#me-swatch").title = `Signed in as ${identity.name ?? identity.sub} (${identity.sub})`;
 });
 doc.on("error", (error) => {
