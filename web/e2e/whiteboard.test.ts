@@ -51,12 +51,24 @@ function freshBoard(name: string): string {
 }
 
 /** A person: a browser context with the board open and a name set. */
-async function person(board: string, name: string): Promise<Page> {
+async function person(board: string, name: string, on: ConcordServer = server): Promise<Page> {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   contexts.push(context);
   const page = await context.newPage();
   page.on("pageerror", (error) => console.error(`[${name}] page error:`, error));
-  await page.goto(`${server.httpUrl}/#board=${board}`);
+  await page.goto(`${on.httpUrl}/#board=${board}`);
+  await page.fill('[data-testid="name"]', name);
+  await synced(page);
+  return page;
+}
+
+/** A person opening the board with `?view` (view-only) on `on`. */
+async function viewerPage(on: ConcordServer, board: string, name = "Viewer"): Promise<Page> {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  contexts.push(context);
+  const page = await context.newPage();
+  page.on("pageerror", (error) => console.error(`[${name}] page error:`, error));
+  await page.goto(`${on.httpUrl}/?view#board=${board}`);
   await page.fill('[data-testid="name"]', name);
   await synced(page);
   return page;
@@ -320,6 +332,69 @@ describe("whiteboard", () => {
     await shot(alice, "reload");
   });
 
+  test("a ?view board has every editing tool disabled and labelled, and an editor's shapes appear in it live", async () => {
+    const board = freshBoard("view");
+    const alice = await person(board, "Alice");
+    const viewer = await viewerPage(server, board);
+    const badge = viewer.locator('[data-testid="view-only"]');
+    assert.ok(await badge.isVisible(), "the View only badge shows");
+    assert.equal((await badge.textContent())?.trim(), "View only");
+    assert.equal(await alice.locator('[data-testid="view-only"]').isVisible(), false, "an editor has no badge");
+    const controls = await viewer.evaluate(() =>
+      [...document.querySelectorAll<HTMLButtonElement>("#toolbar button, [data-testid=color]")].map((b) => ({
+        what: b.dataset.testid ?? b.id,
+        disabled: b.disabled,
+        title: b.title,
+      })),
+    );
+    for (const control of controls) {
+      if (control.what === "tool-select") {
+        assert.equal(control.disabled, false, "select (to pan) stays");
+      } else {
+        assert.equal(control.disabled, true, `${control.what} is disabled`);
+      }
+      if (control.what.startsWith("tool-") && control.what !== "tool-select") assert.match(control.title, /view only/, `${control.what} says why`);
+    }
+    // Alice draws: the viewer sees it live.
+    await drawRect(alice, 300, 200, 160, 100, "rect");
+    await waitForShapes(viewer, 1);
+    await alice.click('[data-testid="tool-note"]');
+    await alice.mouse.click(700, 300);
+    await alice.waitForSelector('[data-testid="note-editor"]:not([hidden])');
+    await alice.keyboard.type("Read me");
+    await alice.mouse.click(1000, 600);
+    await waitForShapes(viewer, 2);
+    await viewer.waitForFunction(() => document.querySelector(".note-text")?.textContent === "Read me", undefined, { timeout: 5_000 });
+    await converged(alice, viewer);
+    const before = await docValue(alice);
+    // The viewer tries everything an editor would: shortcuts to draw, a drag
+    // on the canvas, a drag of a shape, Delete, undo, a double click on the note.
+    const [rectId] = Object.entries(await drawn(viewer)).find(([, s]) => s.type === "rect") ?? [];
+    assert.ok(rectId);
+    await viewer.keyboard.press("r");
+    await drag(viewer, { x: 200, y: 500 }, { x: 320, y: 600 });
+    const at = await center(viewer, rectId);
+    await drag(viewer, at, { x: at.x + 150, y: at.y + 120 });
+    await viewer.mouse.click(at.x, at.y);
+    await viewer.keyboard.press("Delete");
+    await viewer.keyboard.press("Control+z");
+    const noteAt = await center(viewer, Object.entries(await drawn(viewer)).find(([, s]) => s.type === "note")?.[0] ?? "");
+    await viewer.mouse.dblclick(noteAt.x, noteAt.y);
+    assert.equal(await viewer.locator('[data-testid="note-editor"]').isHidden(), true, "no note editor");
+    const state = await viewer.evaluate(() => {
+      const doc = (globalThis as unknown as { concord: { doc: { pendingCount: number; value: unknown } } }).concord.doc;
+      return { pending: doc.pendingCount, value: doc.value };
+    });
+    assert.equal(state.pending, 0, "the viewer sent nothing");
+    assert.deepEqual(state.value, before, "the viewer's board is unchanged");
+    await converged(alice, viewer);
+    assert.deepEqual(await docValue(alice), before, "the editor's board is unchanged");
+    await shot(viewer, "view-only");
+    // Alice keeps drawing: it still reaches the viewer.
+    await drawRect(alice, 500, 450, 120, 80, "ellipse");
+    await waitForShapes(viewer, 3);
+  });
+
   test("the page recovers when the server restarts mid-session", async () => {
     // A server of its own, so the restart does not disturb other tests.
     const own = await ConcordServer.start({ staticDir: DIST, durable: true });
@@ -363,5 +438,105 @@ describe("whiteboard", () => {
     } finally {
       await own.stop();
     }
+  });
+});
+
+describe("whiteboard with demo auth (concord serve --demo-auth)", () => {
+  let authServer: ConcordServer;
+
+  before(async () => {
+    authServer = await ConcordServer.start({ staticDir: DIST, args: ["--demo-auth"] });
+  });
+
+  after(async () => {
+    await authServer?.stop();
+  });
+
+  interface PageIdentity {
+    authOn: boolean;
+    identity: { sub: string; name?: string } | undefined;
+  }
+  const identityOf = (page: Page) =>
+    page.evaluate((): PageIdentity => {
+      const c = (globalThis as unknown as { concord: { authOn: boolean; client: { identity?: { sub: string; name?: string } } } }).concord;
+      return { authOn: c.authOn, identity: c.client.identity };
+    });
+
+  test("an editor draws; a ?view viewer follows live and cannot write: the server refuses a forced commit and nothing changes", async () => {
+    const board = freshBoard("auth");
+    const alice = await person(board, "Alice", authServer);
+    const seen = await identityOf(alice);
+    assert.equal(seen.authOn, true, "the page found demo auth on");
+    assert.ok(seen.identity?.sub, "the session is someone");
+    await drawRect(alice, 300, 200, 160, 100);
+    const viewer = await viewerPage(authServer, board);
+    assert.equal((await identityOf(viewer)).authOn, true);
+    await waitForShapes(viewer, 1);
+    await converged(alice, viewer);
+    const before = await docValue(alice);
+    // Past the page's own restraint: a commit straight through the client.
+    const forced = await viewer.evaluate(async () => {
+      const { doc } = (globalThis as unknown as { concord: { doc: { transact(fn: (tx: { set(p: string, v: unknown): void }) => void): Promise<void> } } }).concord;
+      try {
+        await doc.transact((tx) => tx.set("/shapes/forced", { type: "rect", x: 0, y: 0, w: 50, h: 50, color: "#ef4444", z: 1, by: "Viewer", byId: "v" }));
+        return { committed: true } as const;
+      } catch (e) {
+        const error = e as { name: string; code?: string; pointer?: string; detail?: string };
+        return { committed: false, name: error.name, code: error.code, pointer: error.pointer, detail: error.detail } as const;
+      }
+    });
+    assert.equal(forced.committed, false, "the server refused the viewer's write");
+    assert.equal(forced.name, "ForbiddenError");
+    assert.equal(forced.code, "forbidden");
+    assert.equal(forced.pointer, "/shapes/forced");
+    const notice = viewer.locator('[data-testid="notice"]', { hasText: "refused" });
+    await notice.first().waitFor({ timeout: 5_000 });
+    await shot(viewer, "auth-view-refused");
+    await converged(alice, viewer);
+    assert.deepEqual(await docValue(viewer), before, "the viewer's replica rolled back");
+    assert.deepEqual(await docValue(alice), before, "the board did not change");
+    // The viewer still follows live after the refusal.
+    await drawRect(alice, 520, 220, 120, 80, "ellipse");
+    await waitForShapes(viewer, 2);
+  });
+
+  test("while no token can be had the page says it is not signed in, and it gets in once one can", async () => {
+    const board = freshBoard("auth-down");
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    contexts.push(context);
+    let refused = 0;
+    await context.route("**/demo/token", (route) => {
+      refused++;
+      return route.fulfill({ status: 503, contentType: "text/plain", body: "the token service is down" });
+    });
+    const page = await context.newPage();
+    page.on("pageerror", (error) => console.error("[down] page error:", error));
+    await page.goto(`${authServer.httpUrl}/#board=${board}`);
+    await page.waitForFunction(() => document.querySelector('[data-testid="connection"]')?.getAttribute("data-state") === "unauthorized", undefined, { timeout: 10_000, polling: 50 });
+    assert.match((await page.locator('[data-testid="connection"] .label').textContent()) ?? "", /Not signed in/);
+    // The board never opened: the loading screen, which covers the page, says why.
+    const loading = page.locator('[data-testid="loading"]', { hasText: "Not signed in" });
+    await loading.waitFor({ state: "visible", timeout: 5_000 });
+    assert.match((await loading.textContent()) ?? "", /503/);
+    assert.equal(await page.locator('[data-testid="notice"]', { hasText: "Not signed in" }).count() > 0, true, "and a notice");
+    await shot(page, "auth-not-signed-in");
+    assert.ok(refused >= 1);
+    await context.unroute("**/demo/token");
+    await synced(page, 15_000);
+    await drawRect(page, 300, 200, 160, 100);
+    await synced(page);
+  });
+
+  test("a reload is the same person: the page keeps its sub and gets a fresh token", async () => {
+    const board = freshBoard("auth-reload");
+    const alice = await person(board, "Alice", authServer);
+    const first = await identityOf(alice);
+    assert.ok(first.identity?.sub);
+    await alice.reload();
+    await synced(alice);
+    const second = await identityOf(alice);
+    assert.equal(second.identity?.sub, first.identity?.sub);
+    await drawRect(alice, 300, 200, 160, 100);
+    await synced(alice);
   });
 });

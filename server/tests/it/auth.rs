@@ -683,3 +683,79 @@ async fn concord_token_mints_what_concord_serve_accepts() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a JSON Pointer"));
 }
+
+/// A plain HTTP/1.1 POST of a JSON body; (status, body).
+async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    within("an HTTP response", async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_demo_mode_hands_out_board_tokens_and_read_tokens_cannot_write() {
+    let open = crate::support::start_default().await;
+    let (status, body) = http_get(open.local_addr(), "/demo/config", &[]).await;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body).unwrap()),
+        (200, json!({"auth": false}))
+    );
+    assert_eq!(http_post(open.local_addr(), "/demo/token", r#"{"name":"x"}"#).await.0, 404);
+    open.shutdown().await;
+
+    let server = start_with(ServerBuilder::new().demo_auth(true), Config::default()).await;
+    let addr = server.local_addr();
+    let (_, body) = http_get(addr, "/demo/config", &[]).await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"auth": true}));
+    let ask = |body: Value| async move {
+        let (status, answer) = http_post(addr, "/demo/token", &body.to_string()).await;
+        (status, serde_json::from_str::<Value>(&answer).unwrap())
+    };
+    let (status, writer) = ask(json!({"name": "Ann", "access": "write"})).await;
+    assert_eq!(status, 200, "{writer}");
+    assert!(writer["sub"].as_str().unwrap().starts_with("demo-"));
+    let (_, viewer) = ask(json!({"name": "Vic", "sub": "vic-1", "access": "read"})).await;
+    assert_eq!(viewer["sub"], "vic-1");
+    assert_eq!(ask(json!({"name": ""})).await.0, 400);
+    assert_eq!(ask(json!({"name": "x", "admin": true})).await.0, 400);
+
+    let (mut ann, welcome) = connect_with_message(&server, writer["token"].as_str().unwrap()).await;
+    assert_eq!(welcome["name"], "Ann");
+    let (_, version) = ann.open("board:demo", None).await;
+    ann.commit(
+        "board:demo",
+        "a1",
+        version,
+        json!([]),
+        json!([{"op": "add", "path": "/shapes", "value": {}}]),
+    )
+    .await;
+    ann.expect("committed").await;
+    let (mut vic, _) = connect_with_message(&server, viewer["token"].as_str().unwrap()).await;
+    let (_, version) = vic.open("board:demo", None).await;
+    vic.commit(
+        "board:demo",
+        "v1",
+        version,
+        json!([]),
+        json!([{"op": "remove", "path": "/shapes"}]),
+    )
+    .await;
+    assert_eq!(vic.expect("rejected").await["rejection"]["reason"], "forbidden");
+    vic.send(json!({"type": "open", "doc": "secret"})).await;
+    vic.expect_error("forbidden").await;
+    assert_eq!(server.document(&doc("board:demo")).await.unwrap().0, json!({"shapes": {}}));
+    server.shutdown().await;
+}

@@ -9,12 +9,19 @@
 // `outcome_unknown`, reported as `TransactionOutcomeUnknown`), topics re-subscribed,
 // procedures re-registered and presence re-sent. Calls in flight when the
 // socket drops fail: a call is not idempotent, so the caller decides.
+//
+// On a server that requires authentication, each socket's first message is
+// `auth` with a token from the application's provider, asked afresh for
+// every connect; the session (and everything it resumes) starts with the
+// server's `welcome`. An expired token means a prompt reconnect with a new
+// one; a refused token an `AuthError`, and retries with backoff.
 
 import { Emitter } from "./events.js";
 import { cloneJson, deepFreeze, isObject, toJson, type Json } from "./json.js";
 import { DEFAULT_LIMITS, resolve, type Limits } from "./patch.js";
 import { Pointer, type Path } from "./pointer.js";
 import {
+  CLOSE_CODES,
   describeRejection,
   isRetryable,
   isValidDocId,
@@ -43,6 +50,19 @@ export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
 
+/**
+ * Supplies the bearer token a session authenticates with. Called before
+ * every connect and reconnect, so a short-lived token is fetched afresh each
+ * time (e.g. from the application's own auth endpoint).
+ */
+export type TokenProvider = () => string | Promise<string>;
+
+/** Who the session is, as the server's `welcome` says (on a server that requires authentication). */
+export interface Identity {
+  sub: string;
+  name?: string;
+}
+
 export interface ReconnectOptions {
   /** First delay before reconnecting (default 100 ms). */
   initialDelayMs?: number;
@@ -65,6 +85,13 @@ export interface ConnectOptions {
   handshakeTimeoutMs?: number;
   /** For `connect()`: give up if the first session is not up by then (default: keep trying). */
   connectTimeoutMs?: number;
+  /**
+   * The token provider, for a server that requires authentication: called
+   * on every connect and reconnect; its token is sent as the session's first
+   * message (`auth`), and documents resume once the server's `welcome`
+   * accepts it. Without it, no `auth` is sent (an open server).
+   */
+  token?: TokenProvider;
 }
 
 export interface TransactOptions {
@@ -87,15 +114,121 @@ export class ServerError extends Error {
   }
 }
 
+/**
+ * The server refused an operation the session's token does not allow
+ * (`error` `forbidden`): an `open` of a document it may not read (then
+ * `doc` names it, and the document's `whenReady()` rejects with this), or a
+ * subscribe, publish, register or JSON-RPC notification outside its
+ * patterns (a refused call is answered as a JSON-RPC error). Nothing
+ * changed. Not a transaction's rejection: that is `ForbiddenError`.
+ */
+export class AccessDeniedError extends ServerError {
+  override name = "AccessDeniedError";
+}
+
+/**
+ * Authentication failed: the server answered `unauthorized` (no token, a bad
+ * one) and closed the session with 4003, or the token provider threw. The
+ * client keeps retrying with backoff, calling the provider again each time;
+ * `Client.authError` holds the latest until a session is accepted.
+ */
+export class AuthError extends Error {
+  override name = "AuthError";
+  constructor(
+    message: string,
+    /**
+     * `unauthorized` from the server; `token_expired` when the token the
+     * provider gave was expired already; `token_provider` when the provider
+     * threw (or did not answer in time); `rate_limited` when the server
+     * turned the attempt away unread, after too many failed ones from this
+     * address.
+     */
+    readonly code: "unauthorized" | "token_expired" | "token_provider" | "rate_limited",
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
 /** A transaction that did not commit within its attempts, or whose rejection cannot be cured by re-running. */
 export class TransactionRejected extends Error {
   override name = "TransactionRejected";
+  /** The rejection's reason (`conflict`, `forbidden`, ...), as an error code. */
+  readonly code: string;
+  /** The document, when known. */
+  doc?: string;
+  /** The id of the transaction's last run, when known. */
+  txId?: string;
   constructor(
     readonly rejection: Rejection,
     readonly attempts: number,
   ) {
     super(`transaction rejected after ${attempts} attempt(s): ${describeRejection(rejection)}`);
+    this.code = rejection.reason;
   }
+}
+
+/**
+ * The server refused a transaction's write (`rejected` `forbidden`): op
+ * `opIndex` writes `pointer`, which the session may not write (a read-only
+ * document for it, a location outside its token's write scopes, or a
+ * server-only path). Nothing changed; it is never re-run.
+ */
+export class ForbiddenError extends TransactionRejected {
+  override name = "ForbiddenError";
+  readonly opIndex: number;
+  readonly pointer: string;
+  /** The server's explanation. */
+  readonly detail: string;
+  constructor(rejection: Extract<Rejection, { reason: "forbidden" }>, attempts: number) {
+    super(rejection, attempts);
+    this.opIndex = rejection.op_index;
+    this.pointer = rejection.pointer;
+    this.detail = rejection.message;
+  }
+}
+
+/** The document after the transaction would break the server's schema at `pointer` (`rejected` `invalid`). Nothing changed; never re-run. */
+export class InvalidError extends TransactionRejected {
+  override name = "InvalidError";
+  readonly pointer: string;
+  /** The schema error. */
+  readonly detail: string;
+  constructor(rejection: Extract<Rejection, { reason: "invalid" }>, attempts: number) {
+    super(rejection, attempts);
+    this.pointer = rejection.pointer;
+    this.detail = rejection.message;
+  }
+}
+
+/** A guard of the server's application refused the transaction (`rejected` `vetoed`). Nothing changed; never re-run. */
+export class VetoedError extends TransactionRejected {
+  override name = "VetoedError";
+  /** The guard's explanation. */
+  readonly detail: string;
+  constructor(rejection: Extract<Rejection, { reason: "vetoed" }>, attempts: number) {
+    super(rejection, attempts);
+    this.detail = rejection.message;
+  }
+}
+
+/** The typed error for a rejection: `ForbiddenError`, `InvalidError`, `VetoedError`, else `TransactionRejected`. */
+export function rejectionError(rejection: Rejection, attempts: number): TransactionRejected {
+  switch (rejection.reason) {
+    case "forbidden":
+      return new ForbiddenError(rejection, attempts);
+    case "invalid":
+      return new InvalidError(rejection, attempts);
+    case "vetoed":
+      return new VetoedError(rejection, attempts);
+    default:
+      return new TransactionRejected(rejection, attempts);
+  }
+}
+
+/** Whether a rejection is a refusal of the server's rules (access, schema, guard), which the document's `error` event reports too. */
+function isRefusal(rejection: Rejection): boolean {
+  return rejection.reason === "forbidden" || rejection.reason === "invalid" || rejection.reason === "vetoed";
 }
 
 /**
@@ -138,8 +271,14 @@ export interface ClientEvents {
   state: ConnectionState;
   /** An error the server reported that no document or call claimed. */
   error: ServerError;
-  /** A session started (first connect or reconnect). */
-  session: { session: string; resumed: boolean };
+  /** A session started (first connect or reconnect); `identity` is who it is, on a server that requires authentication. */
+  session: { session: string; resumed: boolean; identity?: Identity };
+  /**
+   * Authentication failed (the server refused the token, or the provider
+   * threw). The client keeps retrying with backoff; the next accepted
+   * session clears `Client.authError`.
+   */
+  auth_error: AuthError;
 }
 
 export interface ChangeEvent {
@@ -165,13 +304,18 @@ export interface DocumentEvents {
   presence: PresenceChange;
   /** Whether the document is live on the current session. */
   ready: boolean;
-  /** An error the server reported for this document. */
-  error: ServerError;
+  /**
+   * An error the server reported for this document (an `AccessDeniedError`
+   * when it refused to open it), or a transaction on it refused by the
+   * server's rules (`ForbiddenError`, `InvalidError`, `VetoedError`; their
+   * `transact` promises reject with the same error).
+   */
+  error: ServerError | TransactionRejected;
 }
 
 type Outcome =
   | { kind: "committed"; version: number }
-  | { kind: "rejected"; rejection: Rejection; retryable: boolean }
+  | { kind: "rejected"; rejection: Rejection; retryable: boolean; error?: TransactionRejected }
   | { kind: "unknown"; error: TransactionOutcomeUnknown }
   | { kind: "abandoned"; error: Error };
 
@@ -179,18 +323,33 @@ type RpcHandler = (params: Json | undefined, context: { method: string }) => unk
 
 const JSONRPC = "2.0";
 
-/** Connects and resolves once the first session is up. */
+/**
+ * Connects and resolves once the first session is up. With a token
+ * provider, rejects with the `AuthError` (and closes the client) if the
+ * first attempt fails to authenticate; a `Client` made with `new` keeps
+ * retrying instead.
+ */
 export async function connect(url: string, options: ConnectOptions = {}): Promise<Client> {
   return readyOrClosed(new Client(url, options), options.connectTimeoutMs);
 }
 
-/** Resolves with `client` once its first session is up; closes it if that fails. */
+/**
+ * Resolves with `client` once its first session is up; closes it if that
+ * fails: past `timeoutMs`, or at the first authentication failure (the
+ * `AuthError` is the rejection).
+ */
 export async function readyOrClosed<C extends Client>(client: C, timeoutMs?: number): Promise<C> {
+  let offAuth = () => {};
+  const refused = new Promise<never>((_, reject) => {
+    offAuth = client.on("auth_error", reject);
+  });
   try {
-    await client.ready(timeoutMs);
+    await Promise.race([client.ready(timeoutMs), refused]);
   } catch (error) {
     client.close();
     throw error;
+  } finally {
+    offAuth();
   }
   return client;
 }
@@ -223,15 +382,21 @@ export class Client extends Emitter<ClientEvents> {
   #sessions = 0;
   #ws: WebSocketLike | undefined;
   #welcomed = false;
+  #identity: Identity | undefined;
+  #authError: AuthError | undefined;
+  /** The current socket's session was refused (`unauthorized`): its close 4003 is already reported. */
+  #refused = false;
+  /** Counts socket attempts, so a token that arrives after its attempt was abandoned is dropped. */
+  #attempt = 0;
   #reconnectAttempt = 0;
   #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   #handshakeTimer: ReturnType<typeof setTimeout> | undefined;
   #readyWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   #docs = new Map<string, DocumentHandle>();
-  #subscriptions = new Map<string, { handlers: Set<(data: Json, topic: string) => void>; acked: boolean; waiters: (() => void)[] }>();
+  #subscriptions = new Map<string, { handlers: Set<(data: Json, topic: string) => void>; acked: boolean; waiters: ((error?: Error) => void)[] }>();
   #methods = new Map<string, RpcHandler>();
   #calls = new Map<number, { resolve: (v: Json) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }>();
-  #acks = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+  #acks = new Map<number, { topic: string; resolve: () => void; reject: (e: Error) => void }>();
   #registering = new Map<string, { handler: RpcHandler; resolve: () => void; reject: (e: Error) => void }>();
   #txSeq = 0;
   #rpcSeq = 0;
@@ -261,6 +426,16 @@ export class Client extends Emitter<ClientEvents> {
   /** The server's id for the current session (changes on reconnect). */
   get session(): string | undefined {
     return this.#session;
+  }
+
+  /** Who the current session is (`sub`, `name` from `welcome`); `undefined` on an open server or before the first session. */
+  get identity(): Identity | undefined {
+    return this.#identity;
+  }
+
+  /** The latest authentication failure, until a session is accepted again. */
+  get authError(): AuthError | undefined {
+    return this.#authError;
   }
 
   /** Resolves once a session is up (immediately if it is). */
@@ -307,6 +482,19 @@ export class Client extends Emitter<ClientEvents> {
     this.#docs.clear();
   }
 
+  /** Drops the current socket and reconnects without a backoff delay. */
+  #dropAndReconnectNow(): void {
+    const ws = this.#ws;
+    if (!ws) return;
+    detach(ws);
+    try {
+      ws.close(1000, "token expired: reconnecting with a fresh token");
+    } catch {
+      // Already closing.
+    }
+    this.#onSocketGone(CLOSE_CODES.TOKEN_EXPIRED);
+  }
+
   /**
    * Drops the current socket as if the network failed (the client then
    * reconnects and resumes). For tests and for a "reconnect now" button.
@@ -346,7 +534,11 @@ export class Client extends Emitter<ClientEvents> {
 
   // ---- publish / subscribe ----
 
-  /** Subscribes `handler` to a topic pattern (`*` one segment, `>` the rest); resolves once acknowledged. Returns the unsubscribe function. */
+  /**
+   * Subscribes `handler` to a topic pattern (`*` one segment, `>` the rest);
+   * resolves once acknowledged, with the unsubscribe function. Rejects with
+   * an `AccessDeniedError` when the session's token does not allow it.
+   */
   async subscribe(topic: string, handler: (data: Json, topic: string) => void): Promise<() => void> {
     let sub = this.#subscriptions.get(topic);
     if (!sub) {
@@ -365,7 +557,7 @@ export class Client extends Emitter<ClientEvents> {
     };
     if (!sub.acked) {
       const pending = sub;
-      await new Promise<void>((resolve) => pending.waiters.push(resolve));
+      await new Promise<void>((resolve, reject) => pending.waiters.push((error) => (error ? reject(error) : resolve())));
     }
     return unsubscribe;
   }
@@ -383,7 +575,7 @@ export class Client extends Emitter<ClientEvents> {
     }
     const ack = ++this.#ackSeq;
     message.ack = ack;
-    const acked = new Promise<void>((resolve, reject) => this.#acks.set(ack, { resolve, reject }));
+    const acked = new Promise<void>((resolve, reject) => this.#acks.set(ack, { topic, resolve, reject }));
     this.#sendOrThrow(message);
     return acked;
   }
@@ -471,6 +663,54 @@ export class Client extends Emitter<ClientEvents> {
 
   #open(): void {
     this.#welcomed = false;
+    const provider = this.#options.token;
+    if (!provider) {
+      this.#openSocket(undefined);
+      return;
+    }
+    // A fresh token for every connect: one that expired since the last
+    // session is replaced before the server ever sees it.
+    const attempt = ++this.#attempt;
+    // Asked from a microtask, never inside the constructor: a provider that
+    // throws at once is reported to listeners added after `new Client`.
+    const token = Promise.resolve().then(provider);
+    // A provider that never answers must not stall the client: past the
+    // handshake timeout the attempt counts as failed (and is retried).
+    const timeoutMs = this.#options.handshakeTimeoutMs ?? 10_000;
+    clearTimeout(this.#handshakeTimer);
+    this.#handshakeTimer = setTimeout(() => this.#onTokenFailure(attempt, new Error(`no token within ${timeoutMs} ms`)), timeoutMs);
+    token.then(
+      (value) => {
+        if (attempt !== this.#attempt || this.#state === "closed") return;
+        clearTimeout(this.#handshakeTimer);
+        if (typeof value !== "string" || value === "") {
+          this.#onTokenFailure(attempt, new TypeError(`the token provider returned ${value === "" ? "an empty string" : typeof value}, not a token`));
+          return;
+        }
+        this.#openSocket(value);
+      },
+      (error: unknown) => this.#onTokenFailure(attempt, error),
+    );
+  }
+
+  #onTokenFailure(attempt: number, error: unknown): void {
+    if (attempt !== this.#attempt || this.#state === "closed") return;
+    clearTimeout(this.#handshakeTimer);
+    // This attempt is over: a late answer from the provider is ignored.
+    this.#attempt++;
+    const message = `the token provider failed: ${(error as Error)?.message ?? String(error)}`;
+    this.#authFailed(new AuthError(message, "token_provider", { cause: error }));
+    this.#scheduleReconnect();
+  }
+
+  #authFailed(error: AuthError): void {
+    this.#authError = error;
+    this.emit("auth_error", error);
+  }
+
+  /** Opens a socket; with `token`, authenticates with it as the first message. */
+  #openSocket(token: string | undefined): void {
+    this.#refused = false;
     let ws: WebSocketLike;
     try {
       ws = new this.#WebSocket(this.#socketUrl);
@@ -480,6 +720,7 @@ export class Client extends Emitter<ClientEvents> {
     }
     this.#ws = ws;
     ws.onopen = () => {
+      if (token !== undefined && this.#ws === ws) ws.send(JSON.stringify({ type: "auth", token } satisfies ClientMessage));
       clearTimeout(this.#handshakeTimer);
       this.#handshakeTimer = setTimeout(() => {
         if (this.#ws === ws && !this.#welcomed) this.dropConnection();
@@ -507,27 +748,33 @@ export class Client extends Emitter<ClientEvents> {
       }
       if (failure) throw failure.error;
     };
-    ws.onclose = () => {
-      if (this.#ws === ws) this.#onSocketGone();
+    ws.onclose = (event) => {
+      if (this.#ws === ws) this.#onSocketGone(event?.code);
     };
     ws.onerror = () => {
       // A close event always follows; reconnecting happens there.
     };
   }
 
-  #onSocketGone(): void {
+  #onSocketGone(code?: number): void {
     clearTimeout(this.#handshakeTimer);
     this.#ws = undefined;
     this.#welcomed = false;
     if (this.#state === "closed") return;
+    if (code === CLOSE_CODES.UNAUTHORIZED && !this.#refused) {
+      // Closed as unauthorized without the `error` first (or it was lost).
+      this.#authFailed(new AuthError("the server refused the session's token (close 4003)", "unauthorized"));
+    }
     this.#failInFlight(new ConnectionError("connection lost"));
     for (const sub of this.#subscriptions.values()) sub.acked = false;
     for (const doc of this.#docs.values()) doc._disconnected();
     this.#setState(this.#sessions > 0 ? "reconnecting" : "connecting");
-    this.#scheduleReconnect();
+    // An expired token is no failure: reconnect at once with a fresh one
+    // (unless the last attempt got no session either: then back off).
+    this.#scheduleReconnect(code === CLOSE_CODES.TOKEN_EXPIRED);
   }
 
-  #scheduleReconnect(): void {
+  #scheduleReconnect(prompt = false): void {
     if (this.#state === "closed") return;
     if (this.#options.reconnect === false) {
       this.close();
@@ -536,9 +783,10 @@ export class Client extends Emitter<ClientEvents> {
     const initial = this.#options.reconnect?.initialDelayMs ?? 100;
     const max = this.#options.reconnect?.maxDelayMs ?? 5_000;
     const ceiling = Math.min(max, initial * 2 ** Math.min(this.#reconnectAttempt, 20));
+    const first = this.#reconnectAttempt === 0;
     this.#reconnectAttempt++;
     // Jitter spreads the reconnects of many clients after a server restart.
-    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+    const delay = prompt && first ? 0 : ceiling / 2 + Math.random() * (ceiling / 2);
     clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = setTimeout(() => this.#open(), delay);
   }
@@ -562,13 +810,15 @@ export class Client extends Emitter<ClientEvents> {
         this.#welcomed = true;
         this.#reconnectAttempt = 0;
         this.#session = message.session;
+        this.#identity = typeof message.sub === "string" ? { sub: message.sub, ...(typeof message.name === "string" ? { name: message.name } : {}) } : undefined;
+        this.#authError = undefined;
         const resumed = this.#sessions > 0;
         this.#sessions++;
         this.#setState("open");
         for (const topic of this.#subscriptions.keys()) this._send({ type: "subscribe", topic });
         for (const method of this.#methods.keys()) this._send({ type: "register", method });
         for (const doc of this.#docs.values()) doc._resume();
-        this.emit("session", { session: message.session, resumed });
+        this.emit("session", { session: message.session, resumed, ...(this.#identity ? { identity: this.#identity } : {}) });
         for (const waiter of this.#readyWaiters.splice(0)) waiter.resolve();
         return;
       }
@@ -614,12 +864,44 @@ export class Client extends Emitter<ClientEvents> {
         this.#onRpc(message.message);
         return;
       case "error": {
-        const error = new ServerError(message.code, message.message, message.doc, message.tx_id);
+        if (message.code === "unauthorized") {
+          // The server closes the session (4003) next; the reconnect calls the provider again.
+          this.#refused = true;
+          this.#authFailed(new AuthError(`unauthorized: ${message.message}`, "unauthorized"));
+          return;
+        }
+        if (message.code === "rate_limited" && !this.#welcomed) {
+          // Too many failed authentications from this address: the token
+          // was not even looked at (close 4003 follows).
+          this.#refused = true;
+          this.#authFailed(new AuthError(`rate_limited: ${message.message}`, "rate_limited"));
+          return;
+        }
+        if (message.code === "token_expired" && !this.#welcomed) {
+          // The provider's token had expired before the server saw it: a
+          // failure to report (the server closes with 4004; the reconnect
+          // asks the provider again, with backoff if this repeats).
+          this.#refused = true;
+          this.#authFailed(new AuthError(`token_expired: ${message.message}`, "token_expired"));
+          return;
+        }
+        if (message.code === "token_expired") {
+          // Not an application error: a fresh session with a fresh token
+          // follows now, rather than after the server's grace period and
+          // its close (4004). Everything resumes on it.
+          this.#dropAndReconnectNow();
+          return;
+        }
+        const error =
+          message.code === "forbidden"
+            ? new AccessDeniedError(message.code, message.message, message.doc, message.tx_id)
+            : new ServerError(message.code, message.message, message.doc, message.tx_id);
         const doc = message.doc === undefined ? undefined : this.#docs.get(message.doc);
         if (doc) {
           doc._onError(error);
           return;
         }
+        if (error instanceof AccessDeniedError && this.#claimRefusal(error)) return;
         if (message.code === "already_registered" || message.code === "limit_reached") {
           // No correlation id: it answers the oldest registration in flight, if any.
           const [method, waiter] = this.#registering.entries().next().value ?? [];
@@ -640,6 +922,37 @@ export class Client extends Emitter<ClientEvents> {
         return;
       }
     }
+  }
+
+  /**
+   * Hands a `forbidden` error to the request it answers: a registration,
+   * an unacknowledged subscription or an acknowledged publish whose name
+   * the server's message names (it names what was refused). Returns whether
+   * one took it.
+   */
+  #claimRefusal(error: AccessDeniedError): boolean {
+    // The name as a word of the message: after a space, and followed by its end, a space, or punctuation that ends the sentence or clause.
+    const names = (name: string) => new RegExp(`(^|\\s)${escapeRegExp(name)}($|\\s|[.,:;](\\s|$))`).test(error.message);
+    for (const [method, waiter] of this.#registering) {
+      if (!names(method)) continue;
+      this.#registering.delete(method);
+      if (this.#methods.get(method) === waiter.handler) this.#methods.delete(method);
+      waiter.reject(error);
+      return true;
+    }
+    for (const [pattern, sub] of this.#subscriptions) {
+      if (sub.acked || !names(pattern)) continue;
+      this.#subscriptions.delete(pattern);
+      for (const fail of sub.waiters.splice(0)) fail(error);
+      return true;
+    }
+    for (const [id, ack] of this.#acks) {
+      if (!names(ack.topic)) continue;
+      this.#acks.delete(id);
+      ack.reject(error);
+      return true;
+    }
+    return false;
   }
 
   #onRpc(raw: Json): void {
@@ -844,7 +1157,7 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
           }
           if (result.kind === "abandoned" || result.kind === "unknown") throw result.error;
           rejected++;
-          if (!result.retryable || rejected >= attempts) throw new TransactionRejected(result.rejection, rejected);
+          if (!result.retryable || rejected >= attempts) throw result.error ?? this.#rejectionError(result.rejection, rejected, txId);
           await sleep(backoffMs(rejected));
           continue;
         }
@@ -921,6 +1234,16 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
       const writes = this.#replica.reject(txId)?.writes ?? [];
       this.#settle(txId, { kind: "abandoned", error });
       this.#changed("rollback", writes);
+    } else if (error.code === "forbidden" && txId === undefined && !this.#live) {
+      // The answer to our `open`: the session may not read this document.
+      // The handle ends with the error (`whenReady()` and waiting
+      // transactions reject with it); opening it again asks again.
+      this.emit("error", error);
+      if (!this.#closed) {
+        this.client._forget(this.id);
+        this._closed(error);
+      }
+      return;
     }
     this.emit("error", error);
   }
@@ -995,6 +1318,15 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
           // commit of its own: re-run it as for `stale` (the server sends it
           // after the changes up to its version, so the replica is current).
           const retryable = isRetryable(rejection) || rejection.reason === "outcome_unknown";
+          if (isRefusal(rejection)) {
+            // The server's rules refused it: never re-run; the application
+            // hears of it on the document too, awaited or not.
+            const error = this.#rejectionError(rejection, 1, message.tx_id);
+            this.#settle(message.tx_id, { kind: "rejected", rejection, retryable: false, error });
+            if (rejected) this.#changed("rollback", rejected.writes);
+            this.emit("error", error);
+            return;
+          }
           this.#settle(message.tx_id, { kind: "rejected", rejection, retryable });
         }
         if (rejected) this.#changed("rollback", rejected.writes);
@@ -1013,6 +1345,13 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
   }
 
   // ---- internals ----
+
+  #rejectionError(rejection: Rejection, attempts: number, txId: string): TransactionRejected {
+    const error = rejectionError(rejection, attempts);
+    error.doc = this.id;
+    error.txId = txId;
+    return error;
+  }
 
   #nextSnapshot(): Promise<void> {
     return new Promise((resolve) => this.#snapshotWaiters.push(resolve));
@@ -1148,6 +1487,10 @@ function runEffects(effects: (() => void)[], emitter: Emitter<DocumentEvents>): 
 function backoffMs(rejections: number): number {
   const ceiling = Math.min(1_000, 10 * 2 ** rejections);
   return Math.random() * ceiling;
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
 function sleep(ms: number): Promise<void> {

@@ -51,13 +51,26 @@ export type Rejection =
    * cannot have committed and is re-run (as `stale`); a resubmission's
    * outcome is unknown (`TransactionOutcomeUnknown`).
    */
-  | { reason: "outcome_unknown"; base: number; floor: number };
+  | { reason: "outcome_unknown"; base: number; floor: number }
+  /**
+   * The session may not write what op `op_index` writes (`pointer`): the
+   * document is read-only for it, the location is outside its token's write
+   * scopes, or it is a server-only path. Nothing changed; re-running will
+   * not help.
+   */
+  | { reason: "forbidden"; op_index: number; pointer: string; message: string }
+  /** The document after the patch breaks the server's schema at `pointer`. Nothing changed. */
+  | { reason: "invalid"; pointer: string; message: string }
+  /** A guard of the server's application refused the commit. Nothing changed. */
+  | { reason: "vetoed"; message: string };
 
 /**
  * True when re-running the transaction on a fresh replica may succeed (as
  * `Rejection::is_retryable`). False for `outcome_unknown`: whether re-running
  * is safe depends on whether the transaction was sent before, which only the
- * client knows (it re-runs a first submission's).
+ * client knows (it re-runs a first submission's). False for the server's
+ * refusals `forbidden`, `invalid` and `vetoed`, and for any reason this
+ * client does not know: those are never re-run.
  */
 export function isRetryable(rejection: Rejection): boolean {
   return rejection.reason === "conflict" || rejection.reason === "stale" || rejection.reason === "patch";
@@ -82,6 +95,15 @@ export function describeRejection(rejection: Rejection): string {
       return `${rejection.what === "read_set" ? "read set" : "patch"} is ${rejection.len}, over the limit of ${rejection.max}`;
     case "outcome_unknown":
       return `transaction id not remembered and base ${rejection.base} is older than the dedup floor ${rejection.floor}`;
+    case "forbidden":
+      return `forbidden: op ${rejection.op_index} writes ${rejection.pointer || "(root)"}: ${rejection.message}`;
+    case "invalid":
+      return `invalid: ${rejection.pointer || "(root)"}: ${rejection.message}`;
+    case "vetoed":
+      return `vetoed: ${rejection.message}`;
+    default:
+      // A reason this client does not know (a newer server): say what it is.
+      return `rejected: ${(rejection as { reason: string }).reason}`;
   }
 }
 
@@ -95,7 +117,12 @@ export type ErrorCode =
   | "too_large"
   | "rate_limited"
   | "resynced"
+  /** An operation the session's token does not allow (an `open` of an unreadable document carries `doc`). */
   | "forbidden"
+  /** No token where one is required, a bad one, or `auth` out of place; the server then closes with 4003. */
+  | "unauthorized"
+  /** The session's token expired; the server closes with 4004 after a grace period. */
+  | "token_expired"
   | "not_open"
   | "shutting_down"
   | "limit_reached"
@@ -105,6 +132,12 @@ export type PresenceEvent = "join" | "update" | "leave";
 
 /** Messages from a client to the server. */
 export type ClientMessage =
+  /**
+   * Authenticates the session with a bearer token: only as the first
+   * message, and only on a server that requires authentication (browsers
+   * cannot set an `Authorization` header on a WebSocket).
+   */
+  | { type: "auth"; token: string }
   | { type: "open"; doc: string; version?: number }
   | { type: "close"; doc: string }
   | { type: "commit"; tx: Transaction }
@@ -118,7 +151,8 @@ export type ClientMessage =
 
 /** Messages from the server to a client. */
 export type ServerMessage =
-  | { type: "welcome"; protocol: number; session: string }
+  /** `sub` and `name`: who the session is, on a server that requires authentication. */
+  | { type: "welcome"; protocol: number; session: string; sub?: string; name?: string }
   | { type: "snapshot"; doc: string; version: number; value: Json }
   | { type: "opened"; doc: string; version: number }
   | ({ type: "change" } & Change)
@@ -148,6 +182,10 @@ export const CLOSE_CODES = {
   /** The outbound queue overflowed: reconnect, re-open at the versions held, resubmit. */
   SLOW_CONSUMER: 4001,
   PEER_TIMEOUT: 4002,
+  /** Authentication failed (an `error` `unauthorized` came first): reconnect only with a different token. */
+  UNAUTHORIZED: 4003,
+  /** The session's token expired (an `error` `token_expired` came first): reconnect with a fresh token. */
+  TOKEN_EXPIRED: 4004,
 } as const;
 
 /** Document ids: 1–128 characters of `[A-Za-z0-9._:/-]` (spec §1). */

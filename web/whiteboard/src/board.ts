@@ -10,7 +10,7 @@
 // redo read: they are guarded transactions that refuse when someone else
 // changed the shape since.
 
-import { jsonEqual, PatchError, Pointer, type DocumentHandle, type Json, type Tx } from "@concord/client";
+import { ForbiddenError, InvalidError, jsonEqual, PatchError, Pointer, VetoedError, type DocumentHandle, type Json, type Tx } from "@concord/client";
 
 export type ShapeType = "rect" | "ellipse" | "stroke" | "note";
 
@@ -77,13 +77,22 @@ export class Board {
   /** Called when the undo/redo stacks change. */
   onHistory: () => void = () => {};
 
-  constructor(doc: DocumentHandle, me: Me) {
+  /**
+   * A view-only board (`?view`) writes nothing: every edit is refused here,
+   * with a notice, before it reaches the document. (With authentication on,
+   * the server refuses a viewer's writes too: its token grants only `read`.)
+   */
+  readonly readOnly: boolean;
+
+  constructor(doc: DocumentHandle, me: Me, options: { readOnly?: boolean } = {}) {
     this.doc = doc;
     this.me = me;
+    this.readOnly = options.readOnly ?? false;
   }
 
-  /** Makes sure the document has its `shapes` object (read-only when it has). */
+  /** Makes sure the document has its `shapes` object (read-only when it has; nothing on a view-only board). */
   async init(): Promise<void> {
+    if (this.readOnly) return;
     await this.doc.transact((tx) => {
       if (tx.get(`/${SHAPES}`) === undefined) tx.set(`/${SHAPES}`, {});
     });
@@ -100,15 +109,16 @@ export class Board {
   }
 
   get canUndo(): boolean {
-    return this.#undo.length > 0;
+    return !this.readOnly && this.#undo.length > 0;
   }
 
   get canRedo(): boolean {
-    return this.#redo.length > 0;
+    return !this.readOnly && this.#redo.length > 0;
   }
 
-  /** Adds a shape; returns its id. */
+  /** Adds a shape; returns its id. Throws on a view-only board (whose page offers no way to draw). */
   create(fields: Omit<Shape, "by" | "byId" | "z"> & { z?: number }, label = "create"): string {
+    if (this.readOnly) throw new Error(VIEW_ONLY);
     const id = newShapeId();
     const shape: Shape = { ...fields, z: fields.z ?? Date.now() + Math.random(), by: this.me.name, byId: this.me.id };
     this.#write((tx) => {
@@ -131,7 +141,7 @@ export class Board {
   /** Deletes a shape. */
   remove(id: string): void {
     const before = this.shape(id);
-    if (!before) return;
+    if (!before || this.#refuseReadOnly()) return;
     this.#write((tx) => tx.remove(shapePath(id)), "delete the shape");
     this.#record({ id, label: "delete", before, after: undefined });
   }
@@ -151,7 +161,7 @@ export class Board {
    */
   edit(id: string, label = "move"): Edit | undefined {
     const before = this.shape(id);
-    if (!before) return undefined;
+    if (!before || this.#refuseReadOnly()) return undefined;
     return new Edit(this, id, label, structuredClone(before));
   }
 
@@ -182,6 +192,7 @@ export class Board {
   }
 
   async #travel(from: Entry[], to: Entry[], verb: "undo" | "redo"): Promise<UndoResult> {
+    if (this.#refuseReadOnly()) return { ok: false, reason: VIEW_ONLY };
     const entry = from.pop();
     if (!entry) return { ok: false, reason: `nothing to ${verb}` };
     this.onHistory();
@@ -221,8 +232,17 @@ export class Board {
   #write(fn: (tx: Tx) => void, what: string): Promise<void> {
     const done = this.doc.transact(fn);
     return done.catch((error: Error) => {
+      // The server's refusals (access, schema, guards) are reported by the
+      // document's `error` event, which the page shows: not twice.
+      if (error instanceof ForbiddenError || error instanceof InvalidError || error instanceof VetoedError) return;
       this.onNotice(`Could not ${what}: ${friendly(error)}`);
     });
+  }
+
+  /** True, after a notice, when the board is view-only. */
+  #refuseReadOnly(): boolean {
+    if (this.readOnly) this.onNotice(VIEW_ONLY);
+    return this.readOnly;
   }
 }
 
@@ -276,6 +296,8 @@ export class Edit {
     });
   }
 }
+
+const VIEW_ONLY = "This board is open view-only: it cannot be changed here.";
 
 function refusal(verb: string, label: string, current: Shape | undefined): string {
   const what = `Can't ${verb} ${label}`;

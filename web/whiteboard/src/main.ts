@@ -2,8 +2,15 @@
 // board named in the URL (`#board=<id>` or `?board=<id>`), and draws the
 // shapes, the selection and everyone's cursors. All state goes through
 // `Board` (board.ts); this file is input handling and rendering.
+//
+// `?view` in the URL opens the board view-only: every editing tool and
+// action is disabled, and a badge says so. When the server runs in demo
+// auth mode (`concord serve --demo-auth`; `GET /demo/config` says
+// `{"auth": true}`), the page fetches a token from `POST /demo/token` on
+// every (re)connect, asking for `read` access only when viewing, so the
+// server enforces view-only too.
 
-import { Client, sameOriginUrl, type Json } from "@concord/client";
+import { Client, ForbiddenError, InvalidError, sameOriginUrl, TransactionRejected, VetoedError, type ConnectOptions, type Json } from "@concord/client";
 
 import { Board, type Edit, type Shape, type ShapeType } from "./board.js";
 
@@ -52,6 +59,60 @@ function myName(): string {
   return name;
 }
 
+/** `?view` (or `#...&view`): the board is open view-only. */
+function isViewOnly(): boolean {
+  return new URLSearchParams(location.search).has("view") || new URLSearchParams(location.hash.slice(1)).has("view");
+}
+
+const SUB_KEY = "concord.whiteboard.sub";
+
+/** Whether the server wants tokens (`GET /demo/config`); a 404 or anything but `{"auth": true}` means an open server. */
+async function demoAuthEnabled(): Promise<boolean> {
+  try {
+    const response = await fetch("/demo/config", { headers: { accept: "application/json" } });
+    if (!response.ok) return false;
+    const body = (await response.json()) as { auth?: unknown };
+    return body.auth === true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The token provider of demo auth mode: a fresh token from `/demo/token` on
+ * each (re)connect, for the name shown in the top bar and the `sub` this
+ * browser keeps across reloads; `read` access only when viewing.
+ */
+function demoTokenProvider(access: "read" | "write", name: () => string): () => Promise<string> {
+  return async () => {
+    const sub = localStorage.getItem(SUB_KEY);
+    const response = await fetch("/demo/token", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ name: clipBytes(name(), 64), access, ...(sub ? { sub } : {}) }),
+    });
+    if (!response.ok) {
+      const text = await response.text().catch(() => "");
+      throw new Error(`/demo/token answered ${response.status}${text ? `: ${text.slice(0, 200)}` : ""}`);
+    }
+    const body = (await response.json()) as { token?: unknown; sub?: unknown };
+    if (typeof body.token !== "string") throw new Error("/demo/token answered without a token");
+    if (typeof body.sub === "string") localStorage.setItem(SUB_KEY, body.sub);
+    return body.token;
+  };
+}
+
+/** `text` cut to at most `max` UTF-8 bytes, on a character boundary (the demo token endpoint takes names of up to 64 bytes). */
+function clipBytes(text: string, max: number): string {
+  const encoder = new TextEncoder();
+  let out = "";
+  for (const ch of text) {
+    if (encoder.encode(out + ch).length > max) break;
+    out += ch;
+  }
+  return out || "Anonymous";
+}
+
 function colorFor(text: string): string {
   let hash = 0;
   for (const ch of text) hash = (hash * 31 + ch.charCodeAt(0)) | 0;
@@ -61,11 +122,30 @@ function colorFor(text: string): string {
 // ---- boot ----
 
 const id = boardId();
-const client = new Client(sameOriginUrl());
+const viewOnly = isViewOnly();
+const me = { id: "", name: myName(), color: "" };
+// The name field works from the first moment, also while the page asks the
+// server whether auth is on (below): a name typed meanwhile is kept.
+const nameInput = $<HTMLInputElement>("#name");
+nameInput.value = me.name;
+let booted = false;
+nameInput.addEventListener("input", () => {
+  const name = nameInput.value.trim() || "Anonymous";
+  me.name = name;
+  localStorage.setItem("concord.whiteboard.name", name);
+  if (!booted) return;
+  board.me = { ...me };
+  publishPresence();
+  scheduleRender();
+});
+const authOn = await demoAuthEnabled();
+const options: ConnectOptions = authOn ? { token: demoTokenProvider(viewOnly ? "read" : "write", () => me.name) } : {};
+const client = new Client(sameOriginUrl(), options);
 const doc = client.document(`board:${id}`);
-const me = { id: client.clientId, name: myName(), color: "" };
+me.id = client.clientId;
 me.color = colorFor(me.name + me.id);
-const board = new Board(doc, me);
+const board = new Board(doc, me, { readOnly: viewOnly });
+booted = true;
 
 let tool: Tool = "select";
 let color = COLORS[0] as string;
@@ -86,15 +166,31 @@ const noteEditor = $<HTMLTextAreaElement>("#note-editor");
 
 $("#board-id").textContent = id;
 document.title = `${id} · Concord Whiteboard`;
-const nameInput = $<HTMLInputElement>("#name");
-nameInput.value = me.name;
 $("#me-swatch").style.background = me.color;
 
-(globalThis as unknown as { concord: unknown }).concord = { client, doc, board };
+(globalThis as unknown as { concord: unknown }).concord = { client, doc, board, viewOnly, authOn };
+
+// ---- view-only ----
+
+document.body.classList.toggle("view-only", viewOnly);
+$("#view-only").hidden = !viewOnly;
+if (viewOnly) {
+  for (const button of document.querySelectorAll<HTMLButtonElement>("#toolbar button")) {
+    // Selecting (to pan around) is all a viewer does.
+    if (button.dataset.tool === "select") continue;
+    button.disabled = true;
+    button.title = `${button.title} · not available: view only`;
+  }
+  $("#empty-hint").textContent = "Nothing on this board yet. You are viewing it: what others draw appears here live.";
+}
 
 // ---- notices ----
 
 function notice(message: string, kind: "info" | "warn" = "warn"): void {
+  // The same message already on screen is not stacked again.
+  for (const shown of document.querySelectorAll<HTMLElement>('[data-testid="notice"]')) {
+    if (shown.textContent === message) return;
+  }
   const el = document.createElement("div");
   el.className = `notice ${kind}`;
   el.dataset.testid = "notice";
@@ -104,9 +200,37 @@ function notice(message: string, kind: "info" | "warn" = "warn"): void {
 }
 board.onNotice = (message) => notice(message);
 client.on("error", (error) => notice(`Server: ${error.message}`));
-doc.on("error", (error) => {
-  if (error.code !== "not_open") notice(`Server: ${error.message}`);
+client.on("auth_error", (error) => {
+  const message = `Not signed in: ${error.message}. Retrying…`;
+  notice(message);
+  // Before the board first opens, the loading screen covers the page: say it there too.
+  $("#loading p").textContent = message;
+  scheduleRender();
 });
+client.on("session", ({ identity }) => {
+  $("#loading p").textContent = "Opening board…";
+  if (identity) $("#me-swatch").title = `Signed in as ${identity.name ?? identity.sub} (${identity.sub})`;
+});
+doc.on("error", (error) => {
+  if (error instanceof TransactionRejected) {
+    notice(refusalNotice(error));
+  } else if (error.code === "forbidden") {
+    notice(`The server refused: ${error.message.replace(/^forbidden: /, "")}`);
+  } else if (error.code !== "not_open") {
+    notice(`Server: ${error.message}`);
+  }
+});
+
+/** What to tell a person whose change the server refused. */
+function refusalNotice(error: TransactionRejected): string {
+  if (error instanceof ForbiddenError) {
+    const why = viewOnly ? "this board is open view-only" : "you may not change that";
+    return `The server refused a change: ${why} (${error.detail}).`;
+  }
+  if (error instanceof InvalidError) return `The server refused a change that breaks the board's rules at ${error.pointer}: ${error.detail}.`;
+  if (error instanceof VetoedError) return `The server refused a change: ${error.detail}.`;
+  return `A change did not go through: ${error.message}`;
+}
 
 // ---- rendering ----
 
@@ -165,9 +289,9 @@ function render(): void {
   renderPeople();
   renderStatus();
   $("#empty-hint").hidden = ordered.length > 0 || !doc.live;
-  ($("#undo") as HTMLButtonElement).disabled = !board.canUndo;
-  ($("#redo") as HTMLButtonElement).disabled = !board.canRedo;
-  ($("#delete") as HTMLButtonElement).disabled = selected === null;
+  ($("#undo") as HTMLButtonElement).disabled = viewOnly || !board.canUndo;
+  ($("#redo") as HTMLButtonElement).disabled = viewOnly || !board.canRedo;
+  ($("#delete") as HTMLButtonElement).disabled = viewOnly || selected === null;
 }
 
 /** Shapes that pending (unconfirmed) transactions write, drawn dashed. */
@@ -373,7 +497,10 @@ function renderStatus(): void {
   const pending = doc.pendingCount;
   let state: string;
   let label: string;
-  if (client.state === "open" && doc.live) {
+  if (client.authError && client.state !== "open") {
+    state = "unauthorized";
+    label = "Not signed in · retrying…";
+  } else if (client.state === "open" && doc.live) {
     state = pending > 0 ? "syncing" : "synced";
     label = pending > 0 ? `Saving ${pending} change${pending === 1 ? "" : "s"}…` : "All changes saved";
   } else if (client.state === "connecting" && !doc.live && doc.version === 0 && pending === 0) {
@@ -406,18 +533,11 @@ function publishPresence(): void {
   flush();
 }
 
-nameInput.addEventListener("input", () => {
-  const name = nameInput.value.trim() || "Anonymous";
-  me.name = name;
-  board.me = { ...me };
-  localStorage.setItem("concord.whiteboard.name", name);
-  publishPresence();
-  scheduleRender();
-});
 
 // ---- tools and palette ----
 
 function setTool(next: Tool): void {
+  if (viewOnly && next !== "select") return;
   tool = next;
   stage.dataset.tool = next;
   for (const button of document.querySelectorAll<HTMLButtonElement>("#toolbar [data-tool]")) {
@@ -437,7 +557,9 @@ for (const c of COLORS) {
   button.title = `Colour ${c}`;
   button.dataset.color = c;
   button.dataset.testid = "color";
+  button.disabled = viewOnly;
   button.addEventListener("click", () => {
+    if (viewOnly) return;
     color = c;
     for (const b of palette.children) b.classList.toggle("active", (b as HTMLElement).dataset.color === c);
     if (selected && board.shape(selected)?.color !== c) board.update(selected, { color: c }, "recolour");
@@ -459,7 +581,7 @@ $("#share").addEventListener("click", async () => {
 });
 
 function deleteSelected(): void {
-  if (!selected) return;
+  if (!selected || viewOnly) return;
   board.remove(selected);
   selected = null;
   publishPresence();
@@ -487,6 +609,11 @@ canvas.addEventListener("pointerdown", (event) => {
   const at = worldPoint(event);
   const target = event.target as Element;
   canvas.setPointerCapture(event.pointerId);
+  if (tool === "select" && viewOnly) {
+    // A viewer pans; shapes are not theirs to pick up.
+    gesture = { kind: "pan", start: { x: event.clientX, y: event.clientY }, camera: { ...camera }, moved: false };
+    return;
+  }
   if (tool === "select") {
     const handle = target.closest<SVGElement>(".handle");
     if (handle && selected) {
@@ -664,7 +791,7 @@ function normalizeStroke(points: number[]): { x: number; y: number; w: number; h
 let editing: string | null = null;
 function openNoteEditor(shapeId: string): void {
   const shape = board.shape(shapeId);
-  if (!shape) return;
+  if (!shape || viewOnly) return;
   editing = shapeId;
   const box = canvas.getBoundingClientRect();
   const stageBox = stage.getBoundingClientRect();
@@ -702,6 +829,14 @@ noteEditor.addEventListener("keydown", (event) => {
 window.addEventListener("keydown", (event) => {
   if (event.target instanceof HTMLInputElement || event.target instanceof HTMLTextAreaElement) return;
   const mod = event.ctrlKey || event.metaKey;
+  if (viewOnly) {
+    // Nothing to edit: only Escape (clear the selection) does anything.
+    if (event.key === "Escape") {
+      selected = null;
+      scheduleRender();
+    }
+    return;
+  }
   if (mod && event.key.toLowerCase() === "z") {
     event.preventDefault();
     void (event.shiftKey ? board.redo() : board.undo());
@@ -740,7 +875,7 @@ async function start(): Promise<void> {
   await doc.whenReady();
   $("#loading").hidden = true;
   publishPresence();
-  await board.init();
+  await board.init(); // nothing on a view-only board
   scheduleRender();
 }
 

@@ -110,3 +110,30 @@ test("creating a shape on a board with no shapes object yet creates it", async (
   assert.ok(board.shape(id));
   assert.deepEqual(Object.keys(handle.value as object), ["shapes"]);
 });
+
+test("a view-only board writes nothing: no init, and every edit is refused with a notice before it reaches the document", async () => {
+  const doc = `board:unit-${process.pid}-4`;
+  const editor = await open(server.wsUrl, doc, "Ed");
+  const shapeId = editor.create({ ...rect });
+  await waitFor(() => editor.doc.pendingCount === 0, "the editor's shape committed");
+  const client = await connect(server.wsUrl);
+  clients.push(client);
+  const handle = await client.open(doc);
+  const viewer = new Board(handle, { id: client.clientId, name: "Vi", color: "#000" }, { readOnly: true });
+  const notices: string[] = [];
+  viewer.onNotice = (message) => notices.push(message);
+  await viewer.init();
+  const version = handle.version;
+  assert.throws(() => viewer.create({ ...rect }), /view-only/);
+  assert.equal(viewer.edit(shapeId, "move"), undefined);
+  viewer.update(shapeId, { color: "#ef4444" });
+  viewer.remove(shapeId);
+  assert.deepEqual(await viewer.undo(), { ok: false, reason: "This board is open view-only: it cannot be changed here." });
+  assert.ok(!viewer.canUndo && !viewer.canRedo);
+  assert.equal(handle.pendingCount, 0, "nothing was sent");
+  assert.equal(handle.version, version);
+  assert.ok(notices.length >= 3 && notices.every((n) => /view-only/.test(n)), notices.join("; "));
+  // What the editor does still shows live on the view-only board.
+  editor.update(shapeId, { color: "#22c55e" }, "recolour");
+  await waitFor(() => viewer.shape(shapeId)?.color === "#22c55e", "the editor's change at the viewer");
+});

@@ -27,11 +27,22 @@ export class FakeSocket implements WebSocketLike {
     this.readyState = 3;
   }
 
-  /** The connection is up and the server says `welcome`. */
-  accept(session: string): void {
+  /** The connection is up and the server says `welcome` (with `sub` and `name` on a server that requires authentication). */
+  accept(session: string, identity: { sub?: string; name?: string } = {}): void {
+    this.connect();
+    this.receive({ type: "welcome", protocol: 1, session, ...identity });
+  }
+
+  /** The connection is up; the server has not said `welcome` yet (it waits for `auth`). */
+  connect(): void {
     this.readyState = 1;
     this.onopen?.({});
-    this.receive({ type: "welcome", protocol: 1, session });
+  }
+
+  /** The server closes the connection with `code`. */
+  closeWith(code: number, reason = ""): void {
+    this.readyState = 3;
+    this.onclose?.({ code, reason });
   }
 
   receive(message: ServerMessage): void {

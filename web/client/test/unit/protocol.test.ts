@@ -13,9 +13,12 @@ const every: Rejection[] = [
   { reason: "base_ahead", base: 9, current: 3 },
   { reason: "too_large", what: "patch", len: 10, max: 5 },
   { reason: "outcome_unknown", base: 0, floor: 4 },
+  { reason: "forbidden", op_index: 1, pointer: "/settings", message: "read-only document" },
+  { reason: "invalid", pointer: "/shapes/a", message: "missing field x" },
+  { reason: "vetoed", message: "the board is archived" },
 ];
 
-test("a rejection is retryable exactly as in the engine; outcome_unknown is not", () => {
+test("a rejection is retryable exactly as in the engine; outcome_unknown, forbidden, invalid, vetoed are not", () => {
   const retryable = every.filter(isRetryable).map((r) => r.reason);
   assert.deepEqual(retryable, ["conflict", "stale", "patch"]);
 });
@@ -28,4 +31,19 @@ test("every rejection reads as a sentence; outcome_unknown names its base and fl
   }
   const text = describeRejection({ reason: "outcome_unknown", base: 3, floor: 7 });
   assert.match(text, /base 3 is older than the dedup floor 7/);
+});
+
+test("the server's refusals read with what was refused and why", () => {
+  assert.equal(
+    describeRejection({ reason: "forbidden", op_index: 1, pointer: "/settings", message: "read-only document" }),
+    "forbidden: op 1 writes /settings: read-only document",
+  );
+  assert.equal(describeRejection({ reason: "invalid", pointer: "/shapes/a", message: "missing field x" }), "invalid: /shapes/a: missing field x");
+  assert.equal(describeRejection({ reason: "vetoed", message: "the board is archived" }), "vetoed: the board is archived");
+});
+
+test("a rejection reason this client does not know is not retryable and still reads as a sentence", () => {
+  const unknown = { reason: "quota", used: 3 } as unknown as Rejection;
+  assert.equal(isRetryable(unknown), false);
+  assert.equal(describeRejection(unknown), "rejected: quota");
 });
