@@ -36,6 +36,8 @@
 //!   methods with their pending calls.
 //! - `topic`: topic validation and the wildcard subscription trie.
 //! - `rpc`: JSON-RPC 2.0 classification and codes; procedure and mutator types.
+//! - `rules`: what every commit is checked against: schemas by pointer
+//!   pattern, server-only paths, the embedder's commit guards.
 //! - `metrics`: the Prometheus registry behind `/metrics`.
 //! - `error`: startup errors.
 
@@ -48,6 +50,7 @@ pub mod metrics;
 mod outbox;
 mod recovery;
 pub mod rpc;
+pub mod rules;
 mod server;
 mod session;
 mod shard;
@@ -59,5 +62,6 @@ pub use error::{ConfigError, ServerError};
 pub use metrics::Metrics;
 pub use recovery::RecoveryError;
 pub use rpc::{CallContext, Mutation, MutatorCall, RpcError};
+pub use rules::{GuardCall, Rules, RulesError, Veto};
 pub use server::{RunningServer, ServerBuilder};
 pub use shard::Documents;

@@ -21,7 +21,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use concord_server::config::{self, Config, StorageConfig};
 use concord_server::storage::SyncMode;
-use concord_server::{archive, ServerBuilder};
+use concord_server::{archive, Rules, ServerBuilder};
 
 #[derive(Debug, Parser)]
 #[command(name = "concord", version, about = "Concord: collaborative JSON state sync")]
@@ -90,6 +90,10 @@ struct Serve {
     /// environment); none means all.
     #[arg(long = "allowed-origin", env = "CONCORD_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
+    /// Rules file (JSON) checked on every commit: schemas by document and
+    /// pointer pattern, and server-only paths (docs/security.md).
+    #[arg(long, env = "CONCORD_RULES")]
+    rules: Option<PathBuf>,
     /// Log format on standard error.
     #[arg(long, env = "CONCORD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -293,8 +297,13 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(serve: Serve) -> anyhow::Result<()> {
     init_logging(serve.log_format);
+    let rules = match &serve.rules {
+        Some(path) => Rules::load(path).with_context(|| format!("loading {}", path.display()))?,
+        None => Rules::none(),
+    };
     let server = ServerBuilder::new()
         .config(serve.config())
+        .rules(rules)
         .bind(serve.listen.as_str())
         .await
         .with_context(|| format!("starting the server on {}", serve.listen))?;

@@ -314,8 +314,15 @@ impl Session {
                 }
                 let doc = tx.doc.clone();
                 let outbox = self.outbox.clone();
-                let command =
-                    ShardCommand::Commit { session, outbox, tx, received: Instant::now() };
+                // TODO(auth): the session's identity
+                let identity = Arc::new(concord_engine::access::Identity::anonymous());
+                let command = ShardCommand::Commit {
+                    session,
+                    identity,
+                    outbox,
+                    tx,
+                    received: Instant::now(),
+                };
                 state.shards.send(&doc, command).await;
             }
             ClientMessage::Presence { doc, state: presence } => {
