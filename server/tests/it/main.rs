@@ -11,5 +11,6 @@ mod http;
 mod limits;
 mod pubsub;
 mod rpc;
+mod rules;
 mod slow;
 mod support;
