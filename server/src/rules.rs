@@ -334,6 +334,10 @@ impl Rules {
 impl SchemaRule {
     fn validate(&self, at: &Pointer, node: &Doc) -> Result<(), Rejection> {
         let instance = node.to_value();
+        // The quick yes/no first; the error, with its paths, only on failure.
+        if self.validator.is_valid(&instance) {
+            return Ok(());
+        }
         match self.validator.validate(&instance) {
             Ok(()) => Ok(()),
             Err(error) => Err(Rejection::Invalid {
@@ -737,7 +741,21 @@ mod tests {
                 other => panic!("expected forbidden, got {other:?}"),
             }
         }
+        // Wildcards: a bid's `accepted`, and so each bid as a whole.
+        let rules = Rules::from_value(&json!({"server_only": [
+            {"docs": "**", "pointer": "/bids/*/accepted"}
+        ]}))
+        .unwrap();
+        let check = |patch: Value| {
+            rules.check_server_only(&auction, &ops(patch)).map_err(|e| e.to_string())
+        };
+        assert!(check(json!([{"op": "add", "path": "/bids/3/amount", "value": 5}])).is_ok());
+        assert!(check(json!([{"op": "add", "path": "/bids/3/accepted", "value": true}])).is_err());
+        assert!(check(json!([{"op": "add", "path": "/bids/-", "value": {"amount": 1}}])).is_err());
+        assert!(check(json!([{"op": "remove", "path": "/bids"}])).is_err());
+        assert!(check(json!([{"op": "add", "path": "/notes", "value": 1}])).is_ok());
         // Another document is unaffected.
+        let rules = board_rules();
         let other = ops(json!([{"op": "add", "path": "/settled", "value": true}]));
         assert!(rules.check_server_only(&doc("board:1"), &other).is_ok());
     }
