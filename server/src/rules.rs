@@ -154,16 +154,59 @@ fn check_docs_pattern(entry: &str, pattern: &str) -> Result<(), RulesError> {
     Ok(())
 }
 
+/// A document-id glob (`concord_engine::access::glob_matches` with `/`),
+/// with the common shapes matched without allocating: every commit tests
+/// every rule's glob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DocGlob {
+    /// No `*`: the id itself.
+    Exact(String),
+    /// `prefix*`: the prefix, then anything but `/`.
+    Segment(String),
+    /// `prefix**`: the prefix, then anything.
+    Under(String),
+    /// Anything else.
+    Glob(String),
+}
+
+impl DocGlob {
+    pub(crate) fn new(pattern: &str) -> Self {
+        let stars = pattern.matches('*').count();
+        if stars == 0 {
+            return DocGlob::Exact(pattern.to_owned());
+        }
+        if let Some(prefix) = pattern.strip_suffix("**").filter(|p| !p.contains('*')) {
+            return DocGlob::Under(prefix.to_owned());
+        }
+        if let Some(prefix) = pattern.strip_suffix('*').filter(|p| !p.contains('*')) {
+            return DocGlob::Segment(prefix.to_owned());
+        }
+        DocGlob::Glob(pattern.to_owned())
+    }
+
+    pub(crate) fn matches(&self, doc: &DocId) -> bool {
+        let id = doc.as_str();
+        match self {
+            DocGlob::Exact(exact) => id == exact,
+            DocGlob::Segment(prefix) => {
+                id.strip_prefix(prefix.as_str()).is_some_and(|rest| !rest.contains('/'))
+            }
+            DocGlob::Under(prefix) => id.starts_with(prefix.as_str()),
+            DocGlob::Glob(pattern) => glob_matches(pattern, id, '/'),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct SchemaRule {
-    docs: String,
+    docs: DocGlob,
     pointer: PointerPattern,
     validator: Arc<jsonschema::Validator>,
 }
 
 #[derive(Debug, Clone)]
 struct ServerOnlyRule {
-    docs: String,
+    docs: DocGlob,
     pointer: PointerPattern,
 }
 
@@ -219,14 +262,15 @@ impl Rules {
                 jsonschema::draft202012::options().build(&entry.schema).map_err(|error| {
                     RulesError::BadSchema { entry: name, reason: error.to_string() }
                 })?;
-            schemas.push(SchemaRule { docs: entry.docs, pointer, validator: Arc::new(validator) });
+            let docs = DocGlob::new(&entry.docs);
+            schemas.push(SchemaRule { docs, pointer, validator: Arc::new(validator) });
         }
         let mut server_only = Vec::with_capacity(file.server_only.len());
         for (index, entry) in file.server_only.into_iter().enumerate() {
             let name = format!("server_only[{index}] ({:?} {:?})", entry.docs, entry.pointer);
             check_docs_pattern(&name, &entry.docs)?;
             let pointer = PointerPattern::parse(&name, &entry.pointer)?;
-            server_only.push(ServerOnlyRule { docs: entry.docs, pointer });
+            server_only.push(ServerOnlyRule { docs: DocGlob::new(&entry.docs), pointer });
         }
         Ok(Self { schemas, server_only })
     }
@@ -245,11 +289,8 @@ impl Rules {
         if self.server_only.is_empty() {
             return Ok(());
         }
-        let rules: Vec<&ServerOnlyRule> = self
-            .server_only
-            .iter()
-            .filter(|rule| glob_matches(&rule.docs, doc.as_str(), '/'))
-            .collect();
+        let rules: Vec<&ServerOnlyRule> =
+            self.server_only.iter().filter(|rule| rule.docs.matches(doc)).collect();
         if rules.is_empty() {
             return Ok(());
         }
@@ -293,7 +334,7 @@ impl Rules {
         }
         let mut seen: HashSet<(usize, Pointer)> = HashSet::new();
         for (index, rule) in self.schemas.iter().enumerate() {
-            if !glob_matches(&rule.docs, doc.as_str(), '/') {
+            if !rule.docs.matches(doc) {
                 continue;
             }
             let pattern = &rule.pointer.tokens;
@@ -488,7 +529,7 @@ pub(crate) type GuardFn = Arc<dyn Fn(&GuardCall<'_>) -> Result<(), Veto> + Send 
 
 #[derive(Clone)]
 pub(crate) struct Guard {
-    pub(crate) docs: String,
+    pub(crate) docs: DocGlob,
     pub(crate) guard: GuardFn,
 }
 
@@ -560,7 +601,7 @@ impl CommitCheck for CommitGate<'_> {
         let enforcement = self.enforcement;
         enforcement.rules.check_schemas(view.doc, view.value, view.written)?;
         for guard in &enforcement.guards {
-            if !glob_matches(&guard.docs, view.doc.as_str(), '/') {
+            if !guard.docs.matches(view.doc) {
                 continue;
             }
             let call = GuardCall {
@@ -578,7 +619,7 @@ impl CommitCheck for CommitGate<'_> {
             let message = match outcome {
                 Err(_) => {
                     tracing::error!(
-                        doc = %view.doc, tx_id = %view.tx_id, guard = %guard.docs,
+                        doc = %view.doc, tx_id = %view.tx_id, guard = ?guard.docs,
                         "a commit guard panicked; the commit is vetoed"
                     );
                     enforcement.failed("panicked");
@@ -586,7 +627,7 @@ impl CommitCheck for CommitGate<'_> {
                 }
                 Ok(_) if elapsed > enforcement.guard_time_budget => {
                     tracing::error!(
-                        doc = %view.doc, tx_id = %view.tx_id, guard = %guard.docs,
+                        doc = %view.doc, tx_id = %view.tx_id, guard = ?guard.docs,
                         elapsed_ms = elapsed.as_millis() as u64,
                         "a commit guard overran its time budget; the commit is vetoed"
                     );
@@ -758,6 +799,36 @@ mod tests {
         let rules = board_rules();
         let other = ops(json!([{"op": "add", "path": "/settled", "value": true}]));
         assert!(rules.check_server_only(&doc("board:1"), &other).is_ok());
+    }
+
+    #[test]
+    fn doc_globs_match_as_the_engine_globs_do() {
+        let patterns =
+            ["board:1", "board:*", "board:**", "**", "*", "a*c", "team/*/x", "*/**", "b*:*"];
+        let ids = [
+            "board:1",
+            "board:12",
+            "board:",
+            "board:1/x",
+            "boar",
+            "abc",
+            "a/c",
+            "team/4/x",
+            "x/y/z",
+            "b:q",
+        ];
+        for pattern in patterns {
+            let glob = DocGlob::new(pattern);
+            for id in ids {
+                assert_eq!(
+                    glob.matches(&doc(id)),
+                    glob_matches(pattern, id, '/'),
+                    "{pattern} on {id} ({glob:?})"
+                );
+            }
+        }
+        assert_eq!(DocGlob::new("board:*"), DocGlob::Segment("board:".into()));
+        assert_eq!(DocGlob::new("t/**"), DocGlob::Under("t/".into()));
     }
 
     #[test]

@@ -44,7 +44,7 @@ use crate::hub::{spawn_hub, HubCommand, HubLimits};
 use crate::metrics::Metrics;
 use crate::recovery::{self, Recovery};
 use crate::rpc::{CallContext, Mutation, MutatorCall, MutatorFn, Procedure, RpcError};
-use crate::rules::{Enforcement, Guard, GuardCall, Rules, Veto};
+use crate::rules::{DocGlob, Enforcement, Guard, GuardCall, Rules, Veto};
 use crate::session::{self, Frames};
 use crate::shard::{shard_index, spawn_shards, CommitLog, Documents, ShardSet, ShardStorage};
 use crate::storage::{DataDir, SqliteOptions, SqliteStorage, Storage};
@@ -159,7 +159,8 @@ impl ServerBuilder {
     where
         F: Fn(&GuardCall<'_>) -> Result<(), Veto> + Send + Sync + 'static,
     {
-        self.guards.push(Guard { docs: docs.into(), guard: Arc::new(guard) });
+        let docs = DocGlob::new(&docs.into());
+        self.guards.push(Guard { docs, guard: Arc::new(guard) });
         self
     }
 
