@@ -332,6 +332,9 @@ impl Rules {
         if self.schemas.is_empty() || written.is_empty() {
             return Ok(());
         }
+        // One written location reaches each location at most once per rule:
+        // only several need remembering what was validated.
+        let dedup = written.len() > 1;
         let mut seen: HashSet<(usize, Pointer)> = HashSet::new();
         for (index, rule) in self.schemas.iter().enumerate() {
             if !rule.docs.matches(doc) {
@@ -344,26 +347,21 @@ impl Rules {
                     continue;
                 }
                 if pattern.len() <= tokens.len() {
-                    let at = if pattern.len() == tokens.len() {
-                        location.clone()
-                    } else {
-                        Pointer::from_tokens(tokens[..pattern.len()].iter())
-                    };
-                    if !seen.insert((index, at.clone())) {
+                    let prefix = &tokens[..pattern.len()];
+                    let at = || Pointer::from_tokens(prefix.iter());
+                    if dedup && !seen.insert((index, at())) {
                         continue;
                     }
-                    if let Some(node) = value.pointer(&at) {
-                        rule.validate(&at, node)?;
+                    if let Some(node) = resolve(value, prefix) {
+                        rule.validate(at, node)?;
                     }
-                } else if let Some(node) = value.pointer(location) {
+                } else if let Some(node) = resolve(value, tokens) {
                     let mut at: Vec<String> = tokens.to_vec();
                     each_match(node, &pattern[tokens.len()..], &mut at, &mut |at, node| {
-                        let at = Pointer::from_tokens(at.iter());
-                        if seen.insert((index, at.clone())) {
-                            rule.validate(&at, node)
-                        } else {
-                            Ok(())
+                        if dedup && !seen.insert((index, Pointer::from_tokens(at.iter()))) {
+                            return Ok(());
                         }
+                        rule.validate(|| Pointer::from_tokens(at.iter()), node)
                     })?;
                 }
             }
@@ -373,7 +371,8 @@ impl Rules {
 }
 
 impl SchemaRule {
-    fn validate(&self, at: &Pointer, node: &Doc) -> Result<(), Rejection> {
+    /// Validates `node`, at the location `at` makes (only on failure).
+    fn validate(&self, at: impl FnOnce() -> Pointer, node: &Doc) -> Result<(), Rejection> {
         let instance = node.to_value();
         // The quick yes/no first; the error, with its paths, only on failure.
         if self.validator.is_valid(&instance) {
@@ -381,16 +380,26 @@ impl SchemaRule {
         }
         match self.validator.validate(&instance) {
             Ok(()) => Ok(()),
-            Err(error) => Err(Rejection::Invalid {
-                pointer: at.clone(),
-                message: bounded(format!(
+            Err(error) => {
+                let at = at();
+                let message = format!(
                     "{at}{}: {error} (schema for {})",
                     error.instance_path(),
                     self.pointer.raw
-                )),
-            }),
+                );
+                Err(Rejection::Invalid { pointer: at, message: bounded(message) })
+            }
         }
     }
+}
+
+/// The node at the location `tokens` name (a pointer's tokens).
+fn resolve<'d>(value: &'d Doc, tokens: &[String]) -> Option<&'d Doc> {
+    tokens.iter().try_fold(value, |node, token| match node.node() {
+        Node::Object(members) => members.get(token),
+        Node::Array(items) => items.get(parse_array_index(token)?),
+        _ => None,
+    })
 }
 
 /// What [`each_match`] calls with each location found (its tokens) and
@@ -704,6 +713,11 @@ mod tests {
             invalid_at(rules.check_schemas(&board, &value, &[pointer("/shapes/c/x")])),
             "/shapes/c"
         );
+        // Several writes: each location once, the bad one found.
+        let writes = [pointer("/shapes/a/x"), pointer("/shapes/a/kind"), pointer("/shapes/c/x")];
+        assert_eq!(invalid_at(rules.check_schemas(&board, &value, &writes)), "/shapes/c");
+        let writes = [pointer("/shapes/a/x"), pointer("/shapes/a"), pointer("/title")];
+        assert!(rules.check_schemas(&board, &value, &writes).is_ok());
         // Outside the pattern, nothing is checked.
         assert!(rules.check_schemas(&board, &value, &[pointer("/title")]).is_ok());
         // A removed location validates nothing.
