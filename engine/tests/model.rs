@@ -20,15 +20,29 @@
 //! there it accepts `Stale` for any validated transaction with reads and a
 //! base below the current version, checks the reported horizon, and from
 //! then on demands `Stale` for every base below the highest horizon seen.
+//!
+//! A third property adds what the server checks around a commit (issue 16):
+//! random permissions (write access to a random subset of top-level keys, to
+//! everything, or read-only; checked with `DocRights::check_writes` before
+//! the store sees the transaction) and a random commit check ("`/b`, when a
+//! number, stays below N", through `Store::commit_checked`). The model
+//! restates both by brute force: a transaction commits iff concurrency
+//! allows, every location it writes is under an allowed key, and the value
+//! after it keeps `/b` below N; a refused one never reaches the log and
+//! leaves the store as the model has it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fmt;
 
+use concord_engine::access::{DocRights, Permissions};
 use concord_engine::certificate::{Checker, CommittedTx};
 use concord_engine::error::PatchError;
 use concord_engine::patch;
-use concord_engine::store::{Commit, Outcome, Rejection, TooLargePart, CONFLICTS_REPORTED_MAX};
-use concord_engine::{DocId, Limits, PatchOp, Pointer, Store, Transaction, TxId, Version};
+use concord_engine::store::{
+    AllowAll, Commit, CommitCheck, CommitView, Outcome, Rejection, TooLargePart,
+    CONFLICTS_REPORTED_MAX,
+};
+use concord_engine::{Doc, DocId, Limits, PatchOp, Pointer, Store, Transaction, TxId, Version};
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::test_runner::TestCaseError;
@@ -506,11 +520,14 @@ struct Model {
     /// Per document, the highest validation horizon the store has reported;
     /// it never goes back down.
     horizons: Vec<Version>,
+    /// The commit check's bound: `/b`, when a number, must stay below it.
+    bound: Option<i64>,
 }
 
 impl Model {
-    fn new(limits: Limits) -> Self {
+    fn new(limits: Limits, bound: Option<i64>) -> Self {
         Self {
+            bound,
             limits,
             docs: DOCS.iter().map(|_| ModelDoc::new()).collect(),
             decided: Vec::new(),
@@ -554,10 +571,19 @@ impl Model {
             Ok((_, writes)) if writes.is_empty() => {
                 Expected::Commit { version: current, next: None }
             }
+            Ok((value, _)) if self.breaks_bound(&value) => {
+                Expected::Reject(bound_rejection(self.bound.unwrap_or_default()))
+            }
             Ok((value, writes)) => {
                 Expected::Commit { version: current.next(), next: Some((value, writes)) }
             }
         }
+    }
+
+    /// Whether `value` breaks the commit check, restated on the wire value.
+    fn breaks_bound(&self, value: &Value) -> bool {
+        let b = lookup(value, &Pointer::parse("/b").unwrap()).and_then(Value::as_f64);
+        matches!((self.bound, b), (Some(bound), Some(b)) if b >= bound as f64)
     }
 
     /// Before an id is decided (whether or not it will be remembered), a
@@ -623,7 +649,9 @@ fn check_step(
     let current = model.docs[doc].version();
     let validated = matches!(
         expected,
-        Expected::Commit { .. } | Expected::Conflict(_) | Expected::Reject(Rejection::Patch(_))
+        Expected::Commit { .. }
+            | Expected::Conflict(_)
+            | Expected::Reject(Rejection::Patch(_) | Rejection::Invalid { .. })
     );
     // The horizon only moves when the index outgrows its limit, and a base at
     // the current version is never behind it.
@@ -724,10 +752,99 @@ fn check_step(
     Ok(entry)
 }
 
+// ---------------------------------------------------------------------------
+// Permissions and a commit check (issue 16).
+
+/// What a case's session may write, and the bound of its commit check.
+#[derive(Debug, Clone)]
+struct Gate {
+    /// Read-only when false.
+    write: bool,
+    /// The top-level keys it may write under; `None` anywhere.
+    keys: Option<Vec<String>>,
+    bound: i64,
+}
+
+impl Gate {
+    /// The same rights as the engine resolves them from a claim.
+    fn rights(&self) -> DocRights {
+        let mut grant =
+            json!({"pattern": "*", "access": if self.write { "write" } else { "read" }});
+        if let Some(keys) = &self.keys {
+            grant["scopes"] = keys.iter().map(|key| format!("/{key}")).collect();
+        }
+        let permissions = Permissions::from_claim(&json!({"docs": [grant]}), "u").unwrap();
+        permissions.doc(&DocId::parse(DOCS[0]).unwrap()).unwrap()
+    }
+
+    /// Brute force: the first op (and location) outside the rights.
+    fn refusal(&self, ops: &[PatchOp]) -> Option<(usize, Pointer)> {
+        for (index, op) in ops.iter().enumerate() {
+            if !self.write {
+                return Some((index, op.path().clone()));
+            }
+            let Some(keys) = &self.keys else { continue };
+            let written = match op {
+                PatchOp::Test { .. } => vec![],
+                PatchOp::Move { from, path } => vec![from, path],
+                other => vec![other.path()],
+            };
+            for pointer in written {
+                if !pointer.tokens().first().is_some_and(|key| keys.contains(key)) {
+                    return Some((index, pointer.clone()));
+                }
+            }
+        }
+        None
+    }
+}
+
+fn gate() -> impl Strategy<Value = Gate> {
+    let keys = prop::sample::subsequence(vec!["a", "b", "l", "c"], 0..=4)
+        .prop_map(|keys| keys.into_iter().map(str::to_owned).collect::<Vec<_>>());
+    let rights = prop_oneof![
+        4 => keys.prop_map(|keys| (true, Some(keys))),
+        1 => Just((true, None)),
+        1 => Just((false, None)),
+    ];
+    (rights, 1i64..=5).prop_map(|((write, keys), bound)| Gate { write, keys, bound })
+}
+
+fn bound_rejection(bound: i64) -> Rejection {
+    Rejection::Invalid {
+        pointer: Pointer::parse("/b").unwrap(),
+        message: format!("/b must stay below {bound}"),
+    }
+}
+
+/// The commit check under test: `/b`, when a number, stays below `bound`.
+struct BelowBound {
+    bound: i64,
+    b: Pointer,
+}
+
+impl CommitCheck for BelowBound {
+    fn check(&mut self, view: &CommitView<'_>) -> Result<(), Rejection> {
+        match view.value.pointer(&self.b).and_then(Doc::as_f64) {
+            Some(b) if b >= self.bound as f64 => Err(bound_rejection(self.bound)),
+            _ => Ok(()),
+        }
+    }
+}
+
 fn run(steps: &[Step], limits: Limits) -> Result<(), TestCaseError> {
+    run_gated(steps, limits, None)
+}
+
+fn run_gated(steps: &[Step], limits: Limits, gate: Option<&Gate>) -> Result<(), TestCaseError> {
     let doc_ids: Vec<DocId> = DOCS.iter().map(|d| DocId::parse(d).unwrap()).collect();
     let mut store = Store::new(limits);
-    let mut model = Model::new(limits);
+    let mut model = Model::new(limits, gate.map(|gate| gate.bound));
+    let rights = gate.map(Gate::rights);
+    let mut check: Box<dyn CommitCheck> = match gate {
+        Some(gate) => Box::new(BelowBound { bound: gate.bound, b: Pointer::parse("/b").unwrap() }),
+        None => Box::new(AllowAll),
+    };
     let mut submitted: Vec<(usize, Transaction)> = Vec::new();
     let mut log = Vec::new();
     for (i, step) in steps.iter().enumerate() {
@@ -749,16 +866,45 @@ fn run(steps: &[Step], limits: Limits) -> Result<(), TestCaseError> {
             }
             Step::Resubmit(_) => continue,
         };
-        if model.remembered(&tx.tx_id).is_none() {
-            model.make_room();
-        }
-        let expected = model.decide(doc, &tx);
-        let actual = store.commit(tx.clone());
         // Formatted only on failure: this loop is the hot path of the test.
         let context = || format!("step {i}: {tx:?}");
-        let entry = check_step(&mut model, doc, &tx, expected, &actual)
-            .map_err(|e| TestCaseError::fail(format!("{}\n{e}", context())))?;
-        log.extend(entry);
+        // The scope check comes first: a refused transaction never reaches
+        // the store (nor its dedup window).
+        let refused = gate.and_then(|gate| gate.refusal(&tx.writes));
+        let checked = rights.as_ref().map_or(Ok(()), |rights| rights.check_writes(&tx.writes));
+        match (refused, checked) {
+            (None, Ok(())) => {
+                if model.remembered(&tx.tx_id).is_none() {
+                    model.make_room();
+                }
+                let expected = model.decide(doc, &tx);
+                let actual = store.commit_checked(tx.clone(), check.as_mut());
+                if matches!(actual, Commit::Rejected(Rejection::Invalid { .. })) {
+                    prop_assert!(
+                        !log.iter().any(|entry: &CommittedTx| entry.tx.tx_id == tx.tx_id),
+                        "a refused transaction is in the log after {}",
+                        context()
+                    );
+                }
+                let entry = check_step(&mut model, doc, &tx, expected, &actual)
+                    .map_err(|e| TestCaseError::fail(format!("{}\n{e}", context())))?;
+                log.extend(entry);
+            }
+            (Some(expected), Err(out_of_scope)) => {
+                prop_assert_eq!(
+                    (out_of_scope.op_index, &out_of_scope.pointer),
+                    (expected.0, &expected.1),
+                    "{}",
+                    context()
+                );
+            }
+            (expected, actual) => {
+                return Err(TestCaseError::fail(format!(
+                    "{}\nmodel refuses {expected:?}, rights say {actual:?}",
+                    context()
+                )));
+            }
+        }
         for (id, model_doc) in doc_ids.iter().zip(&model.docs) {
             let (value, version) = store.get(id);
             prop_assert_eq!(&value, model_doc.value(), "{} after {}", id, context());
@@ -800,5 +946,22 @@ proptest! {
     #[test]
     fn store_agrees_with_the_naive_model_under_tiny_limits(steps in case()) {
         run(&steps, tiny_limits())?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 4_000,
+        max_shrink_iters: 10_000,
+        rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn store_agrees_with_the_naive_model_under_permissions_and_a_commit_check(
+        gate in gate(),
+        steps in case(),
+    ) {
+        run_gated(&steps, Limits::default(), Some(&gate))?;
     }
 }

@@ -39,6 +39,8 @@
 //! - `topic`: topic validation and the wildcard subscription trie.
 //! - `rpc`: JSON-RPC 2.0 classification and codes; procedure and mutator types.
 //! - `tls`: TLS on the listener: certificate and key loading, the acceptor.
+//! - `rules`: what every commit is checked against: schemas by pointer
+//!   pattern, server-only paths, the embedder's commit guards.
 //! - `metrics`: the Prometheus registry behind `/metrics`.
 //! - `error`: startup errors.
 
@@ -52,6 +54,7 @@ pub mod metrics;
 mod outbox;
 mod recovery;
 pub mod rpc;
+pub mod rules;
 mod server;
 mod session;
 mod shard;
@@ -64,6 +67,7 @@ pub use error::{ConfigError, ServerError};
 pub use metrics::Metrics;
 pub use recovery::RecoveryError;
 pub use rpc::{CallContext, Mutation, MutatorCall, RpcError};
+pub use rules::{GuardCall, Rules, RulesError, Veto};
 pub use server::{RunningServer, ServerBuilder};
 pub use shard::Documents;
 pub use tls::{TlsConfig, TlsError};

@@ -24,7 +24,7 @@ use concord_engine::access::{
 use concord_server::auth::{self, JwtConfig, TokenRequest};
 use concord_server::config::{self, Config, StorageConfig};
 use concord_server::storage::SyncMode;
-use concord_server::{archive, ServerBuilder, TlsConfig};
+use concord_server::{archive, Rules, ServerBuilder, TlsConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "concord", version, about = "Concord: collaborative JSON state sync")]
@@ -257,6 +257,10 @@ struct Serve {
     /// environment); none means all.
     #[arg(long = "allowed-origin", env = "CONCORD_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
+    /// Rules file (JSON) checked on every commit: schemas by document and
+    /// pointer pattern, and server-only paths (docs/security.md).
+    #[arg(long, env = "CONCORD_RULES")]
+    rules: Option<PathBuf>,
     /// Log format on standard error.
     #[arg(long, env = "CONCORD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -480,7 +484,12 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(serve: Serve) -> anyhow::Result<()> {
     init_logging(serve.log_format);
-    let mut builder = ServerBuilder::new().config(serve.config()).demo_auth(serve.demo_auth);
+    let rules = match &serve.rules {
+        Some(path) => Rules::load(path).with_context(|| format!("loading {}", path.display()))?,
+        None => Rules::none(),
+    };
+    let mut builder =
+        ServerBuilder::new().config(serve.config()).rules(rules).demo_auth(serve.demo_auth);
     if serve.jwt_secret_file.is_some() || serve.jwks_file.is_some() {
         let hs256_secret =
             serve.jwt_secret_file.as_deref().map(JwtConfig::read_secret).transpose()?;

@@ -27,8 +27,12 @@ pub struct Metrics {
     /// Transactions committed (new versions and write-less commits).
     pub commits: IntCounter,
     /// Transactions rejected, by reason (`conflict`, `stale`, `base_ahead`,
-    /// `patch`, `too_large`).
+    /// `patch`, `too_large`, `outcome_unknown`, `forbidden`, `invalid`,
+    /// `vetoed`).
     pub rejections: IntCounterVec,
+    /// Commit guards that panicked or overran their time budget, by kind
+    /// (`panicked`, `overran`); each vetoed its commit.
+    pub guard_failures: IntCounterVec,
     /// Resubmitted transaction ids answered with their original outcome.
     pub duplicates: IntCounter,
     /// From reading a `commit` to queueing its acknowledgement (with
@@ -88,6 +92,13 @@ impl Metrics {
         let rejections = IntCounterVec::new(
             Opts::new("concord_rejections_total", "Transactions rejected, by reason."),
             &["reason"],
+        )?;
+        let guard_failures = IntCounterVec::new(
+            Opts::new(
+                "concord_guard_failures_total",
+                "Commit guards that panicked or overran their time budget, by kind.",
+            ),
+            &["kind"],
         )?;
         let duplicates = IntCounter::new(
             "concord_duplicate_commits_total",
@@ -184,6 +195,7 @@ impl Metrics {
             sessions_closed,
             commits,
             rejections,
+            guard_failures,
             duplicates,
             commit_latency,
             client_errors,
@@ -212,6 +224,7 @@ impl Metrics {
             Box::new(metrics.sessions_closed.clone()),
             Box::new(metrics.commits.clone()),
             Box::new(metrics.rejections.clone()),
+            Box::new(metrics.guard_failures.clone()),
             Box::new(metrics.duplicates.clone()),
             Box::new(metrics.commit_latency.clone()),
             Box::new(metrics.client_errors.clone()),

@@ -51,6 +51,7 @@ use crate::hub::{spawn_hub, HubCommand, HubLimits};
 use crate::metrics::Metrics;
 use crate::recovery::{self, Recovery};
 use crate::rpc::{CallContext, Mutation, MutatorCall, MutatorFn, Procedure, RpcError};
+use crate::rules::{DocGlob, Enforcement, Guard, GuardCall, Rules, Veto};
 use crate::session::{self, Frames, SessionAuth};
 use crate::shard::{shard_index, spawn_shards, CommitLog, Documents, ShardSet, ShardStorage};
 use crate::storage::{DataDir, SqliteOptions, SqliteStorage, Storage};
@@ -178,6 +179,8 @@ pub struct ServerBuilder {
     jwt: Option<JwtConfig>,
     metrics_token: Option<String>,
     demo_auth: bool,
+    rules: Rules,
+    guards: Vec<Guard>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -207,6 +210,8 @@ impl ServerBuilder {
             jwt: None,
             metrics_token: None,
             demo_auth: false,
+            rules: Rules::none(),
+            guards: Vec::new(),
         }
     }
 
@@ -241,6 +246,30 @@ impl ServerBuilder {
     /// token.
     pub fn demo_auth(mut self, on: bool) -> Self {
         self.demo_auth = on;
+        self
+    }
+
+    /// The schemas and server-only paths every commit is checked against
+    /// (`concord serve --rules FILE`; see docs/security.md).
+    pub fn rules(mut self, rules: Rules) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    /// Adds a commit guard for the documents whose id matches `docs` (a
+    /// glob: `*` any run without `/`, `**` any run). It runs on every
+    /// commit to them, a client's or a mutator's, after the patch applied
+    /// and the schemas passed, on the owning shard: an `Err(Veto)` refuses
+    /// the commit (`rejected`, reason `vetoed`, with the veto's reason) and
+    /// nothing changes. A guard that panics or takes longer than
+    /// `rules::GUARD_TIME_BUDGET_MAX` vetoes too. Guards run in the order
+    /// they were added; keep them quick and deterministic.
+    pub fn guard<F>(mut self, docs: impl Into<String>, guard: F) -> Self
+    where
+        F: Fn(&GuardCall<'_>) -> Result<(), Veto> + Send + Sync + 'static,
+    {
+        let docs = DocGlob::new(&docs.into());
+        self.guards.push(Guard { docs, guard: Arc::new(guard) });
         self
     }
 
@@ -368,10 +397,13 @@ impl ServerBuilder {
             entries: Arc::new(Mutex::new(Vec::new())),
             entries_max: config.commit_log_entries_max,
         });
+        let enforcement =
+            Enforcement::new(self.rules, self.guards, Some(metrics.guard_failures.clone()));
         let (shards, shard_tasks) = spawn_shards(
             &config,
             &metrics,
             commit_log.clone(),
+            Arc::new(enforcement),
             recovery,
             shard_storage,
             &stop_shards,

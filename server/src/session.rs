@@ -476,8 +476,14 @@ impl Session {
                 }
                 let doc = tx.doc.clone();
                 let outbox = self.outbox.clone();
-                let command =
-                    ShardCommand::Commit { session, outbox, tx, received: Instant::now() };
+                let identity = self.identity.clone();
+                let command = ShardCommand::Commit {
+                    session,
+                    identity,
+                    outbox,
+                    tx,
+                    received: Instant::now(),
+                };
                 state.shards.send(&doc, command).await;
             }
             ClientMessage::Presence { doc, state: presence } => {

@@ -38,9 +38,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::Utf8Bytes;
+use concord_engine::access::Identity;
 use concord_engine::certificate::CommittedTx;
 use concord_engine::protocol::{close_code, ErrorCode, PresenceEvent, ServerMessage};
-use concord_engine::store::Outcome;
+use concord_engine::store::{CommitCheck, Outcome};
 use concord_engine::{
     Change, Commit, Doc, DocId, Patch, Pointer, Rejection, Store, Transaction, TxId, Version,
 };
@@ -55,6 +56,7 @@ use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::recovery::Recovery;
 use crate::rpc::{code, Mutation, MutatorCall, MutatorFn, RpcError};
+use crate::rules::Enforcement;
 use crate::storage::{DocumentState, LogEntry};
 
 /// Most commands a shard sequences before it hands their log entries to the
@@ -76,12 +78,40 @@ pub(crate) type SessionId = Arc<str>;
 
 /// What a shard can be asked to do.
 pub(crate) enum ShardCommand {
-    Open { session: SessionId, outbox: Outbox, doc: DocId, version: Option<Version> },
-    Close { session: SessionId, doc: DocId },
-    Commit { session: SessionId, outbox: Outbox, tx: Transaction, received: Instant },
-    Presence { session: SessionId, doc: DocId, state: Value },
-    Mutate { doc: DocId, session: String, params: Value, mutator: MutatorFn, reply: MutateReply },
-    Get { doc: DocId, reply: oneshot::Sender<(Value, Version)> },
+    Open {
+        session: SessionId,
+        outbox: Outbox,
+        doc: DocId,
+        version: Option<Version>,
+    },
+    Close {
+        session: SessionId,
+        doc: DocId,
+    },
+    Commit {
+        session: SessionId,
+        /// Who commits: what the guards are shown.
+        identity: Arc<Identity>,
+        outbox: Outbox,
+        tx: Transaction,
+        received: Instant,
+    },
+    Presence {
+        session: SessionId,
+        doc: DocId,
+        state: Value,
+    },
+    Mutate {
+        doc: DocId,
+        session: String,
+        params: Value,
+        mutator: MutatorFn,
+        reply: MutateReply,
+    },
+    Get {
+        doc: DocId,
+        reply: oneshot::Sender<(Value, Version)>,
+    },
 }
 
 type MutateReply = oneshot::Sender<Result<(Version, Value), RpcError>>;
@@ -198,6 +228,7 @@ pub(crate) fn spawn_shards(
     config: &Config,
     metrics: &Metrics,
     commit_log: Option<CommitLog>,
+    enforcement: Arc<Enforcement>,
     recovery: Option<Recovery>,
     storage: Option<ShardStorage>,
     stop: &CancellationToken,
@@ -252,6 +283,7 @@ pub(crate) fn spawn_shards(
             docs_max: config.docs_max,
             metrics: metrics.clone(),
             commit_log: commit_log.clone(),
+            enforcement: enforcement.clone(),
             tx_prefix: format!("~srv{nonce:016x}.{index}."),
             tx_counter: 0,
             log,
@@ -404,6 +436,8 @@ struct Shard {
     docs_max: usize,
     metrics: Metrics,
     commit_log: Option<CommitLog>,
+    /// Schemas, server-only paths and guards, checked on every commit.
+    enforcement: Arc<Enforcement>,
     tx_prefix: String,
     tx_counter: u64,
     /// `None` in memory: effects are released as soon as they are sequenced.
@@ -532,8 +566,8 @@ impl Shard {
                 self.open(session, outbox, doc, version);
             }
             ShardCommand::Close { session, doc } => self.emit(Effect::Close { session, doc }),
-            ShardCommand::Commit { session, outbox, tx, received } => {
-                self.commit(session, outbox, tx, received);
+            ShardCommand::Commit { session, identity, outbox, tx, received } => {
+                self.commit(session, &identity, outbox, tx, received);
             }
             ShardCommand::Presence { session, doc, state } => {
                 self.emit(Effect::Presence { session, doc, state });
@@ -689,14 +723,19 @@ impl Shard {
         self.emit(Effect::Broadcast { doc, frame, skip });
     }
 
-    /// Commits `tx`, unless its document is new and the server already
-    /// holds `docs_max` documents (then the refusal's message). A slot is
+    /// Commits `tx`, with `check` asked whether the patched document may
+    /// stand, unless its document is new and the server already holds
+    /// `docs_max` documents (then the refusal's message). A slot is
     /// reserved before the commit and given back if the document still does
     /// not exist after it (a transaction refused as too large never creates
     /// it), so the bound holds exactly across shards.
-    fn commit_within_docs_max(&mut self, tx: Transaction) -> Result<Commit, String> {
+    fn commit_within_docs_max(
+        &mut self,
+        tx: Transaction,
+        check: &mut dyn CommitCheck,
+    ) -> Result<Commit, String> {
         if self.store.value(&tx.doc).is_some() {
-            return Ok(self.store.commit(tx));
+            return Ok(self.store.commit_checked(tx, check));
         }
         let max = self.docs_max;
         self.docs_held
@@ -705,7 +744,7 @@ impl Shard {
             })
             .map_err(|_| format!("the server holds its limit of {max} documents"))?;
         let doc = tx.doc.clone();
-        let result = self.store.commit(tx);
+        let result = self.store.commit_checked(tx, check);
         if self.store.value(&doc).is_none() {
             self.docs_held.fetch_sub(1, Ordering::AcqRel);
         }
@@ -773,13 +812,29 @@ impl Shard {
         frame
     }
 
-    fn commit(&mut self, session: SessionId, outbox: Outbox, tx: Transaction, received: Instant) {
+    fn commit(
+        &mut self,
+        session: SessionId,
+        identity: &Identity,
+        outbox: Outbox,
+        tx: Transaction,
+        received: Instant,
+    ) {
         let doc = tx.doc.clone();
         let tx_id = tx.tx_id.clone();
+        // Server-only paths need no apply: refused before the store sees it.
+        if let Err(rejection) = self.enforcement.rules.check_server_only(&doc, &tx.writes) {
+            self.metrics.rejections.with_label_values(&[reason(&rejection)]).inc();
+            let refusal = ServerMessage::Rejected { doc, tx_id, rejection };
+            self.emit(Effect::Reply { outbox, frame: encode(&refusal), received });
+            return;
+        }
         let logged = self.commit_log.as_ref().map(|_| tx.clone());
         let base = tx.base;
         let reads = if self.log.is_some() { tx.reads.clone() } else { Vec::new() };
-        let result = match self.commit_within_docs_max(tx) {
+        let enforcement = self.enforcement.clone();
+        let mut check = enforcement.for_client(identity);
+        let result = match self.commit_within_docs_max(tx, &mut check) {
             Ok(result) => result,
             Err(message) => {
                 let refusal = ServerMessage::Error {
@@ -966,8 +1021,9 @@ impl Shard {
             writes: mutation.writes,
         };
         let logged = self.commit_log.as_ref().map(|_| tx.clone());
+        let enforcement = self.enforcement.clone();
         let result = self
-            .commit_within_docs_max(tx)
+            .commit_within_docs_max(tx, &mut enforcement.for_server())
             .map_err(|message| RpcError::new(code::MUTATION_REJECTED, message))?;
         match result {
             Commit::Applied { version: committed, change } => {
@@ -1140,7 +1196,8 @@ mod tests {
         let stop = CancellationToken::new();
         let storage =
             ShardStorage { links, snapshot_every_commits: 1000, replay_commits_max: 1000 };
-        let (shards, tasks) = spawn_shards(&config, &metrics, None, None, Some(storage), &stop);
+        let (shards, tasks) =
+            spawn_shards(&config, &metrics, None, Default::default(), None, Some(storage), &stop);
         let outbox = Outbox::new(100, 1 << 20, metrics.clone());
         let session: SessionId = "s".into();
         let doc = DocId::parse("d").unwrap();
@@ -1155,6 +1212,7 @@ mod tests {
         assert_eq!(next_text(&outbox).await["type"], "opened");
         let commit = |id: &str| ShardCommand::Commit {
             session: session.clone(),
+            identity: Arc::new(Identity::anonymous()),
             outbox: outbox.clone(),
             tx: serde_json::from_value(json!({"doc": "d", "tx_id": id, "base": 0,
                 "writes": [{"op": "incr", "path": "/n", "value": 1}]}))
@@ -1209,7 +1267,8 @@ mod tests {
         let config =
             Config { shards: 1, snapshot_cache_bytes_max: cache_bytes_max, ..Config::default() };
         let (metrics, stop) = (Metrics::new().unwrap(), CancellationToken::new());
-        let (shards, tasks) = spawn_shards(&config, &metrics, None, None, None, &stop);
+        let (shards, tasks) =
+            spawn_shards(&config, &metrics, None, Default::default(), None, None, &stop);
         let doc = DocId::parse("board").unwrap();
         let first = open_snapshot(&shards, &doc, &metrics).await;
         let second = open_snapshot(&shards, &doc, &metrics).await;
@@ -1219,6 +1278,7 @@ mod tests {
         let outbox = Outbox::new(100, 1 << 20, metrics.clone());
         let commit = ShardCommand::Commit {
             session: "writer".into(),
+            identity: Arc::new(Identity::anonymous()),
             outbox: outbox.clone(),
             tx: serde_json::from_value(json!({"doc": "board", "tx_id": "w-1", "base": 0,
                 "writes": [{"op": "add", "path": "/n", "value": 1}]}))

@@ -12,6 +12,7 @@ mod http;
 mod limits;
 mod pubsub;
 mod rpc;
+mod rules;
 mod slow;
 mod support;
 mod tls;
