@@ -91,10 +91,11 @@ pub async fn run(
     let ops = writers * ops_per_writer;
     let tag = run_tag();
     let url = server.ws_url().to_owned();
+    let token = server.token().map(str::to_owned);
 
     // The board: one shape per writer, created before anyone opens it.
-    if kind == ServerKind::Concord {
-        let mut setup = Conn::connect(&url).await?;
+    if kind.is_concord() {
+        let mut setup = Conn::connect_with(&url, token.as_deref()).await?;
         setup.open(DOC).await?;
         let shapes: serde_json::Map<String, serde_json::Value> = (0..writers)
             .map(|writer| {
@@ -119,6 +120,7 @@ pub async fn run(
         let expected = ops - writer.map_or(0, |_| ops_per_writer);
         let context = SessionContext {
             url: url.clone(),
+            token: token.clone(),
             kind,
             tag: tag.clone(),
             writer,
@@ -184,6 +186,7 @@ pub async fn run(
 
 struct SessionContext {
     url: String,
+    token: Option<String>,
     kind: ServerKind,
     tag: String,
     writer: Option<usize>,
@@ -198,6 +201,7 @@ struct SessionContext {
 async fn session_task(context: SessionContext) -> Result<SessionResult> {
     let SessionContext {
         url,
+        token,
         kind,
         tag,
         writer,
@@ -210,9 +214,9 @@ async fn session_task(context: SessionContext) -> Result<SessionResult> {
     } = context;
     let (mut conn, base) = {
         let _permit = connect_permits.acquire().await?;
-        let mut conn = Conn::connect(&url).await?;
+        let mut conn = Conn::connect_with(&url, token.as_deref()).await?;
         let mut base = 0;
-        if kind == ServerKind::Concord {
+        if kind.is_concord() {
             (_, base) = conn.open(DOC).await?;
         }
         (conn, base)

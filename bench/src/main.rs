@@ -137,6 +137,10 @@ enum Target {
     Baseline,
     /// Both, alternating which goes first, each run.
     Both,
+    /// `concord` open and `concord` with a token (HS256, writes scoped to
+    /// `/shapes`) and a JSON Schema on `/shapes/*`, alternating which goes
+    /// first, each run: what authority costs.
+    Auth,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -187,6 +191,13 @@ async fn main() -> Result<()> {
                 "\nW1 server CPU per op, concord ÷ baseline (median of per-run ratios): {ratio:.2}"
             );
         }
+        let ratio = ratios.get("w1_server_cpu_per_op_auth_over_open");
+        if let Some(ratio) = ratio.and_then(serde_json::Value::as_f64) {
+            println!(
+                "\nW1 server CPU per op, with token and schema ÷ open (median of per-run ratios): \
+                 {ratio:.2}"
+            );
+        }
     }
     Ok(())
 }
@@ -201,6 +212,8 @@ async fn run_once(cli: &Cli, setup: &ServerSetup, run: usize) -> Result<Vec<Repo
                 (Target::Baseline, _) => &[ServerKind::Baseline],
                 (Target::Both, 0) => &[ServerKind::Concord, ServerKind::Baseline],
                 (Target::Both, _) => &[ServerKind::Baseline, ServerKind::Concord],
+                (Target::Auth, 0) => &[ServerKind::Concord, ServerKind::ConcordAuth],
+                (Target::Auth, _) => &[ServerKind::ConcordAuth, ServerKind::Concord],
             };
             for &kind in kinds {
                 let shape = Shape { writers: clients, readers: 0, ops_per_writer: ops };
@@ -276,7 +289,23 @@ fn ratios(reports: &[Report]) -> serde_json::Map<String, serde_json::Value> {
             per_run.push(concord / baseline);
         }
     }
+    let mut auth_per_run = Vec::new();
+    for pair in w1.chunks(2) {
+        let of = |variant: &str| {
+            pair.iter().find(|r| r.variant == variant).and_then(|r| r.get("server_cpu_us_per_op"))
+        };
+        if let (Some(auth), Some(open)) = (of("concord-auth"), of("concord")) {
+            auth_per_run.push(auth / open);
+        }
+    }
     let mut ratios = serde_json::Map::new();
+    if !auth_per_run.is_empty() {
+        ratios.insert("w1_server_cpu_per_op_auth_over_open_runs".into(), json!(auth_per_run));
+        ratios.insert(
+            "w1_server_cpu_per_op_auth_over_open".into(),
+            json!(report::median(auth_per_run)),
+        );
+    }
     if !per_run.is_empty() {
         ratios.insert("w1_server_cpu_per_op_concord_over_baseline_runs".into(), json!(per_run));
         ratios.insert(

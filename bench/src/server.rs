@@ -21,11 +21,23 @@ const PROC_CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 /// cap a closed-loop client at 500 ops/s).
 const RATE_UNLIMITED_MESSAGES_PER_SECOND: &str = "100000000";
 
+/// The schema `concord-auth` holds every shape of W1's board to.
+const SHAPE_RULES: &str = r##"{"schemas": [{"docs": "**", "pointer": "/shapes/*", "schema": {
+    "type": "object", "required": ["x", "y", "w", "h", "color"], "additionalProperties": false,
+    "properties": {"x": {"type": "number"}, "y": {"type": "number"},
+                   "w": {"type": "number", "minimum": 0}, "h": {"type": "number", "minimum": 0},
+                   "color": {"type": "string", "pattern": "^#[0-9a-f]{6}$"}}}}]}"##;
+/// The HS256 secret `concord-auth` verifies its sessions' token with.
+const BENCH_SECRET: &str = "concord-bench's secret: only for benchmarks, 32+ bytes";
+
 /// Which server a run drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerKind {
     /// The real `concord serve`.
     Concord,
+    /// `concord serve` requiring a token (HS256, sent in the first message,
+    /// writes scoped to `/shapes`) and a JSON Schema on `/shapes/*`.
+    ConcordAuth,
     /// `broadcast-baseline`: rebroadcasts every message, no logic.
     Baseline,
 }
@@ -34,8 +46,14 @@ impl ServerKind {
     pub fn name(self) -> &'static str {
         match self {
             ServerKind::Concord => "concord",
+            ServerKind::ConcordAuth => "concord-auth",
             ServerKind::Baseline => "baseline",
         }
+    }
+
+    /// A Concord server (documents, commits), with or without auth.
+    pub fn is_concord(self) -> bool {
+        matches!(self, ServerKind::Concord | ServerKind::ConcordAuth)
     }
 }
 
@@ -60,14 +78,20 @@ pub struct ServerProcess {
     /// Kept open so the server never writes into a closed pipe.
     _stdout: Lines<BufReader<ChildStdout>>,
     _data_dir: Option<TempDir>,
+    /// The token each session sends first (`concord-auth`).
+    token: Option<String>,
+    /// The secret and rules files of `concord-auth`.
+    _auth_dir: Option<TempDir>,
 }
 
 impl ServerProcess {
     /// Starts `kind` on `127.0.0.1:0` and waits for its address line.
     /// `sessions_max` is passed to `concord` so a workload's sessions all fit.
     pub async fn start(setup: &ServerSetup, kind: ServerKind, sessions_max: usize) -> Result<Self> {
+        let mut token = None;
+        let mut auth_dir = None;
         let (mut command, data_dir) = match kind {
-            ServerKind::Concord => {
+            ServerKind::Concord | ServerKind::ConcordAuth => {
                 let mut command = Command::new(&setup.concord_bin);
                 command.args(["serve", "--listen", "127.0.0.1:0"]);
                 command.args(["--rate-messages-per-second", RATE_UNLIMITED_MESSAGES_PER_SECOND]);
@@ -82,6 +106,16 @@ impl ServerProcess {
                     None
                 };
                 command.args(&setup.extra_args);
+                if kind == ServerKind::ConcordAuth {
+                    let dir = tempfile::Builder::new().prefix("concord-bench-auth-").tempdir()?;
+                    let secret = dir.path().join("secret");
+                    let rules = dir.path().join("rules.json");
+                    std::fs::write(&secret, BENCH_SECRET)?;
+                    std::fs::write(&rules, SHAPE_RULES)?;
+                    token = Some(mint_token(&setup.concord_bin, &secret).await?);
+                    command.arg("--jwt-secret-file").arg(&secret).arg("--rules").arg(&rules);
+                    auth_dir = Some(dir);
+                }
                 (command, data_dir)
             }
             ServerKind::Baseline => {
@@ -91,7 +125,7 @@ impl ServerProcess {
             }
         };
         let program = match kind {
-            ServerKind::Concord => &setup.concord_bin,
+            ServerKind::Concord | ServerKind::ConcordAuth => &setup.concord_bin,
             ServerKind::Baseline => &setup.baseline_bin,
         };
         if !program.exists() {
@@ -122,11 +156,24 @@ impl ServerProcess {
             .ok_or_else(|| anyhow!("no http:// address in {line:?}"))?
             .trim_end_matches('/');
         let ws_url = format!("ws://{address}/ws");
-        Ok(Self { child, pid, ws_url, _stdout: lines, _data_dir: data_dir })
+        Ok(Self {
+            child,
+            pid,
+            ws_url,
+            _stdout: lines,
+            _data_dir: data_dir,
+            token,
+            _auth_dir: auth_dir,
+        })
     }
 
     pub fn ws_url(&self) -> &str {
         &self.ws_url
+    }
+
+    /// The token a session must send first, if the server wants one.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     pub fn usage(&self) -> Result<ProcessUsage> {
@@ -139,6 +186,22 @@ impl ServerProcess {
         self.child.wait().await?;
         Ok(())
     }
+}
+
+/// A token for every W1 session: any document, writes under `/shapes` only
+/// (so the server checks each commit's scopes), valid for a day.
+async fn mint_token(concord: &Path, secret: &Path) -> Result<String> {
+    let output = Command::new(concord)
+        .args(["token", "--sub", "bench", "--ttl", "1d", "--write", "**=/shapes"])
+        .arg("--secret-file")
+        .arg(secret)
+        .output()
+        .await
+        .with_context(|| format!("running {} token", concord.display()))?;
+    if !output.status.success() {
+        bail!("concord token failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
 }
 
 /// CPU time and memory of a process at one moment.

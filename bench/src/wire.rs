@@ -70,6 +70,12 @@ impl<'a> Incoming<'a> {
 impl Conn {
     /// Connects and waits for `welcome`.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, None).await
+    }
+
+    /// Connects, sends `token` in an `auth` message first when given (as a
+    /// browser does), and waits for `welcome`.
+    pub async fn connect_with(url: &str, token: Option<&str>) -> Result<Self> {
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
             .max_message_size(Some(INCOMING_MESSAGE_BYTES_MAX))
@@ -78,6 +84,10 @@ impl Conn {
             .await
             .with_context(|| format!("connecting to {url}"))?;
         let mut conn = Self { ws, bytes_received: 0 };
+        if let Some(token) = token {
+            let auth = serde_json::json!({"type": "auth", "token": token});
+            conn.send(auth.to_string()).await?;
+        }
         let welcome = conn.next_text().await?;
         let kind = Incoming::parse(welcome.as_str())?.kind;
         if kind != "welcome" {

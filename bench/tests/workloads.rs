@@ -91,6 +91,21 @@ fn w1_every_move_reaches_every_client_on_concord_and_the_baseline() {
 }
 
 #[test]
+fn w1_runs_with_a_token_and_a_schema_beside_the_open_server() {
+    let (clients, ops) = (3.0, 20.0);
+    let result = bench(&["w1", "--clients", "3", "--ops", "20", "--target", "auth"]);
+    for variant in ["concord", "concord-auth"] {
+        let run = medians(&result, "w1", variant);
+        assert_eq!(metric(run, "committed_ops"), clients * ops, "{variant}");
+        assert_eq!(metric(run, "deliveries"), metric(run, "deliveries_expected"), "{variant}");
+    }
+    // One ratio per run (a tiny run may measure no CPU at all, so its value
+    // is not checked).
+    let per_run = result["ratios"]["w1_server_cpu_per_op_auth_over_open_runs"].as_array();
+    assert_eq!(per_run.map(Vec::len), Some(1), "{}", result["ratios"]);
+}
+
+#[test]
 fn w2_counter_ends_at_clients_times_ops_in_both_forms() {
     let result = bench(&["w2", "--clients", "4", "--ops", "15"]);
     for form in ["incr", "transact"] {

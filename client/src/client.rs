@@ -363,7 +363,8 @@ impl Client {
         self.command(Command::Subscribe { pattern: pattern.to_owned(), reply }).await?;
         let timeout = self.inner.config.ack_timeout;
         match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(receiver)) => Ok(Subscription::new(pattern.to_owned(), receiver)),
+            Ok(Ok(Ok(receiver))) => Ok(Subscription::new(pattern.to_owned(), receiver)),
+            Ok(Ok(Err(refusal))) => Err(refusal),
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) => Err(Error::Timeout(timeout)),
         }

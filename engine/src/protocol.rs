@@ -115,7 +115,22 @@ pub enum ServerMessage {
         /// `rate_limited` never reached the store).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tx_id: Option<TxId>,
+        /// The topic or pattern the refused `subscribe`, `unsubscribe` or
+        /// `publish` named, so a client can tell which request failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+        /// The method the refused `register`, `unregister` or RPC
+        /// notification named.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        method: Option<String>,
     },
+}
+
+impl ServerMessage {
+    /// An `error` that names nothing but its code and message.
+    pub fn error(code: ErrorCode, message: String) -> Self {
+        ServerMessage::Error { code, message, doc: None, tx_id: None, topic: None, method: None }
+    }
 }
 
 /// The server messages one text frame carries: a single message, or, in a
@@ -590,11 +605,25 @@ mod tests {
             message: "open it first".into(),
             doc: Some(DocId::parse("d").unwrap()),
             tx_id: Some(TxId::parse("t1").unwrap()),
+            topic: None,
+            method: None,
         };
         assert_eq!(
             serde_json::to_value(&error).unwrap(),
             json!({"type": "error", "code": "not_open", "message": "open it first",
                    "doc": "d", "tx_id": "t1"})
+        );
+        let refused = ServerMessage::Error {
+            code: ErrorCode::Forbidden,
+            message: "no".into(),
+            doc: None,
+            tx_id: None,
+            topic: Some("chat.x".into()),
+            method: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&refused).unwrap(),
+            json!({"type": "error", "code": "forbidden", "message": "no", "topic": "chat.x"})
         );
         let registered = ServerMessage::Registered { method: "m".into() };
         assert_eq!(

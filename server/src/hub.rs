@@ -196,10 +196,16 @@ impl Hub {
         }
     }
 
-    fn error(&self, session: &SessionId, code: ErrorCode, message: String) {
+    /// Refuses a request of `session` that named a topic or a method.
+    fn error(&self, session: &SessionId, code: ErrorCode, message: String, named: Named) {
         if let Some(member) = self.members.get(session) {
             self.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
-            let error = ServerMessage::Error { code, message, doc: None, tx_id: None };
+            let (topic, method) = match named {
+                Named::Topic(topic) => (Some(topic), None),
+                Named::Method(method) => (None, Some(method)),
+            };
+            let error =
+                ServerMessage::Error { code, message, doc: None, tx_id: None, topic, method };
             let _ = member.outbox.push_reply(encode(&error));
         }
     }
@@ -210,7 +216,7 @@ impl Hub {
             if member.patterns.len() >= self.limits.subscriptions_max {
                 let max = self.limits.subscriptions_max;
                 let message = format!("a session may hold at most {max} subscriptions");
-                self.error(&session, ErrorCode::LimitReached, message);
+                self.error(&session, ErrorCode::LimitReached, message, Named::Topic(pattern));
                 return;
             }
             member.patterns.insert(pattern.clone());
@@ -249,13 +255,13 @@ impl Hub {
         let owner = self.methods.get(&method);
         if self.reserved.contains(&method) || owner.is_some_and(|owner| *owner != session) {
             let message = format!("method {method:?} is already provided");
-            self.error(&session, ErrorCode::AlreadyRegistered, message);
+            self.error(&session, ErrorCode::AlreadyRegistered, message, Named::Method(method));
             return;
         }
         if owner.is_none() && member.methods.len() >= self.limits.registered_methods_max {
             let max = self.limits.registered_methods_max;
             let message = format!("a session may register at most {max} methods");
-            self.error(&session, ErrorCode::LimitReached, message);
+            self.error(&session, ErrorCode::LimitReached, message, Named::Method(method));
             return;
         }
         let _ =
@@ -386,4 +392,11 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// What a refused request named, for its `error`.
+#[derive(Debug)]
+enum Named {
+    Topic(String),
+    Method(String),
 }

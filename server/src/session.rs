@@ -152,7 +152,7 @@ pub(crate) async fn run(
                 Err(refusal) => {
                     if let Some((code, message, close)) = refusal {
                         state.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
-                        let error = ServerMessage::Error { code, message, doc: None, tx_id: None };
+                        let error = ServerMessage::error(code, message);
                         let _ = outbox.push(encode(&error));
                         outbox.close_after_drain(close, "authentication failed");
                     }
@@ -393,8 +393,40 @@ impl Session {
     }
 
     fn error(&self, code: ErrorCode, message: String, doc: Option<DocId>, tx_id: Option<TxId>) {
-        self.state.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
-        let _ = self.outbox.push_reply(encode(&ServerMessage::Error { code, message, doc, tx_id }));
+        self.refuse(ServerMessage::Error { code, message, doc, tx_id, topic: None, method: None });
+    }
+
+    /// Refuses a request that named `topic`.
+    fn topic_error(&self, code: ErrorCode, message: String, topic: String) {
+        let refusal = ServerMessage::Error {
+            code,
+            message,
+            doc: None,
+            tx_id: None,
+            topic: Some(topic),
+            method: None,
+        };
+        self.refuse(refusal);
+    }
+
+    /// Refuses a request that named `method`.
+    fn method_error(&self, code: ErrorCode, message: String, method: String) {
+        let refusal = ServerMessage::Error {
+            code,
+            message,
+            doc: None,
+            tx_id: None,
+            topic: None,
+            method: Some(method),
+        };
+        self.refuse(refusal);
+    }
+
+    fn refuse(&self, error: ServerMessage) {
+        if let ServerMessage::Error { code, .. } = &error {
+            self.state.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
+        }
+        let _ = self.outbox.push_reply(encode(&error));
     }
 
     async fn handle_text(&mut self, text: Utf8Bytes) {
@@ -497,12 +529,13 @@ impl Session {
             }
             ClientMessage::Subscribe { topic } => {
                 if let Err(error) = topic::check_pattern(&topic, config.name_bytes_max) {
-                    self.error(ErrorCode::BadId, error.to_string(), None, None);
+                    let named = bounded(topic, config.name_bytes_max);
+                    self.topic_error(ErrorCode::BadId, error.to_string(), named);
                     return;
                 }
                 if !self.identity.permissions.topic(&topic, TopicAction::Subscribe) {
                     let message = format!("no grant of this session allows subscribing to {topic}");
-                    self.error(ErrorCode::Forbidden, message, None, None);
+                    self.topic_error(ErrorCode::Forbidden, message, topic);
                     return;
                 }
                 let _ = state.hub.send(HubCommand::Subscribe { session, pattern: topic }).await;
@@ -512,12 +545,13 @@ impl Session {
             }
             ClientMessage::Publish { topic, data, ack, echo } => {
                 if let Err(error) = topic::check_topic(&topic, config.name_bytes_max) {
-                    self.error(ErrorCode::BadId, error.to_string(), None, None);
+                    let named = bounded(topic, config.name_bytes_max);
+                    self.topic_error(ErrorCode::BadId, error.to_string(), named);
                     return;
                 }
                 if !self.identity.permissions.topic(&topic, TopicAction::Publish) {
                     let message = format!("no grant of this session allows publishing to {topic}");
-                    self.error(ErrorCode::Forbidden, message, None, None);
+                    self.topic_error(ErrorCode::Forbidden, message, topic);
                     return;
                 }
                 let command = HubCommand::Publish { session, topic, data, ack, echo };
@@ -529,12 +563,13 @@ impl Session {
                         "a method name is 1-{} printable ASCII bytes, not starting with \"rpc.\"",
                         config.name_bytes_max
                     );
-                    self.error(ErrorCode::BadId, message, None, None);
+                    let named = bounded(method, config.name_bytes_max);
+                    self.method_error(ErrorCode::BadId, message, named);
                     return;
                 }
                 if !self.identity.permissions.method(&method, MethodAction::Register) {
                     let message = format!("no grant of this session allows registering {method}");
-                    self.error(ErrorCode::Forbidden, message, None, None);
+                    self.method_error(ErrorCode::Forbidden, message, method);
                     return;
                 }
                 let _ = state.hub.send(HubCommand::Register { session, method }).await;
@@ -578,7 +613,7 @@ impl Session {
             Incoming::Notification { method, params } => {
                 if !self.identity.permissions.method(&method, MethodAction::Call) {
                     let message = forbidden_call(&method).message;
-                    self.error(ErrorCode::Forbidden, message, None, None);
+                    self.method_error(ErrorCode::Forbidden, message, method);
                     return;
                 }
                 if state.procedures.contains_key(&method) {
@@ -646,6 +681,20 @@ impl Session {
         }
         let _ = self.state.hub.send(HubCommand::Leave { session: self.id.clone() }).await;
     }
+}
+
+/// A name to echo in an error: itself when within `bytes_max`, else its
+/// first `bytes_max` bytes (on a character boundary), so a refusal never
+/// sends back more than the limit allows.
+fn bounded(mut name: String, bytes_max: usize) -> String {
+    if name.len() > bytes_max {
+        let mut end = bytes_max;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    name
 }
 
 /// The answer to a call the session's identity may not make.

@@ -840,6 +840,8 @@ impl Shard {
                 let refusal = ServerMessage::Error {
                     code: ErrorCode::LimitReached,
                     message,
+                    topic: None,
+                    method: None,
                     doc: Some(doc),
                     tx_id: Some(tx_id),
                 };

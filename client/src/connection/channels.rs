@@ -37,8 +37,11 @@ pub(super) enum Registration {
 pub(super) struct TopicState {
     sender: broadcast::Sender<Message>,
     acked: bool,
-    waiters: Vec<oneshot::Sender<broadcast::Receiver<Message>>>,
+    waiters: Vec<oneshot::Sender<SubscribeAnswer>>,
 }
+
+/// What a `subscribe` waits for: the stream, or the server's refusal.
+pub(super) type SubscribeAnswer = Result<broadcast::Receiver<Message>, Error>;
 
 impl TopicState {
     pub(super) fn abandoned(&self) -> bool {
@@ -86,16 +89,12 @@ impl Driver {
         for (_, reply) in self.calls.drain() {
             let _ = reply.send(Err(CallError::Disconnected));
         }
-        for (_, reply) in self.acks.drain() {
+        for (_, (_, reply)) in self.acks.drain() {
             let _ = reply.send(Err(Error::NotConnected));
         }
     }
 
-    pub(super) fn subscribe(
-        &mut self,
-        pattern: String,
-        reply: oneshot::Sender<broadcast::Receiver<Message>>,
-    ) {
+    pub(super) fn subscribe(&mut self, pattern: String, reply: oneshot::Sender<SubscribeAnswer>) {
         let up = self.is_up();
         let topic = match self.topics.entry(pattern.clone()) {
             Entry::Occupied(entry) => entry.into_mut(),
@@ -114,7 +113,7 @@ impl Driver {
             }
         };
         if topic.acked {
-            let _ = reply.send(topic.sender.subscribe());
+            let _ = reply.send(Ok(topic.sender.subscribe()));
         } else {
             topic.waiters.push(reply);
         }
@@ -131,7 +130,7 @@ impl Driver {
         if let Some(state) = self.topics.get_mut(pattern) {
             state.acked = true;
             for waiter in state.waiters.drain(..) {
-                let _ = waiter.send(state.sender.subscribe());
+                let _ = waiter.send(Ok(state.sender.subscribe()));
             }
         }
     }
@@ -149,14 +148,15 @@ impl Driver {
             return;
         }
         let ack = (delivery == Delivery::Confirmed).then_some(self.next_ack + 1);
-        if let Err(error) = self.try_send(&ClientMessage::Publish { topic, data, ack, echo }) {
+        let message = ClientMessage::Publish { topic: topic.clone(), data, ack, echo };
+        if let Err(error) = self.try_send(&message) {
             let _ = reply.send(Err(error));
             return;
         }
         match ack {
             Some(ack) => {
                 self.next_ack = ack;
-                self.acks.insert(ack, reply);
+                self.acks.insert(ack, (topic, reply));
             }
             None => {
                 let _ = reply.send(Ok(()));
@@ -312,6 +312,53 @@ impl Driver {
         }
         for waiter in self.register_waiters.remove(method).into_iter().flatten() {
             let _ = waiter.send(Ok(()));
+        }
+    }
+
+    /// A refusal naming `topic`: a subscription not yet acknowledged fails
+    /// (and is forgotten, so it is not renewed), as do acknowledged
+    /// publishes to it still waiting for their `published`.
+    pub(super) fn on_topic_refused(&mut self, topic: &str, code: ErrorCode, message: String) {
+        let refusal = || Error::Refused { code, message: message.clone() };
+        if self.topics.get(topic).is_some_and(|state| !state.acked) {
+            if let Some(state) = self.topics.remove(topic) {
+                for waiter in state.waiters {
+                    let _ = waiter.send(Err(refusal()));
+                }
+            }
+        }
+        let refused: Vec<u64> =
+            self.acks.iter().filter(|(_, (to, _))| to == topic).map(|(ack, _)| *ack).collect();
+        for ack in refused {
+            if let Some((_, reply)) = self.acks.remove(&ack) {
+                let _ = reply.send(Err(refusal()));
+            }
+        }
+    }
+
+    /// A refusal naming `method`: its registration fails (a new one) or,
+    /// for a renewal refused as already registered, is tried again later.
+    pub(super) fn on_method_refused(&mut self, method: &str, code: ErrorCode, message: String) {
+        if let Some(at) = self.registers_in_flight.iter().position(|m| m == method) {
+            self.registers_in_flight.remove(at);
+        }
+        match self.register_waiters.remove(method) {
+            Some(waiters) => {
+                self.procedures.remove(method);
+                for waiter in waiters {
+                    let _ = waiter.send(Err(Error::Refused { code, message: message.clone() }));
+                }
+            }
+            None if code == ErrorCode::AlreadyRegistered => {
+                if let Some(procedure) = self.procedures.get_mut(method) {
+                    procedure.registration = Registration::Unsent;
+                }
+            }
+            // A renewal the server will not take (the token no longer
+            // allows it): stop offering the method.
+            None => {
+                self.procedures.remove(method);
+            }
         }
     }
 

@@ -67,7 +67,6 @@ use crate::document::{DocumentEvent, PresenceUpdate};
 use crate::error::{CallError, Error};
 use crate::rpc::Handler;
 use crate::stats::Counters;
-use crate::topic::Message;
 
 pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -155,7 +154,7 @@ pub(crate) enum Command {
     },
     Subscribe {
         pattern: String,
-        reply: oneshot::Sender<broadcast::Receiver<Message>>,
+        reply: oneshot::Sender<channels::SubscribeAnswer>,
     },
     Unsubscribe {
         pattern: String,
@@ -385,7 +384,8 @@ pub(crate) struct Driver {
     register_waiters: HashMap<String, Vec<oneshot::Sender<Result<(), Error>>>>,
     handler_permits: Arc<Semaphore>,
     calls: HashMap<u64, oneshot::Sender<Result<Value, CallError>>>,
-    acks: HashMap<u64, oneshot::Sender<Result<(), Error>>>,
+    /// Publishes waiting for `published`, with their topic.
+    acks: HashMap<u64, (String, oneshot::Sender<Result<(), Error>>)>,
     next_ack: u64,
 }
 
@@ -745,7 +745,7 @@ impl Driver {
             ServerMessage::Message { topic, data } => self.on_topic_message(topic, data),
             ServerMessage::Subscribed { topic } => self.on_subscribed(&topic),
             ServerMessage::Published { ack } => {
-                if let Some(reply) = self.acks.remove(&ack) {
+                if let Some((_, reply)) = self.acks.remove(&ack) {
                     let _ = reply.send(Ok(()));
                 }
             }
@@ -757,8 +757,8 @@ impl Driver {
             }
             ServerMessage::Rpc { message } => self.on_rpc(message),
             ServerMessage::Registered { method } => self.on_registered(&method),
-            ServerMessage::Error { code, message, doc, tx_id } => {
-                self.on_error(code, message, doc, tx_id)
+            ServerMessage::Error { code, message, doc, tx_id, topic, method } => {
+                self.on_error(code, message, doc, tx_id, topic, method)
             }
         }
     }
@@ -769,8 +769,16 @@ impl Driver {
         message: String,
         doc: Option<DocId>,
         tx_id: Option<TxId>,
+        topic: Option<String>,
+        method: Option<String>,
     ) {
         Counters::bump(&self.counters.server_errors);
+        if let Some(topic) = topic {
+            return self.on_topic_refused(&topic, code, message);
+        }
+        if let Some(method) = method {
+            return self.on_method_refused(&method, code, message);
+        }
         match (doc, tx_id) {
             (Some(doc), Some(tx_id)) => self.on_commit_refused(&doc, &tx_id, code, message),
             (Some(doc), None) => self.on_doc_error(&doc, code, message),

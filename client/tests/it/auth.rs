@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use concord_client::{Client, ConnectionState, Error, Identity, Pointer, TransactError, TxResult};
+use concord_client::{
+    Client, ClientConfig, ConnectionState, Error, Identity, Pointer, TransactError, TxResult,
+};
 use concord_engine::protocol::{close_code, ClientMessage, ErrorCode, ServerMessage};
 use concord_engine::{Rejection, Version};
 use futures_util::{SinkExt, StreamExt};
@@ -117,7 +119,7 @@ async fn serve(
         _ => None,
     };
     if let Some((code, close)) = ending {
-        let error = ServerMessage::Error { code, message: "token".into(), doc: None, tx_id: None };
+        let error = ServerMessage::error(code, "token".into());
         let _ = ws.send(frame(&error)).await;
         let close = CloseFrame { code: CloseCode::from(close), reason: "token".into() };
         let _ = ws.close(Some(close)).await;
@@ -132,6 +134,8 @@ async fn serve(
                     message: format!("no grant to read {doc}"),
                     doc: Some(doc),
                     tx_id: None,
+                    topic: None,
+                    method: None,
                 }]
             }
             ClientMessage::Open { doc, .. } => vec![
@@ -412,6 +416,52 @@ mod real_server {
         let mine = Pointer::parse("/mine").unwrap();
         doc.transact(move |tx| -> TxResult<()> { Ok(tx.increment(&mine, 1)?) }).await.unwrap();
         assert_eq!(client.stats().connects, 2);
+        client.close().await;
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn forbidden_subscriptions_publishes_and_registrations_fail_at_once_typed() {
+        let server = start().await;
+        let grants: Grants = serde_json::from_value(json!({
+            "topics": [{"pattern": "chat.*", "allow": ["subscribe"]},
+                       {"pattern": "chat.mine", "allow": ["publish"]}],
+            "methods": [{"pattern": "me.*", "allow": ["register"]}],
+        }))
+        .unwrap();
+        let request = TokenRequest {
+            sub: "bob".into(),
+            name: None,
+            grants,
+            ttl: Duration::from_secs(600),
+            audience: None,
+            issuer: None,
+        };
+        let token = auth::mint_hs256(SECRET, &request).unwrap();
+        // Long acknowledgement timeouts: a refusal must answer, not a timeout.
+        let config = ClientConfig { ack_timeout: Duration::from_secs(30), ..fast_config() };
+        let client = Client::builder(server.ws_url())
+            .config(config)
+            .token_provider(move || {
+                let token = token.clone();
+                async move { Ok::<_, std::io::Error>(token) }
+            })
+            .connect()
+            .await
+            .unwrap();
+        let forbidden = |result: &Result<(), Error>| {
+            matches!(result, Err(Error::Refused { code: ErrorCode::Forbidden, .. }))
+        };
+        let subscribed = client.subscribe("news.>").await.map(|_| ());
+        assert!(forbidden(&subscribed), "{subscribed:?}");
+        let published = client.publish("chat.other", json!(1)).confirmed().await;
+        assert!(forbidden(&published), "{published:?}");
+        let registered = client.register("admin.reset", |_| async { Ok(json!(null)) }).await;
+        assert!(forbidden(&registered), "{registered:?}");
+        // What the token allows still works on the same session.
+        let _subscription = client.subscribe("chat.room").await.unwrap();
+        client.publish("chat.mine", json!(2)).confirmed().await.unwrap();
+        client.register("me.ping", |_| async { Ok(json!("pong")) }).await.unwrap();
         client.close().await;
         server.shutdown().await;
     }

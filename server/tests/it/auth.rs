@@ -759,3 +759,59 @@ async fn the_demo_mode_hands_out_board_tokens_and_read_tokens_cannot_write() {
     assert_eq!(server.document(&doc("board:demo")).await.unwrap().0, json!({"shapes": {}}));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn rs256_tokens_verify_against_the_jwks_and_cannot_pose_as_another_algorithm() {
+    // A 2048-bit test key pair made once with openssl: the private key as
+    // PKCS#1 DER, the public key as a JWK (kid "r1"). Test data only.
+    let private = include_bytes!("data/rsa-test-private.der");
+    let public: Value = serde_json::from_str(include_str!("data/rsa-test.jwk.json")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("keys.json");
+    std::fs::write(&jwks, json!({"keys": [public.clone()]}).to_string()).unwrap();
+    let config = JwtConfig { jwks_file: Some(jwks), ..JwtConfig::default() };
+    let server = start_with(ServerBuilder::new().jwt(config), Config::default()).await;
+    let claims = json!({"sub": "rita", "exp": auth::unix_now() + 600, "concord": everything()});
+    let sign = |alg: jsonwebtoken::Algorithm, kid: Option<&str>| {
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        let key = jsonwebtoken::EncodingKey::from_rsa_der(private);
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    };
+    let (_, welcome) = connect_with_header(
+        &server,
+        &format!("Bearer {}", sign(jsonwebtoken::Algorithm::RS256, Some("r1"))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(welcome["sub"], "rita");
+    // Without a kid, the only RS256 key is used.
+    assert!(connect_with_header(
+        &server,
+        &format!("Bearer {}", sign(jsonwebtoken::Algorithm::RS256, None))
+    )
+    .await
+    .is_ok());
+    // The same key under another RSA algorithm is not accepted.
+    let (status, body) = connect_with_header(
+        &server,
+        &format!("Bearer {}", sign(jsonwebtoken::Algorithm::RS512, Some("r1"))),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status, 401);
+    assert!(body.contains("not accepted"), "{body}");
+    // HS256 keyed with the public modulus: no HMAC key exists to check it.
+    let modulus = public["n"].as_str().unwrap();
+    let confused = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(modulus.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        connect_with_header(&server, &format!("Bearer {confused}")).await.unwrap_err().0,
+        401
+    );
+    server.shutdown().await;
+}

@@ -901,9 +901,15 @@ export class Client extends Emitter<ClientEvents> {
           doc._onError(error);
           return;
         }
+        if (message.topic !== undefined || message.method !== undefined) {
+          if (this.#claimNamedRefusal(error, message.topic, message.method)) return;
+          this.emit("error", error);
+          return;
+        }
         if (error instanceof AccessDeniedError && this.#claimRefusal(error)) return;
         if (message.code === "already_registered" || message.code === "limit_reached") {
-          // No correlation id: it answers the oldest registration in flight, if any.
+          // A server that does not name the method: it answers the oldest
+          // registration in flight, if any.
           const [method, waiter] = this.#registering.entries().next().value ?? [];
           if (method !== undefined && waiter) {
             this.#registering.delete(method);
@@ -925,7 +931,42 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   /**
-   * Hands a `forbidden` error to the request it answers: a registration,
+   * Hands an error that names its topic or method (as the server's do) to
+   * the request it answers: the registration of that method, the
+   * unacknowledged subscription to that pattern, the acknowledged publishes
+   * to that topic. Returns whether one took it.
+   */
+  #claimNamedRefusal(error: ServerError, topic: string | undefined, method: string | undefined): boolean {
+    let claimed = false;
+    if (method !== undefined) {
+      const waiter = this.#registering.get(method);
+      if (waiter) {
+        this.#registering.delete(method);
+        if (this.#methods.get(method) === waiter.handler) this.#methods.delete(method);
+        waiter.reject(error);
+        claimed = true;
+      }
+    }
+    if (topic !== undefined) {
+      const sub = this.#subscriptions.get(topic);
+      if (sub && !sub.acked) {
+        this.#subscriptions.delete(topic);
+        for (const fail of sub.waiters.splice(0)) fail(error);
+        claimed = true;
+      }
+      for (const [id, ack] of this.#acks) {
+        if (ack.topic !== topic) continue;
+        this.#acks.delete(id);
+        ack.reject(error);
+        claimed = true;
+      }
+    }
+    return claimed;
+  }
+
+  /**
+   * For a server that does not name the topic or method in its errors:
+   * hands a `forbidden` error to the request it answers: a registration,
    * an unacknowledged subscription or an acknowledged publish whose name
    * the server's message names (it names what was refused). Returns whether
    * one took it.

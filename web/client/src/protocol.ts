@@ -164,7 +164,17 @@ export type ServerMessage =
   | { type: "presence"; doc: string; session: string; event: PresenceEvent; state: Json }
   | { type: "rpc"; message: Json }
   | { type: "registered"; method: string }
-  | { type: "error"; code: ErrorCode | string; message: string; doc?: string; tx_id?: string };
+  | {
+      type: "error";
+      code: ErrorCode | string;
+      message: string;
+      doc?: string;
+      tx_id?: string;
+      /** The topic or pattern a refused subscribe, unsubscribe or publish named. */
+      topic?: string;
+      /** The method a refused register, unregister or notification named. */
+      method?: string;
+    };
 
 /**
  * One text frame from the server in a session opened with `batch=1`: one

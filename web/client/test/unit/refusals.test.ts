@@ -163,3 +163,26 @@ test("a subscribe, a register and an acknowledged publish the token does not all
   assert.match(String(((await subscribing) as Error).message), /subscribing to board\.1\.cursor\.>/);
   assert.equal(typeof (await allowed), "function", "the allowed subscription is acknowledged");
 });
+
+test("an error that names its topic or method answers exactly that request, whatever its message says", async () => {
+  const { WebSocket, sockets } = fakeSockets();
+  const client = new Client("ws://fake/ws", { WebSocket, clientId: "c", reconnect: { initialDelayMs: 1, maxDelayMs: 1 } });
+  clients.push(client);
+  const socket = sockets[0] as FakeSocket;
+  socket.accept("s1", { sub: "viewer" });
+  const first = client.subscribe("a.*", () => {}).then(() => null, (e: unknown) => e);
+  const second = client.subscribe("b.*", () => {}).then(() => null, (e: unknown) => e);
+  const one = client.register("m.one", () => 1).then(() => null, (e: unknown) => e);
+  const two = client.register("m.two", () => 2).then(() => null, (e: unknown) => e);
+  // Messages that name nothing the client could match: only the fields say.
+  socket.receive({ type: "error", code: "limit_reached", message: "too many", topic: "b.*" });
+  socket.receive({ type: "error", code: "forbidden", message: "no", method: "m.two" });
+  socket.receive({ type: "subscribed", topic: "a.*" });
+  socket.receive({ type: "registered", method: "m.one" });
+  assert.equal(await first, null);
+  assert.equal(await one, null);
+  const refusedTopic = await second;
+  assert.ok(refusedTopic instanceof ServerError && refusedTopic.code === "limit_reached", String(refusedTopic));
+  const refusedMethod = await two;
+  assert.ok(refusedMethod instanceof AccessDeniedError, String(refusedMethod));
+});
