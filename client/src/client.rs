@@ -330,7 +330,8 @@ impl Client {
     /// and runs in its own task, at most `RPC_HANDLERS_IN_FLIGHT_MAX` at
     /// once. The registration is renewed after every reconnect. Fails with
     /// `Refused` (`already_registered`) when another session provides
-    /// `method`.
+    /// `method`, or (`forbidden`) when the token's grants do not allow
+    /// registering it.
     pub async fn register<F, Fut>(&self, method: &str, handler: F) -> Result<(), Error>
     where
         F: Fn(Value) -> Fut + Send + Sync + 'static,
@@ -356,7 +357,9 @@ impl Client {
     /// Subscribes to `pattern` (dot-separated; `*` one segment, `>` the
     /// rest) and waits for the server's acknowledgement, so every message
     /// published after this returns is delivered. The subscription is
-    /// renewed after every reconnect.
+    /// renewed after every reconnect. Fails with `Refused` when the server
+    /// refuses it (`forbidden`: the token's grants do not cover `pattern`;
+    /// `limit_reached`).
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
         topic::check_pattern(pattern).map_err(bad_name)?;
         let (reply, answer) = oneshot::channel();
