@@ -815,3 +815,51 @@ async fn rs256_tokens_verify_against_the_jwks_and_cannot_pose_as_another_algorit
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_log_names_who_was_refused_and_why_but_never_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["serve", "--memory", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--jwt-secret-file")
+        .arg(&secret)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = within("the address line", lines.next_line()).await.unwrap().unwrap();
+    let addr = line.split_whitespace().find_map(|w| w.strip_prefix("http://")).unwrap().to_owned();
+    let url = format!("ws://{addr}/ws");
+    let forged = format!("{}x", token("mallory", everything()));
+    let mut request = url.as_str().into_client_request().unwrap();
+    request.headers_mut().insert(AUTHORIZATION, format!("Bearer {forged}").parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(request).await.is_err());
+    let (ws, _) = within("connect", tokio_tungstenite::connect_async(url.as_str())).await.unwrap();
+    let mut client = Client { ws, session: String::new() };
+    client.send(json!({"type": "auth", "token": forged})).await;
+    client.expect_error("unauthorized").await;
+    // Stop the server (SIGTERM) and read everything it logged.
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let output = within("the server to exit", child.wait_with_output()).await.unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    let refusals: Vec<Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| event["fields"]["message"] == "authentication refused")
+        .collect();
+    assert_eq!(refusals.len(), 2, "{log}");
+    for event in &refusals {
+        assert_eq!(event["fields"]["remote"], "127.0.0.1", "{event}");
+        assert!(event["fields"]["reason"].as_str().unwrap().contains("bad signature"), "{event}");
+    }
+    let signature = forged.rsplit('.').next().unwrap();
+    assert!(!log.contains(signature), "the log holds no part of the token");
+    assert!(!log.contains(forged.split('.').nth(1).unwrap()), "not even its claims");
+}
