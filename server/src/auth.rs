@@ -373,6 +373,73 @@ impl AuthFailures {
     }
 }
 
+/// A proxy (an address, or a network in CIDR form) whose
+/// `X-Forwarded-For` the server believes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedProxy {
+    network: IpAddr,
+    prefix_bits: u8,
+}
+
+impl TrustedProxy {
+    /// Parses `10.0.0.5`, `10.0.0.0/8`, `::1` or `fd00::/8`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let bad = || format!("{raw:?} is not an IP address or network (10.0.0.0/8, fd00::/8)");
+        let (addr, bits) = match raw.split_once('/') {
+            Some((addr, bits)) => (addr, Some(bits.parse::<u8>().map_err(|_| bad())?)),
+            None => (raw, None),
+        };
+        let network: IpAddr = addr.parse().map_err(|_| bad())?;
+        let width = if network.is_ipv4() { 32 } else { 128 };
+        let prefix_bits = bits.unwrap_or(width);
+        if prefix_bits > width {
+            return Err(bad());
+        }
+        Ok(Self { network, prefix_bits })
+    }
+
+    /// Whether `addr` is in this network.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let (network, addr, width) = match (self.network, addr) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                (u128::from(n.to_bits()), u128::from(a.to_bits()), 32)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => (n.to_bits(), a.to_bits(), 128),
+            _ => return false,
+        };
+        let host_bits = width - u32::from(self.prefix_bits);
+        network.checked_shr(host_bits).unwrap_or(0) == addr.checked_shr(host_bits).unwrap_or(0)
+    }
+}
+
+/// The address a request comes from: the peer's, unless the peer is a
+/// trusted proxy; then the nearest address in `X-Forwarded-For` (read from
+/// the right, past every trusted proxy) that is not a trusted proxy. An
+/// entry that does not parse stops the walk at the proxy that added it.
+pub fn client_addr<'a>(
+    peer: SocketAddr,
+    trusted: &[TrustedProxy],
+    forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
+) -> IpAddr {
+    let is_trusted = |addr: IpAddr| trusted.iter().any(|proxy| proxy.contains(addr));
+    let mut client = peer.ip();
+    if !is_trusted(client) {
+        return client;
+    }
+    for entry in forwarded_for.rev().flat_map(|value| value.rsplit(',')) {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(addr) => {
+                client = addr;
+                if !is_trusted(addr) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
@@ -404,4 +471,55 @@ pub fn mint_hs256(secret: &[u8], request: &TokenRequest) -> Result<String, Strin
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
         .map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxies(list: &[&str]) -> Vec<TrustedProxy> {
+        list.iter().map(|raw| TrustedProxy::parse(raw).unwrap()).collect()
+    }
+
+    fn ip(raw: &str) -> IpAddr {
+        raw.parse().unwrap()
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        let net = TrustedProxy::parse("10.0.0.0/8").unwrap();
+        assert!(net.contains(ip("10.200.1.2")));
+        assert!(!net.contains(ip("11.0.0.1")));
+        assert!(!net.contains(ip("::ffff:10.0.0.1")), "families do not mix");
+        let one = TrustedProxy::parse("192.168.1.5").unwrap();
+        assert!(one.contains(ip("192.168.1.5")) && !one.contains(ip("192.168.1.6")));
+        let v6 = TrustedProxy::parse("fd00::/8").unwrap();
+        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
+        assert!(TrustedProxy::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        for bad in ["10.0.0.0/33", "nonsense", "10.0.0.0/x", "::/129", ""] {
+            assert!(TrustedProxy::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_client_is_the_nearest_untrusted_forwarded_address() {
+        let peer = |raw: &str| SocketAddr::new(ip(raw), 1234);
+        let trusted = proxies(&["10.0.0.0/8"]);
+        // An untrusted peer's header is ignored: anyone can write one.
+        assert_eq!(client_addr(peer("1.2.3.4"), &trusted, ["9.9.9.9"].into_iter()), ip("1.2.3.4"));
+        // Behind one proxy.
+        assert_eq!(client_addr(peer("10.0.0.1"), &trusted, ["5.6.7.8"].into_iter()), ip("5.6.7.8"));
+        // A client-supplied entry on the left does not win: the walk stops
+        // at the first address the trusted proxies did not vouch past.
+        let chain = ["6.6.6.6, 5.6.7.8, 10.0.0.2"];
+        assert_eq!(client_addr(peer("10.0.0.1"), &trusted, chain.into_iter()), ip("5.6.7.8"));
+        // Several headers read as one list, in order.
+        let headers = ["6.6.6.6", "5.6.7.8", "10.0.0.2"];
+        assert_eq!(client_addr(peer("10.0.0.1"), &trusted, headers.into_iter()), ip("5.6.7.8"));
+        // Garbage stops at the proxy that passed it on.
+        let garbage = ["evil, 10.0.0.3"];
+        assert_eq!(client_addr(peer("10.0.0.1"), &trusted, garbage.into_iter()), ip("10.0.0.3"));
+        // No header: the proxy itself.
+        assert_eq!(client_addr(peer("10.0.0.1"), &trusted, [].into_iter()), ip("10.0.0.1"));
+    }
 }

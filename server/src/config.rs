@@ -230,6 +230,10 @@ pub struct Config {
     pub shard_pending_effects_max: usize,
     pub shutdown_flush_timeout: Duration,
     pub token_expiry_grace: Duration,
+    /// Proxies whose `X-Forwarded-For` names the client (for the limit on
+    /// failed authentications and the log); empty: none, the peer is the
+    /// client.
+    pub trusted_proxies: Vec<crate::auth::TrustedProxy>,
     /// Serve without authentication on a non-loopback address. Without
     /// this, a server with no authenticator refuses to start anywhere but
     /// on a loopback address.
@@ -282,6 +286,7 @@ impl Default for Config {
             shard_pending_effects_max: SHARD_PENDING_EFFECTS_MAX,
             shutdown_flush_timeout: SHUTDOWN_FLUSH_TIMEOUT,
             token_expiry_grace: TOKEN_EXPIRY_GRACE,
+            trusted_proxies: Vec::new(),
             insecure_open: false,
             tls: None,
         }

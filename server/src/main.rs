@@ -21,7 +21,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use concord_engine::access::{
     DocAccess, DocGrant, Grant, Grants, MethodAction, Permissions, TopicAction,
 };
-use concord_server::auth::{self, JwtConfig, TokenRequest};
+use concord_server::auth::{self, JwtConfig, TokenRequest, TrustedProxy};
 use concord_server::config::{self, Config, StorageConfig};
 use concord_server::storage::SyncMode;
 use concord_server::{archive, Rules, ServerBuilder, TlsConfig};
@@ -242,6 +242,12 @@ struct Serve {
     /// reaches the port may read and write everything.
     #[arg(long, env = "CONCORD_INSECURE_OPEN")]
     insecure_open: bool,
+    /// A reverse proxy (address or CIDR network) whose `X-Forwarded-For`
+    /// names the client, for the per-address limit on failed
+    /// authentications and the log; repeat, or comma-separate in the
+    /// environment.
+    #[arg(long = "trusted-proxy", env = "CONCORD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = TrustedProxy::parse)]
+    trusted_proxies: Vec<TrustedProxy>,
     /// Put /metrics behind `Authorization: Bearer` with the token in this file.
     #[arg(long, env = "CONCORD_METRICS_TOKEN_FILE")]
     metrics_token_file: Option<PathBuf>,
@@ -420,6 +426,7 @@ impl Serve {
             allowed_origins: self.allowed_origins.clone(),
             static_dir: self.static_dir.clone(),
             token_expiry_grace: Duration::from_millis(self.token_expiry_grace_ms),
+            trusted_proxies: self.trusted_proxies.clone(),
             insecure_open: self.insecure_open,
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsConfig::new(cert, key)),

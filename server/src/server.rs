@@ -704,6 +704,7 @@ async fn document_handler(
         Err(error) => return json_error(StatusCode::BAD_REQUEST, "bad_id", error.to_string()),
     };
     if state.authenticator.is_some() {
+        let peer = request_addr(&state, peer, &headers);
         let identity = match authenticate_http(&state, &headers, peer).await {
             Ok(identity) => identity,
             Err(refusal) => return refusal,
@@ -779,6 +780,18 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<String>, String
         return Err("the Authorization header must be \"Bearer <token>\"".to_owned());
     }
     Ok(Some(token.trim().to_owned()))
+}
+
+/// Where a request comes from, for the failed-authentication limit and the
+/// log: the peer, or behind a trusted proxy the client it forwarded for.
+fn request_addr(state: &ServerState, peer: SocketAddr, headers: &HeaderMap) -> SocketAddr {
+    let trusted = &state.config.trusted_proxies;
+    if trusted.is_empty() {
+        return peer;
+    }
+    let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    let forwarded: Vec<&str> = forwarded.collect();
+    SocketAddr::new(auth::client_addr(peer, trusted, forwarded.into_iter()), 0)
 }
 
 /// The HTTP answer to a failed authentication.
@@ -948,6 +961,7 @@ async fn ws_handler(
         return (StatusCode::SERVICE_UNAVAILABLE, "storage failed\n").into_response();
     }
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_owned);
+    let peer = request_addr(&state, peer, &headers);
     // The header, when present, decides: a bad one is refused before the
     // upgrade, and the session then takes no `auth` message.
     let auth = match (&state.authenticator, bearer_token(&headers)) {

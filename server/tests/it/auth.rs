@@ -863,3 +863,35 @@ async fn the_log_names_who_was_refused_and_why_but_never_the_token() {
     assert!(!log.contains(signature), "the log holds no part of the token");
     assert!(!log.contains(forged.split('.').nth(1).unwrap()), "not even its claims");
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_failures_count_per_forwarded_client() {
+    let trusted = vec![auth::TrustedProxy::parse("127.0.0.0/8").unwrap()];
+    let config = Config { trusted_proxies: trusted, ..Config::default() };
+    let server = start_with(ServerBuilder::new().jwt(jwt_config()), config).await;
+    let connect_as = |client: &'static str, authorization: String| {
+        let mut request = server.ws_url().into_client_request().unwrap();
+        request.headers_mut().insert(AUTHORIZATION, authorization.parse().unwrap());
+        request.headers_mut().insert("x-forwarded-for", client.parse().unwrap());
+        async move {
+            match tokio_tungstenite::connect_async(request).await {
+                Ok(_) => 101,
+                Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                    response.status().as_u16()
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    };
+    for _ in 0..auth::AUTH_FAILURES_PER_MINUTE_MAX {
+        assert_eq!(connect_as("203.0.113.7", "Bearer nonsense".into()).await, 401);
+    }
+    let good = format!("Bearer {}", token("alice", everything()));
+    assert_eq!(connect_as("203.0.113.7", good.clone()).await, 429, "the guesser is limited");
+    assert_eq!(
+        connect_as("203.0.113.8", good).await,
+        101,
+        "its neighbours behind the proxy are not"
+    );
+    server.shutdown().await;
+}
