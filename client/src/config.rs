@@ -47,7 +47,10 @@ const _: () = assert!(INCOMING_MESSAGE_BYTES_MAX > DOC_SIZE_BYTES_MAX);
 const _: () = assert!(WRITE_BUFFER_BYTES_MAX > INCOMING_MESSAGE_BYTES_MAX);
 const _: () = assert!(WRITE_BUFFER_BYTES_MAX > DEFAULT_OUTGOING_MESSAGE_BYTES_MAX);
 
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longer than a server's default handshake timeout (10 s), so that a
+/// server that wants a token the client did not send says so
+/// (`unauthorized`) before the client gives up on the attempt.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_SILENCE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_RECONNECT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
