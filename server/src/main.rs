@@ -253,8 +253,9 @@ struct Serve {
     metrics_token_file: Option<PathBuf>,
     /// The whiteboard's demo mode: POST /demo/token gives any visitor a
     /// token for board:* (write, or read-only for ?view). Turns
-    /// authentication on; not for production.
-    #[arg(long, env = "CONCORD_DEMO_AUTH")]
+    /// authentication on; not for production. Also `--auth`, so that
+    /// `scripts/serve.sh --auth` runs the whiteboard with it.
+    #[arg(long, alias = "auth", env = "CONCORD_DEMO_AUTH")]
     demo_auth: bool,
     /// Directory served at / (the web app); without it, a placeholder page.
     #[arg(long = "static", env = "CONCORD_STATIC")]
