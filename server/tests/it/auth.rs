@@ -758,6 +758,16 @@ async fn the_demo_mode_hands_out_board_tokens_and_read_tokens_cannot_write() {
     vic.expect_error("forbidden").await;
     assert_eq!(server.document(&doc("board:demo")).await.unwrap().0, json!({"shapes": {}}));
     server.shutdown().await;
+
+    // The binary's --auth (what `scripts/serve.sh --auth` passes) is the demo mode.
+    let binary = crate::support::Binary::start(&["--memory", "--auth"]).await;
+    let (status, body) = http_get(binary.addr, "/demo/config", &[]).await;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body).unwrap()),
+        (200, json!({"auth": true}))
+    );
+    let (status, _) = http_post(binary.addr, "/demo/token", r#"{"name":"Ann"}"#).await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]
