@@ -343,17 +343,35 @@ impl DocRights {
             };
             for pointer in written {
                 if !scopes.iter().any(|scope| scope.is_prefix_of(pointer)) {
-                    let list: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
                     return Err(OutOfScope {
                         op_index,
                         pointer: (*pointer).clone(),
-                        why: format!("outside the write scopes [{}]", list.join(", ")),
+                        why: format!("outside the write scopes {}", scope_list(scopes)),
                     });
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Most write scopes a refusal lists; the rest are counted.
+const SCOPES_LISTED_MAX: usize = 8;
+
+/// `["/shapes", "/cursors/alice"]`, at most `SCOPES_LISTED_MAX` of them.
+fn scope_list(scopes: &[Pointer]) -> String {
+    let mut listed: Vec<String> = scopes
+        .iter()
+        .take(SCOPES_LISTED_MAX)
+        .map(|scope| format!("{:?}", scope.to_string()))
+        .collect();
+    if scopes.len() > SCOPES_LISTED_MAX {
+        listed.push(format!("and {} more", scopes.len() - SCOPES_LISTED_MAX));
+    }
+    if scopes.is_empty() {
+        return "[] (none)".to_owned();
+    }
+    format!("[{}]", listed.join(", "))
 }
 
 /// Glob matching over `text`: `**` matches any run of characters, `*` any
@@ -504,6 +522,10 @@ mod tests {
             ])))
             .unwrap_err();
         assert_eq!((refused.op_index, refused.pointer.to_string()), (1, "/settings".into()));
+        assert_eq!(
+            refused.why,
+            r#"outside the write scopes ["/shapes", "/cursors/al~1~0ice", "/notes"]"#
+        );
         // A move writes where it takes from, too.
         let refused = rights
             .check_writes(&ops(json!([{"op": "move", "from": "/settings", "path": "/shapes/x"}])))
