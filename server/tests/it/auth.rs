@@ -14,8 +14,6 @@ use concord_server::auth::{
 };
 use concord_server::{Config, Mutation, RunningServer, ServerBuilder, ServerError};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 
@@ -126,20 +124,7 @@ async fn connect_with_header(
 
 /// A plain HTTP GET with headers; (status, body).
 async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    within("an HTTP response", async {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        let response = String::from_utf8_lossy(&response).into_owned();
-        let status = response.split(' ').nth(1).unwrap().parse().unwrap();
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-        (status, body)
-    })
-    .await
+    crate::support::http_request(addr, "GET", path, headers, "").await
 }
 
 fn doc(raw: &str) -> DocId {
@@ -686,22 +671,8 @@ async fn concord_token_mints_what_concord_serve_accepts() {
 
 /// A plain HTTP/1.1 POST of a JSON body; (status, body).
 async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
-    within("an HTTP response", async {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        let response = String::from_utf8_lossy(&response).into_owned();
-        let status = response.split(' ').nth(1).unwrap().parse().unwrap();
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-        (status, body)
-    })
-    .await
+    let headers = [("Content-Type", "application/json")];
+    crate::support::http_request(addr, "POST", path, &headers, body).await
 }
 
 #[tokio::test]

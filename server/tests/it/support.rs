@@ -162,9 +162,27 @@ impl Client {
 
 /// A plain HTTP/1.1 GET; returns (status, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, &[], "").await
+}
+
+/// A plain HTTP/1.1 request with `headers` and `body` (with its
+/// `Content-Length` when not empty); returns (status, body).
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     within("an HTTP response", async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        if !body.is_empty() {
+            extra.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n{body}"
+        );
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.unwrap();
