@@ -1,5 +1,5 @@
 //! Documents: the handle to one opened document, its event streams, and
-//! `transact`, the transaction loop of spec §4.
+//! `transact`, the transaction loop (docs/semantics.md).
 //!
 //! ## The transaction loop
 //! `transact(f)` runs `f` on the replica inside the connection task (the

@@ -2,14 +2,14 @@
 //!
 //! A [`Client`] holds one WebSocket session to a Concord server and keeps it
 //! alive by itself: it pings, notices a silent server, reconnects with
-//! jittered backoff, and resumes where it left off (spec §3) — documents are
+//! jittered backoff, and resumes where it left off (docs/protocol.md, section 8) — documents are
 //! re-opened at the version their replica holds, unacknowledged transactions
 //! are resubmitted under their original ids, topics and procedures are
 //! renewed. Over that session it offers:
 //! - documents ([`Client::open`] → [`Document`]): a replica with an
 //!   optimistic view, a stream of changes, and [`Document::transact`], which
 //!   runs a transaction function against the replica and re-runs it on
-//!   rejection, on STM `retry()`, or behind pending writes (spec §4);
+//!   rejection, on STM `retry()`, or behind pending writes (docs/semantics.md);
 //! - RPC ([`Client::call`], [`Client::notify`], [`Client::register`]);
 //! - publish/subscribe ([`Client::subscribe`], [`Client::publish`]) and
 //!   presence ([`Document::set_presence`], [`Document::presence`]).

@@ -1,4 +1,4 @@
-//! JSON-RPC 2.0 over the session (spec §5): the error object with its
+//! JSON-RPC 2.0 over the session (docs/protocol.md, section 5): the error object with its
 //! standard codes, procedure handlers other clients call through the server,
 //! and the small amount of message shaping both directions need.
 //!

@@ -1,4 +1,4 @@
-//! Publish/subscribe on the client side (spec §6): topic pattern matching
+//! Publish/subscribe on the client side (docs/protocol.md, section 4): topic pattern matching
 //! and the `Subscription` receiver.
 //!
 //! The server sends each matching message to the session once; the client

@@ -336,16 +336,11 @@ impl DocRights {
                 });
             }
             let Some(scopes) = &self.scopes else { continue };
-            let written: &[&Pointer] = match op {
-                PatchOp::Test { .. } => &[],
-                PatchOp::Move { from, path } => &[from, path],
-                other => &[other.path()],
-            };
-            for pointer in written {
+            for pointer in op.written() {
                 if !scopes.iter().any(|scope| scope.is_prefix_of(pointer)) {
                     return Err(OutOfScope {
                         op_index,
-                        pointer: (*pointer).clone(),
+                        pointer: pointer.clone(),
                         why: format!("outside the write scopes {}", scope_list(scopes)),
                     });
                 }

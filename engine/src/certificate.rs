@@ -1,5 +1,5 @@
 //! A serializability certificate: an independent, brute-force check of a
-//! commit log against the guarantees of spec §2.
+//! commit log against the guarantees docs/semantics.md states.
 //!
 //! The checker replays the log from the initial documents with
 //! [`patch::apply`] and nothing else of the engine: it never consults the

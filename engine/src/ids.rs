@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::InvalidId;
 
-/// Longest document id accepted, in bytes (spec §1).
+/// Longest document id accepted, in bytes (docs/protocol.md, section 1).
 pub const DOC_ID_LEN_MAX: usize = 128;
 /// Longest transaction id accepted, in bytes.
 pub const TX_ID_LEN_MAX: usize = 64;

@@ -74,6 +74,18 @@ impl PatchOp {
             | PatchOp::Incr { path, .. } => path,
         }
     }
+
+    /// The locations the op writes, as a client's rights see them: its
+    /// `path`, and for `move` also its `from` (which it removes); `test`
+    /// writes nothing.
+    pub fn written(&self) -> impl Iterator<Item = &Pointer> {
+        let (first, second) = match self {
+            PatchOp::Test { .. } => (None, None),
+            PatchOp::Move { from, path } => (Some(from), Some(path)),
+            other => (Some(other.path()), None),
+        };
+        first.into_iter().chain(second)
+    }
 }
 
 /// A write set: ops applied in order, all or none.

@@ -200,13 +200,7 @@ impl Hub {
     fn error(&self, session: &SessionId, code: ErrorCode, message: String, named: Named) {
         if let Some(member) = self.members.get(session) {
             self.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
-            let (topic, method) = match named {
-                Named::Topic(topic) => (Some(topic), None),
-                Named::Method(method) => (None, Some(method)),
-            };
-            let error =
-                ServerMessage::Error { code, message, doc: None, tx_id: None, topic, method };
-            let _ = member.outbox.push_reply(encode(&error));
+            let _ = member.outbox.push_reply(encode(&named.error(code, message)));
         }
     }
 
@@ -394,9 +388,21 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// What a refused request named, for its `error`.
+/// What a refused request named, for its `error` (the hub's and the
+/// session's refusals of subscriptions, publishes and registrations).
 #[derive(Debug)]
-enum Named {
+pub(crate) enum Named {
     Topic(String),
     Method(String),
+}
+
+impl Named {
+    /// The `error` refusing the request, naming its topic or method.
+    pub(crate) fn error(self, code: ErrorCode, message: String) -> ServerMessage {
+        let (topic, method) = match self {
+            Named::Topic(topic) => (Some(topic), None),
+            Named::Method(method) => (None, Some(method)),
+        };
+        ServerMessage::Error { code, message, doc: None, tx_id: None, topic, method }
+    }
 }

@@ -1,4 +1,4 @@
-//! JSON-RPC 2.0 over the session (spec §5): message classification, error
+//! JSON-RPC 2.0 over the session (docs/protocol.md, section 5): message classification, error
 //! codes, and the server-side procedure and mutator types registered on the
 //! `ServerBuilder`.
 //!

@@ -295,12 +295,7 @@ impl Rules {
             return Ok(());
         }
         for (op_index, op) in writes.iter().enumerate() {
-            let written: [Option<&Pointer>; 2] = match op {
-                PatchOp::Test { .. } => continue,
-                PatchOp::Move { from, path } => [Some(from), Some(path)],
-                other => [Some(other.path()), None],
-            };
-            for pointer in written.into_iter().flatten() {
+            for pointer in op.written() {
                 if let Some(rule) = rules.iter().find(|rule| rule.pointer.overlaps(pointer)) {
                     return Err(Rejection::Forbidden {
                         op_index,

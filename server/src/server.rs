@@ -91,6 +91,8 @@ pub(crate) struct ServerState {
     /// are refused, `/healthz` answers 503.
     pub(crate) storage_failed: CancellationToken,
     pub(crate) history: Option<HistoryReader>,
+    /// The rules: sessions check server-only paths, shards the rest.
+    pub(crate) enforcement: Arc<Enforcement>,
     /// Who sessions and HTTP requests are; `None`: an open server.
     pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
     pub(crate) auth_failures: AuthFailures,
@@ -397,13 +399,16 @@ impl ServerBuilder {
             entries: Arc::new(Mutex::new(Vec::new())),
             entries_max: config.commit_log_entries_max,
         });
-        let enforcement =
-            Enforcement::new(self.rules, self.guards, Some(metrics.guard_failures.clone()));
+        let enforcement = Arc::new(Enforcement::new(
+            self.rules,
+            self.guards,
+            Some(metrics.guard_failures.clone()),
+        ));
         let (shards, shard_tasks) = spawn_shards(
             &config,
             &metrics,
             commit_log.clone(),
-            Arc::new(enforcement),
+            enforcement.clone(),
             recovery,
             shard_storage,
             &stop_shards,
@@ -430,6 +435,7 @@ impl ServerBuilder {
             tracker: TaskTracker::new(),
             storage_failed,
             history,
+            enforcement,
             authenticator,
             auth_failures: AuthFailures::default(),
             metrics_token: self.metrics_token,

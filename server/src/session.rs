@@ -33,7 +33,7 @@ use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
-use crate::hub::HubCommand;
+use crate::hub::{HubCommand, Named};
 use crate::outbox::{Outbox, Outgoing};
 use crate::rpc::{self, code, CallContext, Incoming, RpcError};
 use crate::server::{AuthFailure, ServerState};
@@ -109,8 +109,6 @@ struct Session {
     state: Arc<ServerState>,
     /// Who the session is and what it may do.
     identity: Arc<Identity>,
-    /// False on an open server (no authenticator).
-    authenticated: bool,
     /// Documents this session opened, with what it may do with each;
     /// bounded by `open_docs_max`.
     open: HashMap<DocId, DocRights>,
@@ -143,12 +141,12 @@ pub(crate) async fn run(
     state.metrics.sessions_opened.inc();
     tracing::debug!(session = %id, "session opened");
 
-    let (identity, open_server) = match auth {
-        SessionAuth::Open => (Identity::anonymous(), true),
-        SessionAuth::Header(identity) => (identity, false),
+    let identity = match auth {
+        SessionAuth::Open => Identity::anonymous(),
+        SessionAuth::Header(identity) => identity,
         SessionAuth::FirstMessage { remote_addr, origin } => {
             match first_message_auth(&mut stream, &state, remote_addr, origin).await {
-                Ok(identity) => (identity, false),
+                Ok(identity) => identity,
                 Err(refusal) => {
                     if let Some((code, message, close)) = refusal {
                         state.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
@@ -165,10 +163,10 @@ pub(crate) async fn run(
             }
         }
     };
-    let (sub, name) = if open_server {
-        (None, None)
-    } else {
-        (Some(identity.sub.clone()), identity.name.clone())
+    // An open server's sessions are all the same anonymous identity.
+    let (sub, name) = match &state.authenticator {
+        None => (None, None),
+        Some(_) => (Some(identity.sub.clone()), identity.name.clone()),
     };
     let welcome =
         ServerMessage::Welcome { protocol: PROTOCOL_VERSION, session: id.to_string(), sub, name };
@@ -183,7 +181,6 @@ pub(crate) async fn run(
         outbox: outbox.clone(),
         state: state.clone(),
         identity: Arc::new(identity),
-        authenticated: !open_server,
         open: HashMap::new(),
         limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
         calls: JoinSet::new(),
@@ -216,6 +213,7 @@ async fn first_message_auth(
             match stream.next().await {
                 Some(Ok(Message::Text(text))) => return Some(text),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                // Not text, so not `auth`: refused as any other first message.
                 Some(Ok(Message::Binary(_))) => return Some(Utf8Bytes::from_static("")),
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
             }
@@ -233,9 +231,11 @@ async fn first_message_auth(
         Ok(None) => return Err(None),
         Ok(Some(text)) => text,
     };
-    let token = match ClientMessage::decode(&text, config.message_json_depth_max) {
-        _ if text.len() > config.message_bytes_max => None,
-        Ok(ClientMessage::Auth { token }) => Some(token),
+    // Over the size limit it is not even decoded.
+    let decoded = (text.len() <= config.message_bytes_max)
+        .then(|| ClientMessage::decode(&text, config.message_json_depth_max));
+    let token = match decoded {
+        Some(Ok(ClientMessage::Auth { token })) => Some(token),
         _ => None,
     };
     let Some(token) = token else {
@@ -396,30 +396,9 @@ impl Session {
         self.refuse(ServerMessage::Error { code, message, doc, tx_id, topic: None, method: None });
     }
 
-    /// Refuses a request that named `topic`.
-    fn topic_error(&self, code: ErrorCode, message: String, topic: String) {
-        let refusal = ServerMessage::Error {
-            code,
-            message,
-            doc: None,
-            tx_id: None,
-            topic: Some(topic),
-            method: None,
-        };
-        self.refuse(refusal);
-    }
-
-    /// Refuses a request that named `method`.
-    fn method_error(&self, code: ErrorCode, message: String, method: String) {
-        let refusal = ServerMessage::Error {
-            code,
-            message,
-            doc: None,
-            tx_id: None,
-            topic: None,
-            method: Some(method),
-        };
-        self.refuse(refusal);
+    /// Refuses a request that named a topic or a method.
+    fn named_error(&self, code: ErrorCode, message: String, named: Named) {
+        self.refuse(named.error(code, message));
     }
 
     fn refuse(&self, error: ServerMessage) {
@@ -492,15 +471,19 @@ impl Session {
                     self.error(ErrorCode::NotOpen, message, Some(tx.doc), Some(tx.tx_id));
                     return;
                 };
-                if let Err(refused) = rights.check_writes(&tx.writes) {
-                    // Decided without the document: the rights are the
-                    // session's, so nothing about the document is revealed.
+                // The session's write scopes and the server-only paths:
+                // decided from the patch's pointers alone, here rather than
+                // on the shard, and revealing nothing about the document.
+                let refused = rights
+                    .check_writes(&tx.writes)
+                    .map_err(|out| Rejection::Forbidden {
+                        op_index: out.op_index,
+                        pointer: out.pointer,
+                        message: out.why,
+                    })
+                    .and_then(|()| state.enforcement.rules.check_server_only(&tx.doc, &tx.writes));
+                if let Err(rejection) = refused {
                     state.metrics.rejections.with_label_values(&["forbidden"]).inc();
-                    let rejection = Rejection::Forbidden {
-                        op_index: refused.op_index,
-                        pointer: refused.pointer,
-                        message: refused.why,
-                    };
                     let rejected =
                         ServerMessage::Rejected { doc: tx.doc, tx_id: tx.tx_id, rejection };
                     let _ = self.outbox.push_reply(encode(&rejected));
@@ -530,12 +513,12 @@ impl Session {
             ClientMessage::Subscribe { topic } => {
                 if let Err(error) = topic::check_pattern(&topic, config.name_bytes_max) {
                     let named = bounded(topic, config.name_bytes_max);
-                    self.topic_error(ErrorCode::BadId, error.to_string(), named);
+                    self.named_error(ErrorCode::BadId, error.to_string(), Named::Topic(named));
                     return;
                 }
                 if !self.identity.permissions.topic(&topic, TopicAction::Subscribe) {
                     let message = format!("no grant of this session allows subscribing to {topic}");
-                    self.topic_error(ErrorCode::Forbidden, message, topic);
+                    self.named_error(ErrorCode::Forbidden, message, Named::Topic(topic));
                     return;
                 }
                 let _ = state.hub.send(HubCommand::Subscribe { session, pattern: topic }).await;
@@ -546,12 +529,12 @@ impl Session {
             ClientMessage::Publish { topic, data, ack, echo } => {
                 if let Err(error) = topic::check_topic(&topic, config.name_bytes_max) {
                     let named = bounded(topic, config.name_bytes_max);
-                    self.topic_error(ErrorCode::BadId, error.to_string(), named);
+                    self.named_error(ErrorCode::BadId, error.to_string(), Named::Topic(named));
                     return;
                 }
                 if !self.identity.permissions.topic(&topic, TopicAction::Publish) {
                     let message = format!("no grant of this session allows publishing to {topic}");
-                    self.topic_error(ErrorCode::Forbidden, message, topic);
+                    self.named_error(ErrorCode::Forbidden, message, Named::Topic(topic));
                     return;
                 }
                 let command = HubCommand::Publish { session, topic, data, ack, echo };
@@ -564,12 +547,12 @@ impl Session {
                         config.name_bytes_max
                     );
                     let named = bounded(method, config.name_bytes_max);
-                    self.method_error(ErrorCode::BadId, message, named);
+                    self.named_error(ErrorCode::BadId, message, Named::Method(named));
                     return;
                 }
                 if !self.identity.permissions.method(&method, MethodAction::Register) {
                     let message = format!("no grant of this session allows registering {method}");
-                    self.method_error(ErrorCode::Forbidden, message, method);
+                    self.named_error(ErrorCode::Forbidden, message, Named::Method(method));
                     return;
                 }
                 let _ = state.hub.send(HubCommand::Register { session, method }).await;
@@ -579,7 +562,7 @@ impl Session {
             }
             ClientMessage::Rpc { message } => self.rpc(message).await,
             // An open server takes no tokens: there is nothing to check.
-            ClientMessage::Auth { .. } if !self.authenticated => {}
+            ClientMessage::Auth { .. } if state.authenticator.is_none() => {}
             ClientMessage::Auth { .. } => {
                 let message = "this session is already authenticated (by its Authorization \
                                header or its first message); reconnect to change identity"
@@ -613,7 +596,7 @@ impl Session {
             Incoming::Notification { method, params } => {
                 if !self.identity.permissions.method(&method, MethodAction::Call) {
                     let message = forbidden_call(&method).message;
-                    self.method_error(ErrorCode::Forbidden, message, method);
+                    self.named_error(ErrorCode::Forbidden, message, Named::Method(method));
                     return;
                 }
                 if state.procedures.contains_key(&method) {

@@ -26,7 +26,7 @@
 //! can be lost in a crash. In memory there is nothing to wait for and every
 //! effect is released as soon as it is sequenced.
 //!
-//! Ordering (spec §3) falls out of releasing in sequencing order: each
+//! Ordering (docs/protocol.md, section 6) falls out of releasing in sequencing order: each
 //! session sees a document's changes in version order, `committed(v)` after
 //! every change below `v`, and `rejected` after the changes that caused it.
 
@@ -822,13 +822,6 @@ impl Shard {
     ) {
         let doc = tx.doc.clone();
         let tx_id = tx.tx_id.clone();
-        // Server-only paths need no apply: refused before the store sees it.
-        if let Err(rejection) = self.enforcement.rules.check_server_only(&doc, &tx.writes) {
-            self.metrics.rejections.with_label_values(&[reason(&rejection)]).inc();
-            let refusal = ServerMessage::Rejected { doc, tx_id, rejection };
-            self.emit(Effect::Reply { outbox, frame: encode(&refusal), received });
-            return;
-        }
         let logged = self.commit_log.as_ref().map(|_| tx.clone());
         let base = tx.base;
         let reads = if self.log.is_some() { tx.reads.clone() } else { Vec::new() };

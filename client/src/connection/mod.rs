@@ -7,7 +7,7 @@
 //! touches a replica, so a transaction function always runs on a consistent
 //! replica and no lock is held across an await.
 //!
-//! ## Resume (spec §3)
+//! ## Resume (docs/protocol.md, section 8)
 //! The task reconnects by itself with jittered backoff. On every new session
 //! it re-opens each document with the version its replica holds (or asks for
 //! a snapshot when the replica cannot be trusted), re-subscribes its topics

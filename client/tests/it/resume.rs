@@ -1,4 +1,4 @@
-//! Resume after a lost connection (spec §3): a socket cut while changes
+//! Resume after a lost connection (docs/protocol.md, section 8): a socket cut while changes
 //! stream, an acknowledgement lost after the commit, and a server that goes
 //! silent. Each must end with no lost change, no duplicate, and every
 //! transaction committed exactly once.

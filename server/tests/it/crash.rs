@@ -1,4 +1,4 @@
-//! Crash safety of the real `concord` binary (spec §7): many clients commit
+//! Crash safety of the real `concord` binary (docs/protocol.md, section 9): many clients commit
 //! while the server is killed with SIGKILL at seeded random moments, then it
 //! is restarted on the same data directory and checked:
 //! - every acknowledged commit is in the log read back from storage, at the

@@ -1,5 +1,5 @@
 //! Documents over the wire: open, catch-up, snapshot, commit acknowledgement
-//! and the ordering guarantees of spec §3.
+//! and the ordering guarantees of docs/protocol.md, section 6.
 
 use concord_engine::certificate::Checker;
 use concord_engine::DocId;

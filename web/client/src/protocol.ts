@@ -198,7 +198,7 @@ export const CLOSE_CODES = {
   TOKEN_EXPIRED: 4004,
 } as const;
 
-/** Document ids: 1–128 characters of `[A-Za-z0-9._:/-]` (spec §1). */
+/** Document ids: 1–128 characters of `[A-Za-z0-9._:/-]` (docs/protocol.md, section 1). */
 export const DOC_ID_PATTERN = /^[A-Za-z0-9._:/-]{1,128}$/;
 
 export function isValidDocId(doc: string): boolean {
