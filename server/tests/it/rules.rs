@@ -5,7 +5,6 @@
 //! so a broadcast of the refused one would come first).
 
 use std::io::Write;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -13,9 +12,8 @@ use concord_engine::{DocId, PatchOp, Pointer};
 use concord_server::rules::{GUARD_TIME_BUDGET_MAX, SERVER_SUBJECT};
 use concord_server::{Config, Mutation, Rules, RunningServer, ServerBuilder, Veto};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::support::{within, Client};
+use crate::support::{within, Binary, Client};
 
 fn recording() -> Config {
     Config { record_commit_log: true, ..Config::default() }
@@ -368,22 +366,8 @@ async fn the_binary_enforces_a_rules_file_and_refuses_a_bad_one() {
         "server_only": [{"docs": "board:*", "pointer": "/owner"}]
     });
     std::fs::File::create(&rules).unwrap().write_all(text.to_string().as_bytes()).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
-        .args(["serve", "--memory", "--listen", "127.0.0.1:0", "--rules"])
-        .arg(&rules)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = within("the address line", BufReader::new(stdout).lines().next_line())
-        .await
-        .unwrap()
-        .expect("concord exited before listening");
-    let addr = line.split_whitespace().find_map(|word| word.strip_prefix("http://")).unwrap();
-    let mut a = Client::connect_url(&format!("ws://{addr}/ws")).await;
+    let mut server = Binary::start(&["--memory", "--rules", rules.to_str().unwrap()]).await;
+    let mut a = Client::connect_url(&server.ws_url).await;
     a.open("board:1", None).await;
     let writes = json!([{"op": "add", "path": "/shapes", "value": {"s": {"x": 1}}}]);
     let rejection = rejected(&mut a, "board:1", "t-1", 0, writes).await;
@@ -396,8 +380,8 @@ async fn the_binary_enforces_a_rules_file_and_refuses_a_bad_one() {
     let writes = json!([{"op": "add", "path": "/shapes", "value": {"s": {"kind": "rect"}}}]);
     a.commit("board:1", "t-3", 0, json!([]), writes).await;
     assert_eq!(a.expect("committed").await["version"], 1);
-    child.start_kill().unwrap();
-    within("the server to exit", child.wait()).await.unwrap();
+    server.child.start_kill().unwrap();
+    within("the server to exit", server.child.wait()).await.unwrap();
 
     // A bad rules file stops the start, naming the entry.
     let bad = json!({"schemas": [

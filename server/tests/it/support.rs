@@ -199,7 +199,10 @@ pub async fn http_request(
 pub struct Binary {
     pub child: tokio::process::Child,
     pub addr: std::net::SocketAddr,
+    /// `ws://…/ws`, or `wss://…/ws` when it serves TLS.
     pub ws_url: String,
+    /// The address line it printed.
+    pub line: String,
 }
 
 impl Binary {
@@ -220,12 +223,14 @@ impl Binary {
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let line = within("the address line", lines.next_line()).await.unwrap();
         let line = line.unwrap_or_else(|| panic!("concord {args:?} exited before listening"));
-        let addr: std::net::SocketAddr = line
+        let (scheme, addr) = line
             .split_whitespace()
-            .find_map(|word| word.strip_prefix("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .parse()
-            .unwrap();
-        Binary { child, addr, ws_url: format!("ws://{addr}/ws") }
+            .find_map(|word| {
+                let plain = word.strip_prefix("http://").map(|addr| ("ws", addr));
+                plain.or_else(|| word.strip_prefix("https://").map(|addr| ("wss", addr)))
+            })
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        Binary { child, addr, ws_url: format!("{scheme}://{addr}/ws"), line }
     }
 }

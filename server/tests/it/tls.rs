@@ -2,18 +2,17 @@
 //! self-signed certificate made in the test with rcgen, trusted by the test's
 //! client only.
 
-use std::process::Stdio;
 use std::sync::Arc;
 
 use concord_server::{Config, ServerBuilder, ServerError, TlsConfig, TlsError};
 use futures_util::StreamExt;
 use rustls::pki_types::CertificateDer;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream};
 
-use crate::support::{start, wait_until, within, Client};
+use crate::support::{start, wait_until, within, Binary, Client};
 
 /// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM
 /// files in a temporary directory.
@@ -149,25 +148,10 @@ async fn unusable_certificate_or_key_files_are_typed_startup_errors() {
 async fn the_binary_serves_wss_with_tls_cert_and_tls_key() {
     let cert = TestCert::new();
     let config = cert.config();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--memory", "--tls-cert"])
-        .arg(&config.cert_chain)
-        .arg("--tls-key")
-        .arg(&config.private_key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = within("the address line", lines.next_line()).await.unwrap().unwrap();
-    let url = line
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix("wss://"))
-        .map(|rest| format!("wss://{}", rest.trim_end_matches(')')))
-        .unwrap_or_else(|| panic!("no wss:// URL in {line:?}"));
-    assert!(line.contains("https://"), "{line}");
+    let (cert_chain, private_key) = (config.cert_chain.to_str(), config.private_key.to_str());
+    let args = ["--memory", "--tls-cert", cert_chain.unwrap(), "--tls-key", private_key.unwrap()];
+    let Binary { mut child, ws_url: url, line, .. } = Binary::start(&args).await;
+    assert!(line.contains("https://") && line.contains("wss://"), "{line}");
 
     let mut client = connect_tls(&url, cert.connector()).await;
     commit_one(&mut client).await;
