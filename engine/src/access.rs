@@ -401,10 +401,13 @@ pub fn glob_matches(pattern: &str, text: &str, separator: char) -> bool {
     // matched[j]: the pieces so far match text[..j].
     let mut matched = vec![false; text.len() + 1];
     matched[0] = true;
+    // Two rows, swapped after each piece: every entry of `next` is
+    // written before it is read.
+    let mut next = vec![false; text.len() + 1];
     for piece in pieces {
-        let mut next = vec![false; text.len() + 1];
         match piece {
             Piece::Literal(byte) => {
+                next[0] = false;
                 for j in 0..text.len() {
                     next[j + 1] = matched[j] && text[j] == byte;
                 }
@@ -417,7 +420,7 @@ pub fn glob_matches(pattern: &str, text: &str, separator: char) -> bool {
                 }
             }
         }
-        matched = next;
+        std::mem::swap(&mut matched, &mut next);
     }
     matched[text.len()]
 }
