@@ -17,6 +17,10 @@
 //!   and sequences a transaction and yields the `Change` to log and broadcast.
 //! - `replica`: the client-side state machine: a document copy, pending
 //!   transactions in an optimistic view, and the transaction runner.
+//! - `session`: `ClientSession`, the client side of the protocol as a state
+//!   machine (replicas, transactions and their pacing, resume, channels,
+//!   heartbeats) that every client shell drives.
+//! - `time`: `Time`, the engine's notion of now, always a parameter.
 //! - `certificate`: a serializability checker over a commit log.
 //! - `protocol`: the wire messages and stable error codes.
 //! - `limits`: every bound input can push against.
@@ -33,7 +37,9 @@ pub mod patch;
 pub mod pointer;
 pub mod protocol;
 pub mod replica;
+pub mod session;
 pub mod store;
+pub mod time;
 
 pub use doc::{Doc, JsonTree};
 pub use error::{InvalidId, InvalidPointer, PatchError, PatchOpError};
