@@ -795,5 +795,3 @@ impl ClientSession {
     }
 }
 
-#[cfg(test)]
-mod tests;
