@@ -165,7 +165,8 @@ impl ClientBuilder {
         let driver = Driver::new(
             endpoint,
             state.clone(),
-            client_id.clone(),
+            &client_id,
+            rand::random(),
             counters.clone(),
             receiver,
             commands.downgrade(),
@@ -407,10 +408,6 @@ impl Client {
 
     pub(crate) fn config(&self) -> &ClientConfig {
         &self.inner.config
-    }
-
-    pub(crate) fn counters(&self) -> &Counters {
-        &self.inner.counters
     }
 }
 

@@ -2,8 +2,8 @@
 //! `transact`, the transaction loop (docs/semantics.md).
 //!
 //! ## The transaction loop
-//! `transact(f)` runs `f` on the replica inside the connection task (the
-//! replica's only owner) and acts on what the run did:
+//! `transact(f)` hands `f` to the connection task (the replica's only
+//! owner), whose `ClientSession` runs it and acts on what each run did:
 //! - wrote nothing: the result stands locally, no server round trip;
 //! - wrote: the writes are pending in the optimistic view at once; the loop
 //!   waits for the server's outcome; a retryable rejection arrives after the
@@ -17,10 +17,10 @@
 //! While the document is contended (this client's transactions on it were
 //! rejected recently), each run that may be submitted first takes a
 //! jittered pause whose window grows with the contention level; see the
-//! `contention` module for why the pause is per document rather than per
-//! transaction.
+//! engine's `session::pacing` for why the pause is per document rather
+//! than per transaction.
 //!
-//! The loop runs in its own task: once awaited, a transaction proceeds to its
+//! The transaction is driven by the connection task: once awaited, a transaction proceeds to its
 //! outcome even if the caller stops waiting, and its after-commit
 //! continuation runs exactly once, after the commit, never for a run that did
 //! not commit.
@@ -29,20 +29,20 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use concord_engine::protocol::PresenceEvent;
 use concord_engine::replica::{Abort, RunOutcome, Tx};
+use concord_engine::session::{RunReport, Settlement};
 use concord_engine::{Change, DocId, PatchError, Pointer, Rejection, TxId, Version};
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::client::Client;
-use crate::connection::{Command, DocChannels, Job, Resolution, RunKind};
+use crate::connection::{Command, DocChannels, Job};
 use crate::error::{Error, TransactError};
-use crate::stats::Counters;
 
 /// What a transaction function returns: its value, or how it stopped
 /// (`retry()`, a failed write, or the function's own error `E`).
@@ -287,112 +287,62 @@ impl<T: Send + 'static, E: Send + 'static> Transact<T, E> {
 
     async fn run(self) -> Result<T, TransactError<E>> {
         let Transact { doc, function, attempts_max, after_commit } = self;
-        let config = doc.client.config();
-        let counters = doc.client.counters();
-        let contention = &doc.channels.contention;
-        let mut refusals = 0;
-        let mut runs = 0;
-        // STM wake-ups re-run at once; any run that may be submitted (the
-        // first, and each after a rejection) takes the contention pause.
-        let mut pause = true;
-        loop {
-            if pause {
-                let (initial, max) = (config.transact_backoff_initial, config.transact_backoff_max);
-                if let Some(delay) = contention.pause(initial, max) {
-                    tokio::time::sleep(delay).await;
-                }
+        let slot: Slot<T, E> = Arc::default();
+        let job = make_job(function, slot.clone());
+        let (settle, settled) = oneshot::channel();
+        let command = Command::Transact { doc: doc.id.clone(), attempts_max, job, settle };
+        doc.client.command(command).await.map_err(|_| TransactError::Closed)?;
+        // The machine runs the function (pausing while the document is
+        // contended, re-running after retryable rejections and STM wake-ups)
+        // and says how it ended; the last run's value is in the slot.
+        let settlement = settled.await.map_err(|_| TransactError::Closed)?;
+        let last_run = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let value = |last_run: Option<RunValue<T, E>>| match last_run {
+            Some(RunValue::Value(value)) => Ok(value),
+            _ => Err(TransactError::Closed),
+        };
+        let (value, receipt) = match settlement {
+            Settlement::ReadOnly { version, runs } => {
+                (value(last_run)?, Receipt { tx_id: None, version, runs })
             }
-            runs += 1;
-            let started = tokio::time::Instant::now();
-            let (attempt_tx, attempt_rx) = oneshot::channel();
-            let (resolve, resolution) = oneshot::channel();
-            let job = make_job(function.clone(), attempt_tx);
-            doc.client
-                .command(Command::Run { doc: doc.id.clone(), job, resolve })
-                .await
-                .map_err(|_| TransactError::Closed)?;
-            let Ok(attempt) = attempt_rx.await else {
-                // The job never reported: it panicked, or the client closed.
-                return Err(match resolution.await {
-                    Ok(Resolution::Panicked) => TransactError::Panicked,
-                    Ok(Resolution::Refused { code, message }) => {
-                        TransactError::Refused { code, message }
-                    }
+            Settlement::Committed { tx_id, version, runs } => {
+                (value(last_run)?, Receipt { tx_id: Some(tx_id), version, runs })
+            }
+            Settlement::Aborted { .. } => {
+                return Err(match last_run {
+                    Some(RunValue::Patch(error)) => TransactError::Patch(error),
+                    Some(RunValue::Failed(error)) => TransactError::Aborted(error),
                     _ => TransactError::Closed,
-                });
-            };
-            let (value, receipt) = match attempt {
-                Attempt::ReadOnly { value, version } => {
-                    Counters::bump(&counters.read_only);
-                    (value, Receipt { tx_id: None, version, runs })
-                }
-                Attempt::Patch(error) => return Err(TransactError::Patch(error)),
-                Attempt::Failed(error) => return Err(TransactError::Aborted(error)),
-                Attempt::Wait => match resolution.await {
-                    Ok(Resolution::Wake) => {
-                        pause = false;
-                        continue;
-                    }
-                    _ => return Err(TransactError::Closed),
-                },
-                Attempt::Submitted { value, tx_id } => match resolution.await {
-                    Ok(Resolution::Committed(version)) => {
-                        contention.on_committed(started.elapsed());
-                        (value, Receipt { tx_id: Some(tx_id), version, runs })
-                    }
-                    Ok(Resolution::Rejected(rejection)) => {
-                        Counters::bump(&counters.rejections);
-                        contention.on_rejected(started.elapsed());
-                        refusals += 1;
-                        // Refusals of the server's rules: never re-run.
-                        let rejection = match rejection {
-                            Rejection::Forbidden { op_index, pointer, message } => {
-                                return Err(TransactError::Forbidden { op_index, pointer, message })
-                            }
-                            Rejection::Invalid { pointer, message } => {
-                                return Err(TransactError::Invalid { pointer, message })
-                            }
-                            Rejection::Vetoed { message } => {
-                                return Err(TransactError::Vetoed { message })
-                            }
-                            rejection => rejection,
-                        };
-                        // Only a first submission's `outcome_unknown` comes as
-                        // a rejection (a resubmission's is `OutcomeUnknown`):
-                        // it cannot have committed, and is stale.
-                        let retryable = rejection.is_retryable()
-                            || matches!(rejection, Rejection::OutcomeUnknown { .. });
-                        if !retryable || refusals >= attempts_max {
-                            return Err(TransactError::Rejected { rejection, attempts: refusals });
-                        }
-                        Counters::bump(&counters.reruns);
-                        pause = true;
-                        continue;
-                    }
-                    Ok(Resolution::Dropped) => {
-                        contention.on_rejected(started.elapsed());
-                        refusals += 1;
-                        if refusals >= attempts_max {
-                            return Err(TransactError::RateLimited { attempts: refusals });
-                        }
-                        Counters::bump(&counters.reruns);
-                        pause = true;
-                        continue;
-                    }
-                    Ok(Resolution::Refused { code, message }) => {
-                        return Err(TransactError::Refused { code, message })
-                    }
-                    Ok(Resolution::OutcomeUnknown) => return Err(TransactError::OutcomeUnknown),
-                    Ok(Resolution::Wake | Resolution::Panicked) | Err(_) => {
-                        return Err(TransactError::Closed)
-                    }
-                },
-            };
-            if let Some(continuation) = after_commit {
-                continuation(&value, &receipt);
+                })
             }
-            return Ok(value);
+            // Refusals of the server's rules: never re-run.
+            Settlement::Rejected {
+                rejection: Rejection::Forbidden { op_index, pointer, message },
+                ..
+            } => return Err(TransactError::Forbidden { op_index, pointer, message }),
+            Settlement::Rejected { rejection: Rejection::Invalid { pointer, message }, .. } => {
+                return Err(TransactError::Invalid { pointer, message })
+            }
+            Settlement::Rejected { rejection: Rejection::Vetoed { message }, .. } => {
+                return Err(TransactError::Vetoed { message })
+            }
+            Settlement::Rejected { rejection, attempts } => {
+                return Err(TransactError::Rejected { rejection, attempts })
+            }
+            Settlement::RateLimited { attempts } => {
+                return Err(TransactError::RateLimited { attempts })
+            }
+            Settlement::OutcomeUnknown => return Err(TransactError::OutcomeUnknown),
+            Settlement::Refused { code, message } => {
+                return Err(TransactError::Refused { code, message })
+            }
+            Settlement::Panicked => return Err(TransactError::Panicked),
+            Settlement::Closed => return Err(TransactError::Closed),
+        };
+        if let Some(continuation) = after_commit {
+            continuation(&value, &receipt);
         }
+        Ok(value)
     }
 }
 
@@ -425,44 +375,35 @@ impl<T, E> Future for TransactFuture<T, E> {
     }
 }
 
-/// A run's typed result, handed from the connection task to the loop.
-enum Attempt<T, E> {
-    ReadOnly {
-        value: T,
-        version: Version,
-    },
-    Submitted {
-        value: T,
-        tx_id: TxId,
-    },
-    /// STM retry or blocked: the connection task wakes the loop.
-    Wait,
+/// What the last run of a transaction function produced.
+enum RunValue<T, E> {
+    Value(T),
     Patch(PatchError),
     Failed(E),
 }
 
-fn make_job<T, E>(function: Function<T, E>, attempt: oneshot::Sender<Attempt<T, E>>) -> Job
+/// Where a transaction's job leaves its last run's value for the waiting
+/// transaction.
+type Slot<T, E> = Arc<Mutex<Option<RunValue<T, E>>>>;
+
+fn make_job<T, E>(function: Function<T, E>, slot: Slot<T, E>) -> Job
 where
     T: Send + 'static,
     E: Send + 'static,
 {
     Box::new(move |replica, tx_id| {
-        let (kind, result) = match replica.run(tx_id, |tx| function(tx)) {
-            RunOutcome::ReadOnly(value) => {
-                let version = replica.version();
-                (RunKind::Done, Attempt::ReadOnly { value, version })
+        let outcome = replica.run(tx_id, |tx| function(tx));
+        let report = RunReport::of(&outcome);
+        let value = match outcome {
+            RunOutcome::ReadOnly(value) | RunOutcome::Submit { value, .. } => {
+                RunValue::Value(value)
             }
-            RunOutcome::Submit { value, tx } => {
-                let tx_id = tx.tx_id.clone();
-                (RunKind::Submit(tx), Attempt::Submitted { value, tx_id })
-            }
-            RunOutcome::Retry { reads } => (RunKind::Retry(reads), Attempt::Wait),
-            RunOutcome::Blocked => (RunKind::Blocked, Attempt::Wait),
-            RunOutcome::Patch(error) => (RunKind::Done, Attempt::Patch(error)),
-            RunOutcome::Failed(error) => (RunKind::Done, Attempt::Failed(error)),
+            RunOutcome::Patch(error) => RunValue::Patch(error),
+            RunOutcome::Failed(error) => RunValue::Failed(error),
+            // Nothing to keep: the machine runs it again.
+            RunOutcome::Retry { .. } | RunOutcome::Blocked => return report,
         };
-        // The loop may have gone (its task was aborted); the run stands.
-        let _ = attempt.send(result);
-        kind
+        *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(value);
+        report
     })
 }

@@ -45,11 +45,9 @@
 //! The replica itself (`Replica`, `Tx`) is `concord_engine::replica`; this
 //! crate only drives it.
 
-mod backoff;
 mod client;
 mod config;
 mod connection;
-mod contention;
 mod document;
 mod error;
 mod rpc;

@@ -7,6 +7,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use concord_engine::session::SessionStats;
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) committed: AtomicU64,
@@ -23,8 +25,21 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Shows the connection task's session machine's counts to the
+    /// handles.
+    pub(crate) fn publish(&self, stats: &SessionStats) {
+        let set = |counter: &AtomicU64, value: u64| counter.store(value, Ordering::Relaxed);
+        set(&self.committed, stats.committed);
+        set(&self.read_only, stats.read_only);
+        set(&self.rejections, stats.rejections);
+        set(&self.reruns, stats.reruns);
+        set(&self.stm_waits, stats.stm_waits);
+        set(&self.stm_wakeups, stats.stm_wakeups);
+        set(&self.blocked_waits, stats.blocked_waits);
+        set(&self.connects, stats.connects);
+        set(&self.disconnects, stats.disconnects);
+        set(&self.resyncs, stats.resyncs);
+        set(&self.server_errors, stats.server_errors);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {

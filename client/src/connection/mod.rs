@@ -1,68 +1,59 @@
-//! The connection task: the one owner of the socket and of every replica.
+//! The connection task: a thin tokio shell around the engine's
+//! `ClientSession`, the client side of protocol v1 as a state machine.
 //!
-//! Handles ([`Client`](crate::Client), [`Document`](crate::Document), running
-//! transactions) talk to it by [`Command`] over a bounded channel; it talks to
-//! the server, feeds server messages to the replicas, and answers the handles
-//! through oneshot channels and broadcast event channels. Nothing else
-//! touches a replica, so a transaction function always runs on a consistent
-//! replica and no lock is held across an await.
+//! The machine decides everything that has state and timers: resume and
+//! resubmission, the `outcome_unknown` rule, contention pacing, the
+//! heartbeat and dead-server detection, reconnect backoff, re-establishing
+//! subscriptions and registrations. This task only does the IO: it owns the
+//! socket and the machine, feeds the machine what arrives (frames, the
+//! handles' commands, the time when its timer fires), performs what the
+//! machine asks of the network (`Transmit`), and hands the machine's events
+//! to the handles through oneshot and broadcast channels. Transaction
+//! functions stay closures here: when the machine says `Run`, the task runs
+//! one on the machine's replica and reports what it did.
 //!
-//! ## Resume (docs/protocol.md, section 8)
-//! The task reconnects by itself with jittered backoff. On every new session
-//! it re-opens each document with the version its replica holds (or asks for
-//! a snapshot when the replica cannot be trusted), re-subscribes its topics
-//! and re-registers its procedures. When a document's `opened` arrives, every
-//! transaction still pending in the replica is (re)submitted under its
-//! original id: the server's deduplication answers a resubmission with the
-//! original outcome, and a commit that already reached the replica through
-//! the change stream is recognised there, so every transaction resolves
-//! exactly once. The same rule covers a session the server closed for falling
-//! behind (close code 4001) and a server-side resync (`error resynced`, then
-//! a snapshot and `opened`), whose dropped backlog may have held outcomes.
-//!
-//! Handlers are synchronous and queue outgoing frames in `outbox`; the loop
-//! writes the outbox after each event, so one event's replies go out in one
-//! flush. Frames queued while disconnected are dropped: everything a new
-//! session needs is re-sent from the task's state on connect.
-
+//! Nothing else touches a replica, so a transaction function always runs on
+//! a consistent replica and no lock is held across an await.
 //!
 //! # Layout
-//! - this file: the commands, the loop, the link (connect, heartbeat,
-//!   reconnect), and the dispatch of server messages;
-//! - `documents`: the replicas: open, run, commit outcomes, resume;
-//! - `channels`: pub/sub subscriptions and RPC calls and procedures.
+//! - this file: the commands, the loop, the link (connect, transmits);
+//! - `documents`: documents' channels and waiters, transaction jobs;
+//! - `channels`: subscriptions, publishes, calls and procedures.
 
 mod channels;
 mod documents;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use concord_engine::protocol::{
-    close_code, ClientMessage, ErrorCode, ServerFrame, ServerMessage, PROTOCOL_VERSION,
+    close_code, ErrorCode, ServerFrame, ServerMessage, PROTOCOL_VERSION,
 };
 use concord_engine::replica::Replica;
-use concord_engine::{patch, DocId, Pointer, Rejection, Transaction, TxId, Version};
+use concord_engine::session::{
+    ClientSession, ConnectFailure, Event as SessionEvent, LinkState, RunReport, SessionConfig,
+    Transmit,
+};
+use concord_engine::time::Time;
+use concord_engine::{DocId, Pointer, TxId, Version};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::{tungstenite, Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{debug, warn};
 
-use self::channels::{Procedure, TopicState};
-use self::documents::{DocState, DocStatus};
-use crate::backoff::Backoff;
+use self::channels::Channels;
+use self::documents::Documents;
 use crate::client::{ConnectionState, Identity, TokenProvider};
 use crate::config::{ClientConfig, RPC_HANDLERS_IN_FLIGHT_MAX};
-use crate::contention::Contention;
 use crate::document::{DocumentEvent, PresenceUpdate};
 use crate::error::{CallError, Error};
 use crate::rpc::Handler;
@@ -75,44 +66,9 @@ pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const COMMANDS_PER_FLUSH_MAX: usize = 64;
 
 /// One run of a transaction function, type-erased: it runs on the replica
-/// with the tx id it is given, hands its typed result to the waiting
-/// transaction through a channel it captured, and tells the task what to do.
-pub(crate) type Job = Box<dyn FnOnce(&mut Replica, TxId) -> RunKind + Send>;
-
-/// What a job's run needs from the connection task.
-#[derive(Debug)]
-pub(crate) enum RunKind {
-    /// Nothing pending (read-only, or failed): no outcome to wait for.
-    Done,
-    /// Pending in the replica: send it, and resolve when its outcome arrives.
-    Submit(Transaction),
-    /// STM retry: wake when a change overlaps one of these reads.
-    Retry(Vec<Pointer>),
-    /// Read another pending transaction's writes: wake when one resolves.
-    Blocked,
-}
-
-/// What a waiting transaction learns.
-#[derive(Debug)]
-pub(crate) enum Resolution {
-    Committed(Version),
-    Rejected(Rejection),
-    /// Resubmitted after a lost acknowledgement, and the server no longer
-    /// knows whether the first submission committed.
-    OutcomeUnknown,
-    /// Run the function again (a read changed, or a pending one resolved).
-    Wake,
-    /// The function panicked inside the task.
-    Panicked,
-    /// The server dropped the commit unread (rate limit): run it again later.
-    Dropped,
-    /// The server refused the commit message itself; it never reached the
-    /// store.
-    Refused {
-        code: ErrorCode,
-        message: String,
-    },
-}
+/// with the tx id it is given, keeps its typed result where the waiting
+/// transaction finds it, and reports what the run did.
+pub(crate) type Job = Box<dyn FnMut(&mut Replica, TxId) -> RunReport + Send>;
 
 /// How a publish is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,8 +85,6 @@ pub(crate) enum Delivery {
 pub(crate) struct DocChannels {
     pub(crate) events: broadcast::WeakSender<DocumentEvent>,
     pub(crate) presence: broadcast::WeakSender<PresenceUpdate>,
-    /// Shared by this client's transactions on the document.
-    pub(crate) contention: Arc<Contention>,
 }
 
 pub(crate) enum Command {
@@ -138,10 +92,11 @@ pub(crate) enum Command {
         doc: DocId,
         reply: oneshot::Sender<Result<DocChannels, Error>>,
     },
-    Run {
+    Transact {
         doc: DocId,
+        attempts_max: u32,
         job: Job,
-        resolve: oneshot::Sender<Resolution>,
+        settle: oneshot::Sender<concord_engine::session::Settlement>,
     },
     Read {
         doc: DocId,
@@ -228,7 +183,15 @@ impl Endpoint {
 #[derive(Debug)]
 pub(crate) struct Welcome {
     pub(crate) session: String,
-    pub(crate) identity: Option<Identity>,
+    pub(crate) sub: Option<String>,
+    pub(crate) name: Option<String>,
+}
+
+impl Welcome {
+    fn message(self) -> ServerMessage {
+        let Welcome { session, sub, name } = self;
+        ServerMessage::Welcome { protocol: PROTOCOL_VERSION, session, sub, name }
+    }
 }
 
 /// Opens a WebSocket to the endpoint (with a fresh token, if it has a
@@ -282,8 +245,7 @@ pub(crate) async fn connect(endpoint: Arc<Endpoint>) -> Result<(Socket, Welcome)
                 Some(ServerMessage::Welcome { protocol, session, sub, name })
                     if protocol == PROTOCOL_VERSION =>
                 {
-                    let identity = sub.map(|sub| Identity { sub, name });
-                    Ok((socket, Welcome { session, identity }))
+                    Ok((socket, Welcome { session, sub, name }))
                 }
                 Some(ServerMessage::Welcome { protocol, .. }) => {
                     Err(Error::ProtocolMismatch { server: protocol, client: PROTOCOL_VERSION })
@@ -328,65 +290,55 @@ fn with_batched_frames(mut url: String) -> String {
     url
 }
 
+/// The machine's configuration from the client's.
+fn session_config(config: &ClientConfig) -> SessionConfig {
+    SessionConfig {
+        ping_interval: config.ping_interval,
+        silence_timeout: config.silence_timeout,
+        reconnect_backoff_initial: config.reconnect_backoff_initial,
+        reconnect_backoff_max: config.reconnect_backoff_max,
+        transact_backoff_initial: config.transact_backoff_initial,
+        transact_backoff_max: config.transact_backoff_max,
+        outgoing_message_bytes_max: config.outgoing_message_bytes_max,
+        calls_in_flight_max: crate::config::CALLS_IN_FLIGHT_MAX,
+        limits: config.limits,
+    }
+}
+
 type ConnectAttempt = Pin<Box<dyn Future<Output = Result<(Socket, Welcome), Error>> + Send>>;
 
 enum Link {
-    Up(Box<Session>),
+    Up(Box<Socket>),
     Connecting(ConnectAttempt),
-    /// Waiting for the backoff delay before the next attempt.
-    Waiting(Instant),
+    /// No socket; the machine's timer says when to try again.
+    Down,
 }
 
-struct Session {
-    socket: Socket,
-    /// When it started.
-    since: Instant,
-    /// Anything from the server (pongs included) proves it alive.
-    last_heard: Instant,
-    heartbeat: Interval,
-}
-
-enum Event {
+enum Input {
     Command(Option<Command>),
-    Frame(Option<Result<Frame, tokio_tungstenite::tungstenite::Error>>),
-    Heartbeat,
+    Frame(Option<Result<Frame, tungstenite::Error>>),
+    Timer,
     Connected(Box<Result<(Socket, Welcome), Error>>),
-    Reconnect,
 }
 
 pub(crate) struct Driver {
     endpoint: Arc<Endpoint>,
     config: Arc<ClientConfig>,
+    session: ClientSession,
+    /// The origin of the machine's time.
+    origin: Instant,
     /// What handles see of the connection ([`Client::state`](crate::Client::state)).
     state: watch::Sender<ConnectionState>,
-    client_id: String,
-    tx_seq: u64,
     counters: Arc<Counters>,
     commands: mpsc::Receiver<Command>,
     /// Lets RPC handler tasks queue their answers without keeping the task
     /// alive after every handle is gone.
     commands_weak: mpsc::WeakSender<Command>,
     link: Link,
-    reconnect_backoff: Backoff,
-    /// Paces reconnects after sessions whose token expired right away.
-    expiry_backoff: Backoff,
-    session: Option<String>,
-    /// Counts sessions, so answers meant for an earlier one are dropped.
-    epoch: u64,
     outbox: Vec<Frame>,
-    docs: HashMap<DocId, DocState>,
-    topics: HashMap<String, TopicState>,
-    procedures: HashMap<String, Procedure>,
-    /// Methods whose `register` went out in this session and awaits its
-    /// answer, in order: the server answers in order, and its
-    /// `already_registered` error does not name the method.
-    registers_in_flight: VecDeque<String>,
-    register_waiters: HashMap<String, Vec<oneshot::Sender<Result<(), Error>>>>,
+    documents: Documents,
+    channels: Channels,
     handler_permits: Arc<Semaphore>,
-    calls: HashMap<u64, oneshot::Sender<Result<Value, CallError>>>,
-    /// Publishes waiting for `published`, with their topic.
-    acks: HashMap<u64, (String, oneshot::Sender<Result<(), Error>>)>,
-    next_ack: u64,
 }
 
 impl Driver {
@@ -394,7 +346,8 @@ impl Driver {
     pub(crate) fn new(
         endpoint: Arc<Endpoint>,
         state: watch::Sender<ConnectionState>,
-        client_id: String,
+        client_id: &str,
+        seed: u32,
         counters: Arc<Counters>,
         commands: mpsc::Receiver<Command>,
         commands_weak: mpsc::WeakSender<Command>,
@@ -402,68 +355,75 @@ impl Driver {
         welcome: Welcome,
     ) -> Self {
         let config = endpoint.config.clone();
-        let reconnect_backoff =
-            Backoff::new(config.reconnect_backoff_initial, config.reconnect_backoff_max);
+        let session = ClientSession::new(session_config(&config), client_id, seed);
         let mut driver = Self {
             endpoint,
             config,
+            session,
+            origin: Instant::now(),
             state,
-            client_id,
-            tx_seq: 0,
             counters,
             commands,
             commands_weak,
-            link: Link::Waiting(Instant::now()),
-            expiry_backoff: reconnect_backoff.clone(),
-            reconnect_backoff,
-            session: None,
-            epoch: 0,
+            link: Link::Up(Box::new(socket)),
             outbox: Vec::new(),
-            docs: HashMap::new(),
-            topics: HashMap::new(),
-            procedures: HashMap::new(),
-            registers_in_flight: VecDeque::new(),
-            register_waiters: HashMap::new(),
+            documents: Documents::default(),
+            channels: Channels::default(),
             handler_permits: Arc::new(Semaphore::new(RPC_HANDLERS_IN_FLIGHT_MAX)),
-            calls: HashMap::new(),
-            acks: HashMap::new(),
-            next_ack: 0,
         };
-        driver.on_connected(socket, welcome);
+        let now = driver.now();
+        driver.session.handle_connected(now);
+        driver.session.handle_message(welcome.message(), now);
+        driver.drain();
         driver
+    }
+
+    /// The machine's time: microseconds since the task started.
+    fn now(&self) -> Time {
+        Time::from_micros(u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    fn instant(&self, time: Time) -> Instant {
+        self.origin + Duration::from_micros(time.as_micros())
     }
 
     pub(crate) async fn run(mut self) {
         loop {
-            let event = match &mut self.link {
-                Link::Up(session) => tokio::select! {
-                    command = self.commands.recv() => Event::Command(command),
-                    frame = session.socket.next() => Event::Frame(frame),
-                    _ = session.heartbeat.tick() => Event::Heartbeat,
-                },
-                Link::Connecting(attempt) => tokio::select! {
-                    command = self.commands.recv() => Event::Command(command),
-                    result = attempt => Event::Connected(Box::new(result)),
-                },
-                Link::Waiting(at) => {
-                    let at = *at;
-                    tokio::select! {
-                        command = self.commands.recv() => Event::Command(command),
-                        () = tokio::time::sleep_until(at) => Event::Reconnect,
-                    }
+            let deadline = self.session.poll_timeout().map(|time| self.instant(time));
+            let timer = async move {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
                 }
             };
-            match event {
-                Event::Command(None) => return self.shut_down(None).await,
-                Event::Command(Some(Command::Close { reply })) => {
+            let input = match &mut self.link {
+                Link::Up(socket) => tokio::select! {
+                    command = self.commands.recv() => Input::Command(command),
+                    frame = socket.next() => Input::Frame(frame),
+                    () = timer => Input::Timer,
+                },
+                Link::Connecting(attempt) => tokio::select! {
+                    command = self.commands.recv() => Input::Command(command),
+                    result = attempt => Input::Connected(Box::new(result)),
+                    () = timer => Input::Timer,
+                },
+                Link::Down => tokio::select! {
+                    command = self.commands.recv() => Input::Command(command),
+                    () = timer => Input::Timer,
+                },
+            };
+            match input {
+                Input::Command(None) => return self.shut_down(None).await,
+                Input::Command(Some(Command::Close { reply })) => {
                     return self.shut_down(Some(reply)).await
                 }
-                Event::Command(Some(command)) => {
+                Input::Command(Some(command)) => {
                     self.on_command(command);
                     // Take what else is already queued, then flush once.
                     for _ in 1..COMMANDS_PER_FLUSH_MAX {
                         match self.commands.try_recv() {
                             Ok(Command::Close { reply }) => {
+                                self.drain();
                                 self.flush().await;
                                 return self.shut_down(Some(reply)).await;
                             }
@@ -472,249 +432,263 @@ impl Driver {
                         }
                     }
                 }
-                Event::Frame(frame) => self.on_frame(frame),
-                Event::Heartbeat => self.on_heartbeat(),
-                Event::Connected(result) => match *result {
-                    Ok((socket, welcome)) => self.on_connected(socket, welcome),
-                    Err(error) => {
-                        warn!(%error, "reconnect attempt failed");
-                        self.state.send_replace(match error {
-                            Error::Unauthorized { message } => {
-                                ConnectionState::Unauthorized { message }
-                            }
-                            error => ConnectionState::Disconnected { reason: error.to_string() },
-                        });
-                        let delay = self.reconnect_backoff.next_delay();
-                        self.link = Link::Waiting(Instant::now() + delay);
+                Input::Frame(frame) => self.on_frame(frame),
+                Input::Timer => {
+                    let now = self.now();
+                    self.session.handle_timeout(now);
+                }
+                Input::Connected(result) => {
+                    let now = self.now();
+                    match *result {
+                        Ok((socket, welcome)) => {
+                            self.link = Link::Up(Box::new(socket));
+                            self.session.handle_connected(now);
+                            self.session.handle_message(welcome.message(), now);
+                        }
+                        Err(error) => {
+                            warn!(%error, "reconnect attempt failed");
+                            self.link = Link::Down;
+                            let failure = match error {
+                                Error::Unauthorized { message } => {
+                                    ConnectFailure::Unauthorized { message }
+                                }
+                                error => ConnectFailure::Failed { reason: error.to_string() },
+                            };
+                            self.session.handle_connect_failed(failure, now);
+                        }
                     }
-                },
-                Event::Reconnect => {
-                    let attempt = connect(self.endpoint.clone());
-                    self.link = Link::Connecting(Box::pin(attempt));
                 }
             }
+            self.drain();
             self.flush().await;
         }
     }
 
+    /// Performs what the machine asked of the network and hands its events
+    /// to the handles, until it has nothing more to say (running a
+    /// transaction can make it say more).
+    fn drain(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(transmit) = self.session.poll_send() {
+                progressed = true;
+                self.on_transmit(transmit);
+            }
+            while let Some(event) = self.session.poll_event() {
+                progressed = true;
+                self.on_event(event);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.counters.publish(&self.session.stats());
+    }
+
+    fn on_transmit(&mut self, transmit: Transmit) {
+        match transmit {
+            Transmit::Text(text) => {
+                if matches!(self.link, Link::Up(_)) {
+                    self.outbox.push(Frame::text(text));
+                }
+            }
+            Transmit::Ping => {
+                if matches!(self.link, Link::Up(_)) {
+                    self.outbox.push(Frame::Ping(Default::default()));
+                }
+            }
+            Transmit::Connect => {
+                let attempt = connect(self.endpoint.clone());
+                self.link = Link::Connecting(Box::pin(attempt));
+            }
+            Transmit::Disconnect => {
+                // Dropping the socket closes the TCP stream.
+                self.link = Link::Down;
+                self.outbox.clear();
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::Link(state) => self.on_link(state),
+            SessionEvent::Run { transaction } => {
+                let now = self.now();
+                self.documents.run(&mut self.session, transaction, now);
+            }
+            SessionEvent::Settled { transaction, settlement } => {
+                self.documents.settled(transaction, settlement)
+            }
+            SessionEvent::Opened { doc } => self.documents.opened(&doc),
+            SessionEvent::OpenRefused { doc, code, message } => {
+                self.documents.open_refused(&doc, code, message)
+            }
+            SessionEvent::Changed { doc, change } => {
+                self.documents.emit(&doc, DocumentEvent::Changed(change))
+            }
+            SessionEvent::Reset { doc, version } => {
+                self.documents.emit(&doc, DocumentEvent::Reset { version })
+            }
+            SessionEvent::Reloading { doc, reason } => {
+                warn!(%doc, reason, "reloading the replica");
+            }
+            SessionEvent::Presence { doc, session, event, state } => {
+                self.documents.presence(&doc, PresenceUpdate { session, event, state })
+            }
+            SessionEvent::ServerError { code, message } => {
+                warn!(?code, message, "the server reported an error");
+            }
+            event => {
+                let epoch = self.session.epoch();
+                let commands = self.commands_weak.clone();
+                let permits = self.handler_permits.clone();
+                if let Some(unsubscribe) =
+                    self.channels.on_event(event, epoch, commands, permits, &mut self.session)
+                {
+                    self.session.unsubscribe(&unsubscribe);
+                }
+            }
+        }
+    }
+
+    fn on_link(&mut self, state: LinkState) {
+        let state = match state {
+            LinkState::Connected { session, sub, name } => {
+                debug!(%session, "connected");
+                let identity = sub.map(|sub| Identity { sub, name });
+                ConnectionState::Connected { session, identity }
+            }
+            LinkState::Disconnected { reason } => {
+                warn!(reason, "connection lost; reconnecting");
+                ConnectionState::Disconnected { reason }
+            }
+            LinkState::Unauthorized { message } => {
+                warn!(message, "the server refused the credentials");
+                ConnectionState::Unauthorized { message }
+            }
+        };
+        self.state.send_replace(state);
+    }
+
     async fn shut_down(mut self, reply: Option<oneshot::Sender<()>>) {
-        if let Link::Up(session) = &mut self.link {
-            let close = session.socket.close(None);
+        if let Link::Up(socket) = &mut self.link {
+            let close = WebSocketStream::close(socket.as_mut(), None);
             // A server that does not take the close frame is not waited for.
             let _ = tokio::time::timeout(self.config.connect_timeout, close).await;
         }
         self.state.send_replace(ConnectionState::Closed);
-        // Dropping the state drops every waiter's sender: they report Closed.
-        drop(self.docs);
+        // Dropping the waiters' senders tells them: they report Closed.
+        drop(self.documents);
+        drop(self.channels);
         if let Some(reply) = reply {
             let _ = reply.send(());
         }
-    }
-
-    /// Queues a small control message for the current session.
-    fn send(&mut self, message: &ClientMessage) {
-        if let Err(refusal) = self.try_send(message) {
-            warn!(%refusal, "cannot send a client message");
-        }
-    }
-
-    /// Queues a message that carries user data, refusing it when it is over
-    /// the server's size limit: the server would refuse it without naming
-    /// it, and whoever waits for its answer would wait forever.
-    fn try_send(&mut self, message: &ClientMessage) -> Result<(), Error> {
-        let text = encode(message, self.config.outgoing_message_bytes_max)
-            .map_err(|(code, message)| Error::Refused { code, message })?;
-        if matches!(self.link, Link::Up(_)) {
-            self.outbox.push(Frame::text(text));
-        }
-        Ok(())
     }
 
     async fn flush(&mut self) {
         if self.outbox.is_empty() {
             return;
         }
-        let Link::Up(session) = &mut self.link else {
+        let Link::Up(socket) = &mut self.link else {
             self.outbox.clear();
             return;
         };
         let frames = self.outbox.drain(..);
         let write = async {
             for frame in frames {
-                session.socket.feed(frame).await?;
+                socket.feed(frame).await?;
             }
-            session.socket.flush().await
+            socket.flush().await
         };
         // A server that stops reading is as dead as a silent one.
-        match tokio::time::timeout(self.config.silence_timeout, write).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => self.disconnect(&format!("write failed: {error}")),
-            Err(_) => self.disconnect("write timed out"),
-        }
-    }
-
-    fn on_connected(&mut self, socket: Socket, welcome: Welcome) {
-        let Welcome { session: session_id, identity } = welcome;
-        let now = Instant::now();
-        let mut heartbeat =
-            tokio::time::interval_at(now + self.config.ping_interval, self.config.ping_interval);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        self.link = Link::Up(Box::new(Session { socket, since: now, last_heard: now, heartbeat }));
-        debug!(session = %session_id, "connected");
-        self.state
-            .send_replace(ConnectionState::Connected { session: session_id.clone(), identity });
-        self.session = Some(session_id);
-        self.epoch += 1;
-        self.reconnect_backoff.reset();
-        Counters::bump(&self.counters.connects);
-        self.reopen_documents();
-        self.renew_channels();
-    }
-
-    fn disconnect(&mut self, reason: &str) {
-        let delay = self.reconnect_backoff.next_delay();
-        let state = ConnectionState::Disconnected { reason: reason.to_owned() };
-        self.disconnect_for(reason, state, delay);
-    }
-
-    /// Drops the session and reconnects after `delay`, showing `state`
-    /// meanwhile.
-    fn disconnect_for(&mut self, reason: &str, state: ConnectionState, delay: Duration) {
-        if !matches!(self.link, Link::Up(_)) {
-            return;
-        }
-        warn!(reason, "connection lost; reconnecting");
-        Counters::bump(&self.counters.disconnects);
-        self.state.send_replace(state);
-        // Dropping the session drops the socket, which closes the TCP stream.
-        self.link = Link::Waiting(Instant::now() + delay);
-        self.outbox.clear();
-        self.session = None;
-        for state in self.docs.values_mut() {
-            state.status = DocStatus::Disconnected;
-        }
-        self.end_session_channels();
-    }
-
-    /// Drops the session and reconnects at once, calling the token provider
-    /// again. A session that lasted less than `reconnect_backoff_max` (the
-    /// provider handing out tokens about to expire) waits out a backoff of
-    /// its own instead, so such a provider cannot make the client spin.
-    fn reconnect_now(&mut self, reason: &str) {
-        let Link::Up(session) = &self.link else {
-            return;
+        let failure = match tokio::time::timeout(self.config.silence_timeout, write).await {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => format!("write failed: {error}"),
+            Err(_) => "write timed out".to_owned(),
         };
-        let delay = if session.since.elapsed() < self.config.reconnect_backoff_max {
-            self.expiry_backoff.next_delay()
-        } else {
-            self.expiry_backoff.reset();
-            Duration::ZERO
-        };
-        let state = ConnectionState::Disconnected { reason: reason.to_owned() };
-        self.disconnect_for(reason, state, delay);
+        debug!(failure, "dropping the connection");
+        self.link = Link::Down;
+        let now = self.now();
+        self.session.handle_disconnected(None, now);
+        self.drain();
     }
 
-    fn on_heartbeat(&mut self) {
-        let Link::Up(session) = &mut self.link else {
-            return;
-        };
-        if session.last_heard.elapsed() > self.config.silence_timeout {
-            self.disconnect("the server went silent");
-        } else {
-            self.outbox.push(Frame::Ping(Default::default()));
-            self.resend_dropped();
-        }
-    }
-
-    /// Sends again what may have been dropped by the server's rate limit
-    /// and still awaits an answer: opens, subscriptions, registrations. A
-    /// duplicate of one that was merely slow is harmless: the server answers
-    /// it again.
-    fn resend_dropped(&mut self) {
-        self.resend_dropped_opens();
-        self.resend_unanswered_channels();
-    }
-
-    fn on_frame(&mut self, frame: Option<Result<Frame, tokio_tungstenite::tungstenite::Error>>) {
-        let Link::Up(session) = &mut self.link else {
-            return;
-        };
+    fn on_frame(&mut self, frame: Option<Result<Frame, tungstenite::Error>>) {
+        let now = self.now();
         match frame {
-            Some(Ok(Frame::Text(text))) => {
-                session.last_heard = Instant::now();
-                match ServerFrame::decode(text.as_str()) {
-                    Ok(frame) => {
-                        for message in frame {
-                            // A message that ends the session leaves the
-                            // rest of its frame unread.
-                            if !matches!(self.link, Link::Up(_)) {
-                                break;
-                            }
-                            self.on_message(message);
-                        }
+            Some(Ok(Frame::Text(text))) => match ServerFrame::decode(text.as_str()) {
+                Ok(frame) => {
+                    for message in frame {
+                        self.session.handle_message(message, now);
                     }
-                    Err(error) => warn!(%error, "undecodable server frame"),
                 }
-            }
+                Err(error) => {
+                    self.session.handle_heard(now);
+                    warn!(%error, "undecodable server frame");
+                }
+            },
             Some(Ok(Frame::Close(frame))) => {
-                let reason = format!("the server closed the session: {frame:?}");
-                match frame.map(|frame| u16::from(frame.code)) {
-                    // A fresh token, at once: resume loses nothing.
-                    Some(close_code::TOKEN_EXPIRED) => self.reconnect_now(&reason),
-                    Some(close_code::UNAUTHORIZED) => {
-                        let delay = self.reconnect_backoff.next_delay();
-                        // Keep the `unauthorized` error's message, if it came.
-                        let state = match &*self.state.borrow() {
-                            ConnectionState::Unauthorized { message } => message.clone(),
-                            _ => reason.clone(),
-                        };
-                        let state = ConnectionState::Unauthorized { message: state };
-                        self.disconnect_for(&reason, state, delay);
-                    }
-                    _ => self.disconnect(&reason),
-                }
+                self.link = Link::Down;
+                let close = frame.map(|frame| (u16::from(frame.code), frame.reason.to_string()));
+                self.session.handle_disconnected(close, now);
             }
             // Pings are answered by tungstenite itself.
-            Some(Ok(_)) => session.last_heard = Instant::now(),
-            Some(Err(error)) => self.disconnect(&format!("read failed: {error}")),
-            None => self.disconnect("the server closed the connection"),
+            Some(Ok(_)) => self.session.handle_heard(now),
+            Some(Err(error)) => {
+                debug!(%error, "read failed");
+                self.link = Link::Down;
+                self.session.handle_disconnected(None, now);
+            }
+            None => {
+                self.link = Link::Down;
+                self.session.handle_disconnected(None, now);
+            }
         }
     }
 
     fn on_command(&mut self, command: Command) {
+        let now = self.now();
         match command {
-            Command::Open { doc, reply } => self.open(doc, reply),
-            Command::Run { doc, job, resolve } => self.run_job(doc, job, resolve),
+            Command::Open { doc, reply } => self.documents.open(&mut self.session, doc, reply),
+            Command::Transact { doc, attempts_max, job, settle } => {
+                self.documents.transact(&mut self.session, &doc, attempts_max, job, settle, now)
+            }
             Command::Read { doc, pointer, reply } => {
-                if let Some(replica) = self.docs.get(&doc).and_then(|s| s.replica.as_ref()) {
-                    let value = patch::resolve(replica.view(), &pointer).cloned();
+                if let Some(replica) = self.session.replica(&doc) {
+                    let value = concord_engine::patch::resolve(replica.view(), &pointer).cloned();
                     let _ = reply.send((value, replica.version()));
                 }
             }
-            Command::SetPresence { doc, state } => self.set_presence(doc, state),
-            Command::Subscribe { pattern, reply } => self.subscribe(pattern, reply),
-            Command::Unsubscribe { pattern } => self.unsubscribe(pattern),
+            Command::SetPresence { doc, state } => self.session.set_presence(&doc, state),
+            Command::Subscribe { pattern, reply } => {
+                self.channels.subscribe(&mut self.session, pattern, reply)
+            }
+            Command::Unsubscribe { pattern } => {
+                if self.channels.unsubscribe(&pattern) {
+                    self.session.unsubscribe(&pattern);
+                }
+            }
             Command::Publish { topic, data, echo, delivery, reply } => {
-                self.publish(topic, data, echo, delivery, reply)
+                self.channels.publish(&mut self.session, &topic, data, echo, delivery, reply)
             }
-            Command::Call { id, method, params, reply } => self.call(id, method, params, reply),
-            Command::CancelCall { id } => {
-                self.calls.remove(&id);
+            Command::Call { id, method, params, reply } => {
+                self.channels.call(&mut self.session, id, &method, params, reply)
             }
-            Command::Notify { method, params, reply } => self.notify(method, params, reply),
-            Command::Register { method, handler, reply } => self.register(method, handler, reply),
+            Command::CancelCall { id } => self.channels.cancel_call(&mut self.session, id),
+            Command::Notify { method, params, reply } => {
+                let result = self.session.notify(&method, params).map_err(channels::refusal_error);
+                let _ = reply.send(result);
+            }
+            Command::Register { method, handler, reply } => {
+                self.channels.register(&mut self.session, method, handler, reply)
+            }
             Command::Unregister { method } => {
-                if self.procedures.remove(&method).is_some() {
-                    self.send(&ClientMessage::Unregister { method });
-                }
+                self.channels.unregister(&method);
+                self.session.unregister(&method);
             }
-            Command::RpcReply { epoch, message } => {
-                if epoch == self.epoch {
-                    self.send(&ClientMessage::Rpc { message });
-                }
-            }
+            Command::RpcReply { epoch, message } => self.session.reply(epoch, message),
             Command::Session { reply } => {
-                let _ = reply.send(self.session.clone());
+                let _ = reply.send(self.session.session_id().map(str::to_owned));
             }
             Command::Close { reply } => {
                 // Handled by the loop, which owns the shutdown; unreachable
@@ -723,92 +697,10 @@ impl Driver {
             }
         }
     }
-
-    fn is_up(&self) -> bool {
-        matches!(self.link, Link::Up(_))
-    }
-
-    fn on_message(&mut self, message: ServerMessage) {
-        match message {
-            ServerMessage::Welcome { .. } => debug!("ignoring a second welcome"),
-            ServerMessage::Snapshot { doc, version, value } => {
-                self.on_snapshot(doc, version, value)
-            }
-            ServerMessage::Opened { doc, version } => self.on_opened(doc, version),
-            ServerMessage::Change(change) => self.on_change(change),
-            ServerMessage::Committed { doc, tx_id, version } => {
-                self.on_committed(doc, tx_id, version)
-            }
-            ServerMessage::Rejected { doc, tx_id, rejection } => {
-                self.on_rejected(doc, tx_id, rejection)
-            }
-            ServerMessage::Message { topic, data } => self.on_topic_message(topic, data),
-            ServerMessage::Subscribed { topic } => self.on_subscribed(&topic),
-            ServerMessage::Published { ack } => {
-                if let Some((_, reply)) = self.acks.remove(&ack) {
-                    let _ = reply.send(Ok(()));
-                }
-            }
-            ServerMessage::Presence { doc, session, event, state } => {
-                if let Some(doc_state) = self.docs.get(&doc) {
-                    let _ =
-                        doc_state.presence_events.send(PresenceUpdate { session, event, state });
-                }
-            }
-            ServerMessage::Rpc { message } => self.on_rpc(message),
-            ServerMessage::Registered { method } => self.on_registered(&method),
-            ServerMessage::Error { code, message, doc, tx_id, topic, method } => {
-                self.on_error(code, message, doc, tx_id, topic, method)
-            }
-        }
-    }
-
-    fn on_error(
-        &mut self,
-        code: ErrorCode,
-        message: String,
-        doc: Option<DocId>,
-        tx_id: Option<TxId>,
-        topic: Option<String>,
-        method: Option<String>,
-    ) {
-        Counters::bump(&self.counters.server_errors);
-        if let Some(topic) = topic {
-            return self.on_topic_refused(&topic, code, message);
-        }
-        if let Some(method) = method {
-            return self.on_method_refused(&method, code, message);
-        }
-        match (doc, tx_id) {
-            (Some(doc), Some(tx_id)) => self.on_commit_refused(&doc, &tx_id, code, message),
-            (Some(doc), None) => self.on_doc_error(&doc, code, message),
-            (None, _) if code == ErrorCode::AlreadyRegistered => self.on_register_refused(message),
-            // The session's token expired: the server closes it (4004) after
-            // a grace period; reconnecting now with a fresh token loses
-            // nothing (every document resumes) and skips the wait.
-            (None, _) if code == ErrorCode::TokenExpired => {
-                self.reconnect_now(&format!("the token expired: {message}"))
-            }
-            // A close with 4003 follows.
-            (None, _) if code == ErrorCode::Unauthorized => {
-                warn!(message, "the server refused the credentials");
-                self.state.send_replace(ConnectionState::Unauthorized { message });
-            }
-            (None, _) => warn!(?code, message, "the server reported an error"),
-        }
-    }
 }
 
-/// The frame text of `message`, or the code the server would refuse it with.
-fn encode(message: &ClientMessage, bytes_max: usize) -> Result<String, (ErrorCode, String)> {
-    let text = serde_json::to_string(message)
-        .map_err(|error| (ErrorCode::BadMessage, error.to_string()))?;
-    if text.len() > bytes_max {
-        let message = format!("message is {} bytes, over the limit of {bytes_max}", text.len());
-        return Err((ErrorCode::MessageTooLarge, message));
-    }
-    Ok(text)
-}
+/// The handles' waiters keyed by what the machine names them with.
+type Waiters<K, T> = HashMap<K, Vec<oneshot::Sender<T>>>;
 
 #[cfg(test)]
 mod tests {

@@ -794,4 +794,3 @@ impl ClientSession {
         }
     }
 }
-
