@@ -13,8 +13,12 @@
 //!   undo log; reports the locations written (the array rule).
 //! - `index`: the per-document version index that makes read validation cost
 //!   proportional to pointer depth.
+//! - `transaction`: the wire types: `Transaction`, `Change`, `Rejection`,
+//!   `Outcome`.
 //! - `store`: the authoritative documents; `Store::commit` validates, applies
 //!   and sequences a transaction and yields the `Change` to log and broadcast.
+//! - `dedup`: the window of recent tx ids and each document's dedup floor,
+//!   which keep a transaction from committing twice.
 //! - `replica`: the client-side state machine: a document copy, pending
 //!   transactions in an optimistic view, and the transaction runner.
 //! - `certificate`: a serializability checker over a commit log.
@@ -24,6 +28,7 @@
 
 pub mod access;
 pub mod certificate;
+mod dedup;
 pub mod doc;
 pub mod error;
 pub mod ids;
@@ -34,6 +39,7 @@ pub mod pointer;
 pub mod protocol;
 pub mod replica;
 pub mod store;
+pub mod transaction;
 
 pub use doc::{Doc, JsonTree};
 pub use error::{InvalidId, InvalidPointer, PatchError, PatchOpError};
@@ -41,7 +47,5 @@ pub use ids::{DocId, TxId, Version};
 pub use limits::Limits;
 pub use patch::{Patch, PatchOp};
 pub use pointer::Pointer;
-pub use store::{
-    AllowAll, Change, Commit, CommitCheck, CommitView, Conflict, Outcome, Rejection, Store,
-    Transaction,
-};
+pub use store::{AllowAll, Commit, CommitCheck, CommitView, Store};
+pub use transaction::{Change, Conflict, Outcome, Rejection, TooLargePart, Transaction};
