@@ -19,6 +19,11 @@
 //!   and sequences a transaction and yields the `Change` to log and broadcast.
 //! - `dedup`: the window of recent tx ids and each document's dedup floor,
 //!   which keep a transaction from committing twice.
+//! - `sequencer`: one shard of the server as a state machine: the store plus
+//!   subscribers, presence, catch-up history, the snapshot cache, log
+//!   batches and durability tickets; effects are released only once the
+//!   log entries before them are durable. The server's shard task is its
+//!   shell.
 //! - `replica`: the client-side state machine: a document copy, pending
 //!   transactions in an optimistic view, and the transaction runner.
 //! - `certificate`: a serializability checker over a commit log.
@@ -38,6 +43,7 @@ pub mod patch;
 pub mod pointer;
 pub mod protocol;
 pub mod replica;
+pub mod sequencer;
 pub mod store;
 pub mod transaction;
 
