@@ -13,9 +13,18 @@
 //!   undo log; reports the locations written (the array rule).
 //! - `index`: the per-document version index that makes read validation cost
 //!   proportional to pointer depth.
+//! - `transaction`: the wire types: `Transaction`, `Change`, `Rejection`,
+//!   `Outcome`.
 //! - `store`: the authoritative documents; `Store::commit` validates, applies
 //!   and sequences a transaction and yields the `Change` to log and broadcast.
-//! - `replica`: the client-side state machine: a document copy, pending
+//! - `dedup`: the window of recent tx ids and each document's dedup floor,
+//!   which keep a transaction from committing twice.
+//! - `sequencer`: one shard of the server as a state machine: the store plus
+//!   subscribers, presence, catch-up history, the snapshot cache, log
+//!   batches and durability tickets; effects are released only once the
+//!   log entries before them are durable. The server's shard task is its
+//!   shell.
+//! - `replica`: one document's client state: a document copy, pending
 //!   transactions in an optimistic view, and the transaction runner.
 //! - `session`: `ClientSession`, the client side of the protocol as a state
 //!   machine (replicas, transactions and their pacing, resume, channels,
@@ -28,6 +37,7 @@
 
 pub mod access;
 pub mod certificate;
+mod dedup;
 pub mod doc;
 pub mod error;
 pub mod ids;
@@ -37,9 +47,11 @@ pub mod patch;
 pub mod pointer;
 pub mod protocol;
 pub mod replica;
+pub mod sequencer;
 pub mod session;
 pub mod store;
 pub mod time;
+pub mod transaction;
 
 pub use doc::{Doc, JsonTree};
 pub use error::{InvalidId, InvalidPointer, PatchError, PatchOpError};
@@ -47,7 +59,5 @@ pub use ids::{DocId, TxId, Version};
 pub use limits::Limits;
 pub use patch::{Patch, PatchOp};
 pub use pointer::Pointer;
-pub use store::{
-    AllowAll, Change, Commit, CommitCheck, CommitView, Conflict, Outcome, Rejection, Store,
-    Transaction,
-};
+pub use store::{AllowAll, Commit, CommitCheck, CommitView, Store};
+pub use transaction::{Change, Conflict, Outcome, Rejection, TooLargePart, Transaction};

@@ -1,17 +1,20 @@
 //! The authoritative store: many documents, each with its value, version and
 //! version index. `Store::commit` is the single place where a transaction is
-//! validated, applied and sequenced.
+//! validated, applied and sequenced. What goes in and comes out (the
+//! `Transaction`, its `Change` or `Rejection`) is in `transaction`; the
+//! memory of recent tx ids that keeps a transaction from committing twice
+//! is in `dedup`.
 //!
 //! The store is a plain value with no locks; the server gives each shard of
 //! documents to one task that owns it (ARCHITECTURE.md, "one owner").
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use foldhash::fast::RandomState;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::dedup::{DedupFloor, InlineTxId, OutcomeWindow};
 use crate::doc::Doc;
 use crate::error::PatchError;
 use crate::ids::{DocId, TxId, Version};
@@ -19,139 +22,14 @@ use crate::index::{ReadCheck, VersionIndex};
 use crate::limits::Limits;
 use crate::patch::{self, Patch, PatchOp};
 use crate::pointer::Pointer;
+// The wire types, at their old paths too (`concord_engine::store::Outcome`).
+pub use crate::transaction::{Change, Conflict, Outcome, Rejection, TooLargePart, Transaction};
 
 /// Most conflicts one rejection lists; `conflicts_total` counts them all.
 pub const CONFLICTS_REPORTED_MAX: usize = 16;
 /// How many recent commit tx ids each document keeps to name the writer in a
 /// conflict explanation.
 pub const COMMIT_AUTHORS_KEPT_MAX: usize = 4_096;
-
-/// A transaction as submitted: reads taken at `base`, writes as a patch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Transaction {
-    pub doc: DocId,
-    pub tx_id: TxId,
-    pub base: Version,
-    #[serde(default)]
-    pub reads: Vec<Pointer>,
-    #[serde(default)]
-    pub writes: Patch,
-}
-
-/// A committed change: what is logged and broadcast.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Change {
-    pub doc: DocId,
-    pub version: Version,
-    pub tx_id: TxId,
-    pub patch: Patch,
-}
-
-/// One read that a later commit invalidated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Conflict {
-    /// The read pointer.
-    pub pointer: Pointer,
-    /// The commit that overwrote it (or an ancestor or descendant of it).
-    pub version: Version,
-    /// That commit's transaction id, when still remembered.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub tx_id: Option<TxId>,
-}
-
-/// Why a transaction did not commit. Every variant explains itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
-#[serde(tag = "reason", rename_all = "snake_case")]
-pub enum Rejection {
-    /// Reads were overwritten after the base: resync and re-run.
-    #[error("read conflict on {conflicts_total} pointer(s)")]
-    Conflict { conflicts: Vec<Conflict>, conflicts_total: usize },
-    /// The base is older than the history kept for validation: resync and
-    /// re-run.
-    #[error("base {base} is older than the validation horizon {horizon}")]
-    Stale { base: Version, horizon: Version },
-    /// The base is newer than the document: the client is confused.
-    #[error("base {base} is ahead of the document at {current}")]
-    BaseAhead { base: Version, current: Version },
-    /// The patch did not apply cleanly; the document is unchanged.
-    #[error("{0}")]
-    Patch(PatchError),
-    /// The transaction is larger than the limits allow.
-    #[error("{what} is {len}, over the limit of {max}")]
-    TooLarge { what: TooLargePart, len: usize, max: usize },
-    /// The tx id is not in the dedup window, and its base is older than
-    /// `floor`: commits up to `floor` have had their ids forgotten, so this
-    /// may be a resubmission of one of them, and committing it could commit
-    /// it twice. Nothing changed. A first submission resyncs and re-runs (as
-    /// `Stale`); a resubmission's outcome is unknown and is the
-    /// application's to decide.
-    #[error("tx id not remembered and base {base} is older than the dedup floor {floor}")]
-    OutcomeUnknown { base: Version, floor: Version },
-    /// The session may not write what op `op_index` writes (`pointer`):
-    /// the document is read-only for it, the location is outside its write
-    /// scopes, or it is a server-only path. Nothing changed; re-running
-    /// will not help.
-    #[error("forbidden: op {op_index} writes {pointer}: {message}")]
-    Forbidden { op_index: usize, pointer: Pointer, message: String },
-    /// The document after the patch breaks the schema for `pointer`.
-    /// Nothing changed.
-    #[error("invalid: {pointer}: {message}")]
-    Invalid { pointer: Pointer, message: String },
-    /// A guard of the server's application refused the commit. Nothing
-    /// changed.
-    #[error("vetoed: {message}")]
-    Vetoed { message: String },
-}
-
-impl Rejection {
-    /// About how much memory this rejection takes, explanation included.
-    pub fn memory_estimate_bytes(&self) -> usize {
-        let heap = match self {
-            Rejection::Conflict { conflicts, .. } => conflicts
-                .iter()
-                .map(|conflict| {
-                    let author = conflict.tx_id.as_ref().map_or(0, |id| 16 + id.as_str().len());
-                    size_of::<Conflict>() + conflict.pointer.heap_bytes_estimate() + author
-                })
-                .sum(),
-            Rejection::Patch(error) => {
-                error.error.pointers().map(Pointer::heap_bytes_estimate).sum()
-            }
-            Rejection::Forbidden { pointer, message, .. }
-            | Rejection::Invalid { pointer, message } => {
-                pointer.heap_bytes_estimate() + message.len()
-            }
-            Rejection::Vetoed { message } => message.len(),
-            Rejection::Stale { .. }
-            | Rejection::BaseAhead { .. }
-            | Rejection::TooLarge { .. }
-            | Rejection::OutcomeUnknown { .. } => 0,
-        };
-        size_of::<Rejection>() + heap
-    }
-
-    /// True when re-running the transaction on a fresh replica may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Rejection::Conflict { .. } | Rejection::Stale { .. } | Rejection::Patch(_))
-    }
-}
-
-/// Which part of a transaction broke a size limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TooLargePart {
-    ReadSet,
-    Patch,
-}
-
-impl std::fmt::Display for TooLargePart {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TooLargePart::ReadSet => "read set",
-            TooLargePart::Patch => "patch",
-        })
-    }
-}
 
 /// A transaction's patch as applied, shown to a [`CommitCheck`] before it
 /// is stamped: the document after the patch, and the locations it wrote
@@ -180,14 +58,6 @@ impl CommitCheck for AllowAll {
     fn check(&mut self, _view: &CommitView<'_>) -> Result<(), Rejection> {
         Ok(())
     }
-}
-
-/// The final word on a transaction.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum Outcome {
-    Committed { version: Version },
-    Rejected { rejection: Rejection },
 }
 
 /// What `Store::commit` did.
@@ -350,51 +220,6 @@ impl Author {
     }
 }
 
-/// How far back a document's commit ids are all still in the dedup window.
-///
-/// The ids of every commit above `floor` are remembered. An unknown id with
-/// a base below `floor` may be a forgotten commit resubmitted, so it gets
-/// [`Rejection::OutcomeUnknown`] instead of being decided (a base at or
-/// above the floor cannot be: that commit would be above the floor too).
-///
-/// Kept without any per-commit work: the window counts its generation
-/// turnovers, and a document catches up when it is next used. At a
-/// turnover the generation before the previous one is forgotten, so the
-/// floor rises to the document's version when the previous one began.
-#[derive(Debug, Clone, Copy)]
-struct DedupFloor {
-    floor: Version,
-    /// The window generation this record is up to date with.
-    generation: u64,
-    /// At least the highest version among this document's ids that entered
-    /// the window before `generation` began: its version then, or 0 for a
-    /// document created or restored since (higher only makes the floor more
-    /// cautious).
-    generation_start: Version,
-}
-
-impl DedupFloor {
-    /// This record in window generation `generation`, for a document now at
-    /// `version` that has had no commit since `self.generation`'s last one.
-    fn caught_up(self, generation: u64, version: Version) -> Self {
-        if self.generation == generation {
-            return self;
-        }
-        let floor = if self.generation + 1 == generation {
-            // One turnover: the generation before `self.generation` was
-            // forgotten, and all of its ids are at or below the version at
-            // which `self.generation` began.
-            self.floor.max(self.generation_start)
-        } else {
-            // Two or more: every id this document had is forgotten (a later
-            // commit would have caught the record up).
-            version
-        };
-        // And no commit since the last turnover, so the current generation
-        // began at `version`.
-        Self { floor, generation, generation_start: version }
-    }
-}
 
 /// Many documents and the recent transaction ids.
 #[derive(Debug, Default)]
@@ -404,155 +229,6 @@ pub struct Store {
     outcomes: OutcomeWindow,
 }
 
-/// The dedup window: decided tx ids and their outcomes, in two generations
-/// of at most `Limits::tx_dedup_entries_max` each. New ids go into the
-/// current generation; when it is full, the previous one is forgotten whole
-/// and the current one takes its place. So the last `tx_dedup_entries_max`
-/// ids are always remembered (and up to twice as many may be), and a commit
-/// never evicts one id at a time: a per-commit removal from a 100,000-entry
-/// map cost a cache miss and, through tombstones, periodic in-place rehashes
-/// of the whole table (docs/benchmarks.md).
-#[derive(Debug, Default)]
-struct OutcomeWindow {
-    current: Generation,
-    previous: Generation,
-    /// Turnovers so far: the number of the current generation.
-    generation: u64,
-}
-
-/// One generation of the window. Its entries need no drop, so forgetting
-/// it is a `memset` of the table's control bytes, not a sweep over 100,000
-/// entries (which had cost 0.7 cache misses per commit, and a pause at
-/// every turnover): ids of up to 23 bytes (clients'
-/// are about 15) are kept inline, longer ones in a map of their own, and a
-/// rejection (rare) in a vector the entry indexes.
-#[derive(Debug, Default)]
-struct Generation {
-    short_ids: HashMap<InlineTxId, Remembered, RandomState>,
-    long_ids: HashMap<Box<str>, Remembered, RandomState>,
-    rejections: Vec<Rejection>,
-    /// What `rejections` take, as counted against
-    /// `Limits::tx_dedup_rejection_bytes_max`.
-    rejection_bytes: usize,
-}
-
-/// A tx id of at most 23 bytes, inline and `Copy`: its length, then its
-/// bytes, then zeros.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct InlineTxId([u8; 24]);
-
-impl InlineTxId {
-    /// `None` for an id longer than 23 bytes.
-    fn new(id: &str) -> Option<Self> {
-        let mut bytes = [0; 24];
-        bytes[0] = u8::try_from(id.len()).ok()?;
-        bytes.get_mut(1..=id.len())?.copy_from_slice(id.as_bytes());
-        Some(Self(bytes))
-    }
-
-    fn as_str(&self) -> &str {
-        let (len, rest) = self.0.split_first().unwrap_or((&0, &[]));
-        // `new` copied a whole `str` of `len` bytes.
-        rest.get(..usize::from(*len))
-            .and_then(|bytes| std::str::from_utf8(bytes).ok())
-            .unwrap_or("")
-    }
-}
-
-impl std::hash::Hash for InlineTxId {
-    /// Three words rather than 24 bytes one by one.
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        for word in self.0.chunks_exact(8) {
-            let mut le = [0; 8];
-            le.copy_from_slice(word);
-            state.write_u64(u64::from_le_bytes(le));
-        }
-    }
-}
-
-/// An outcome as the window keeps it: a commit's version, or the index of
-/// its generation's rejection. 16 bytes, so an entry with its inline id is
-/// 40, as when ids were `CompactString`s.
-#[derive(Debug, Clone, Copy)]
-enum Remembered {
-    Committed(Version),
-    Rejected(usize),
-}
-
-impl Generation {
-    fn len(&self) -> usize {
-        self.short_ids.len() + self.long_ids.len()
-    }
-
-    fn get(&self, tx_id: &str, short: Option<&InlineTxId>) -> Option<Outcome> {
-        let remembered = match short {
-            Some(short) => self.short_ids.get(short),
-            None => self.long_ids.get(tx_id),
-        }?;
-        Some(match *remembered {
-            Remembered::Committed(version) => Outcome::Committed { version },
-            Remembered::Rejected(index) => {
-                // Indices come from `insert`, into the same generation.
-                let rejection = self.rejections.get(index)?.clone();
-                Outcome::Rejected { rejection }
-            }
-        })
-    }
-
-    fn insert(&mut self, tx_id: &str, outcome: Outcome) {
-        let remembered = match outcome {
-            Outcome::Committed { version } => Remembered::Committed(version),
-            Outcome::Rejected { rejection } => {
-                self.rejection_bytes += rejection.memory_estimate_bytes();
-                self.rejections.push(rejection);
-                Remembered::Rejected(self.rejections.len() - 1)
-            }
-        };
-        match InlineTxId::new(tx_id) {
-            Some(short) => self.short_ids.insert(short, remembered),
-            None => self.long_ids.insert(tx_id.into(), remembered),
-        };
-    }
-
-    /// Forgets everything; keeps the allocations, so the generations stop
-    /// growing once both have been filled.
-    fn clear(&mut self) {
-        self.short_ids.clear();
-        self.long_ids.clear();
-        self.rejections.clear();
-        self.rejection_bytes = 0;
-    }
-}
-
-impl OutcomeWindow {
-    fn get(&self, tx_id: &TxId) -> Option<Outcome> {
-        let (id, short) = (tx_id.as_str(), InlineTxId::new(tx_id.as_str()));
-        self.current.get(id, short.as_ref()).or_else(|| self.previous.get(id, short.as_ref()))
-    }
-
-    fn contains(&self, tx_id: &TxId) -> bool {
-        self.get(tx_id).is_some()
-    }
-
-    /// Turns the generations over if the current one is full. Done before
-    /// a transaction is decided, so that its document's dedup floor catches
-    /// up with the generation its id will be remembered in.
-    fn make_room(&mut self, limits: &Limits) {
-        let full = self.current.len() >= limits.tx_dedup_entries_max
-            || self.current.rejection_bytes >= limits.tx_dedup_rejection_bytes_max;
-        if full {
-            self.previous.clear();
-            std::mem::swap(&mut self.previous, &mut self.current);
-            self.generation += 1;
-        }
-    }
-
-    /// Remembers a decided id; `make_room` must have been called since the
-    /// last insert.
-    fn insert(&mut self, tx_id: &TxId, outcome: Outcome) {
-        self.current.insert(tx_id.as_str(), outcome);
-    }
-}
 
 impl Store {
     pub fn new(limits: Limits) -> Self {
