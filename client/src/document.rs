@@ -332,7 +332,7 @@ impl<T: Send + 'static, E: Send + 'static> Transact<T, E> {
             Settlement::RateLimited { attempts } => {
                 return Err(TransactError::RateLimited { attempts })
             }
-            Settlement::OutcomeUnknown => return Err(TransactError::OutcomeUnknown),
+            Settlement::OutcomeUnknown { .. } => return Err(TransactError::OutcomeUnknown),
             Settlement::Refused { code, message } => {
                 return Err(TransactError::Refused { code, message })
             }

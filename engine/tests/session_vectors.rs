@@ -370,7 +370,7 @@ fn a_resubmission_answered_outcome_unknown_is_not_re_run() {
     s.at(at, opened("d", 1));
     let unknown = json!({"reason": "outcome_unknown", "base": 1, "floor": 2});
     let step = s.at(at + 1, rejected("d", "c-1", unknown.clone()));
-    assert_eq!(settlement(&step), json!({"kind": "outcome_unknown"}));
+    assert_eq!(settlement(&step), json!({"kind": "outcome_unknown", "tx_id": "c-1"}));
     assert_eq!(step["docs"]["d"]["pending"], json!([]));
     // A first submission answered outcome_unknown cannot have committed.
     let step = s.at(at + 2, transact("d", add_one("/n")));

@@ -468,7 +468,7 @@ impl ClientSession {
                 // A resubmission after a lost acknowledgement: the first
                 // send may have committed.
                 if matches!(rejection, Rejection::OutcomeUnknown { .. }) && sends > 1 {
-                    return self.settle(key, Settlement::OutcomeUnknown);
+                    return self.settle(key, Settlement::OutcomeUnknown { tx_id });
                 }
                 self.stats.rejections += 1;
                 if let Some(contention) = self.contention(&doc) {

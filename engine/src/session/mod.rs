@@ -190,8 +190,9 @@ pub enum Settlement {
     /// The server's rate limit dropped it `attempts` times.
     RateLimited { attempts: u32 },
     /// A resubmission after a lost acknowledgement found the server no
-    /// longer knows whether the first submission committed.
-    OutcomeUnknown,
+    /// longer knows whether the first submission (`tx_id`) committed: the
+    /// application must look (at the document) to decide.
+    OutcomeUnknown { tx_id: TxId },
     /// Refused before it reached the store (e.g. too large, or the document
     /// was refused to this client).
     Refused { code: ErrorCode, message: String },

@@ -121,7 +121,7 @@ fn pointer(path: &str) -> Pointer {
 }
 
 /// Runs `program` against a transaction.
-fn interpret(program: &[Op], tx: &mut Tx<'_>) -> Result<(), Abort<String>> {
+pub fn interpret(program: &[Op], tx: &mut Tx<'_>) -> Result<(), Abort<String>> {
     for op in program {
         match op {
             Op::Get { path } => {
@@ -338,7 +338,7 @@ fn settlement_json(settlement: &Settlement) -> Value {
         Settlement::RateLimited { attempts } => {
             json!({ "kind": "rate_limited", "attempts": attempts })
         }
-        Settlement::OutcomeUnknown => json!({ "kind": "outcome_unknown" }),
+        Settlement::OutcomeUnknown { tx_id } => json!({ "kind": "outcome_unknown", "tx_id": tx_id }),
         Settlement::Refused { code, .. } => json!({ "kind": "refused", "code": code }),
         Settlement::Panicked => json!({ "kind": "panicked" }),
         Settlement::Closed => json!({ "kind": "closed" }),
