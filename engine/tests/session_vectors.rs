@@ -16,7 +16,8 @@ use std::path::PathBuf;
 
 use concord_engine::time::Time;
 use serde_json::{json, Value};
-use support::trace::{Driver, Input, Op};
+use support::program::Op;
+use support::trace::{Driver, Input};
 
 const SECOND_US: u64 = 1_000_000;
 

@@ -7,15 +7,16 @@
 use std::collections::BTreeMap;
 
 use concord_engine::protocol::ServerMessage;
-use concord_engine::replica::{Abort, Tx};
 use concord_engine::session::{
     CallKey, ClientSession, ConnectFailure, Event, LinkState, RunReport, SendRefusal,
     SessionConfig, Settlement, TransactionKey, Transmit,
 };
 use concord_engine::time::Time;
-use concord_engine::{DocId, Pointer};
+use concord_engine::DocId;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+use super::program::{interpret, Op};
 
 /// One input of a trace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,56 +95,6 @@ pub enum Input {
 
 fn attempts_max_default() -> u32 {
     concord_engine::session::TRANSACT_ATTEMPTS_MAX
-}
-
-/// One step of a transaction program, the interpreter both clients share.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op {
-    /// Read a location.
-    Get { path: String },
-    /// Write a value.
-    Set { path: String, value: Value },
-    /// Read a number (missing counts as 0) and write it plus one.
-    AddOne { path: String },
-    /// The commutative `incr` op.
-    Incr { path: String, by: i64 },
-    /// STM `retry` unless the location holds a value.
-    RetryUnless { path: String },
-    /// Remove a location.
-    Remove { path: String },
-    /// Fail with the function's own error.
-    Fail,
-}
-
-fn pointer(path: &str) -> Pointer {
-    Pointer::parse(path).unwrap_or_else(|error| panic!("bad pointer {path} in a program: {error}"))
-}
-
-/// Runs `program` against a transaction.
-pub fn interpret(program: &[Op], tx: &mut Tx<'_>) -> Result<(), Abort<String>> {
-    for op in program {
-        match op {
-            Op::Get { path } => {
-                tx.get(&pointer(path));
-            }
-            Op::Set { path, value } => tx.set(&pointer(path), value.clone())?,
-            Op::AddOne { path } => {
-                let at = pointer(path);
-                let n = tx.get_i64(&at).unwrap_or(0);
-                tx.set(&at, json!(n + 1))?;
-            }
-            Op::Incr { path, by } => tx.increment(&pointer(path), serde_json::Number::from(*by))?,
-            Op::RetryUnless { path } => {
-                if tx.get(&pointer(path)).is_none_or(Value::is_null) {
-                    return tx.retry();
-                }
-            }
-            Op::Remove { path } => tx.remove(&pointer(path))?,
-            Op::Fail => return Err(Abort::User("the program failed".to_owned())),
-        }
-    }
-    Ok(())
 }
 
 /// A `ClientSession` and the programs of its transactions.
@@ -338,7 +289,9 @@ fn settlement_json(settlement: &Settlement) -> Value {
         Settlement::RateLimited { attempts } => {
             json!({ "kind": "rate_limited", "attempts": attempts })
         }
-        Settlement::OutcomeUnknown { tx_id } => json!({ "kind": "outcome_unknown", "tx_id": tx_id }),
+        Settlement::OutcomeUnknown { tx_id } => {
+            json!({ "kind": "outcome_unknown", "tx_id": tx_id })
+        }
         Settlement::Refused { code, .. } => json!({ "kind": "refused", "code": code }),
         Settlement::Panicked => json!({ "kind": "panicked" }),
         Settlement::Closed => json!({ "kind": "closed" }),
