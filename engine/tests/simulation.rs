@@ -24,7 +24,8 @@
 //!   connection: a document's changes arrive in version order with no gap,
 //!   `committed(v)` after every change below `v`, a conflict after the
 //!   change that caused it;
-//! - no client waits forever: every job settles within the time limit.
+//! - no client waits forever: every job settles within the time limit;
+//! - the contention pacing keeps every transaction within its attempts.
 //!
 //! A failing run prints its seed; `CONCORD_SIM_SEED=<seed>` replays exactly
 //! that run, `CONCORD_SIM_SEEDS=<n>` runs more seeds than the default
@@ -70,6 +71,8 @@ const TIME_LIMIT_US: u64 = 600 * SECOND_US;
 const STEPS_MAX: usize = 2_000_000;
 const SECOND_US: u64 = 1_000_000;
 const MS_US: u64 = 1_000;
+/// Attempts each transaction is given before the application retries it.
+const ATTEMPTS_MAX: u32 = 8;
 /// Tiny, so resubmissions meet `outcome_unknown`.
 const DEDUP_ENTRIES: usize = 6;
 /// Short, so resumes need snapshots.
@@ -346,6 +349,8 @@ struct World {
     partitions: u32,
     storage_failures: u32,
     outcome_unknowns: u32,
+    /// Transactions that ran out of attempts.
+    exhausted: u32,
 }
 
 const OWNER_WORLD: u64 = 0;
@@ -433,6 +438,7 @@ impl World {
             partitions: 0,
             storage_failures: 0,
             outcome_unknowns: 0,
+            exhausted: 0,
         };
         for c in 0..CLIENTS {
             // Every client starts connecting, as `ClientSession::new` assumes.
@@ -919,7 +925,7 @@ impl World {
         let now = self.time();
         let c = &mut self.clients[client];
         let Some(job) = c.todo.pop_front() else { return };
-        let key = c.session.transact(&job.doc, 8, now);
+        let key = c.session.transact(&job.doc, ATTEMPTS_MAX, now);
         // A waiter does not hold up the client's other jobs (the job that
         // releases it may come later in the list).
         let waits = job.kind == JobKind::AfterGo;
@@ -1063,6 +1069,7 @@ impl World {
                     Settlement::Rejected { .. } | Settlement::RateLimited { .. } => {
                         // Out of attempts: the application tries again.
                         c.todo.push_front(job);
+                        self.exhausted += 1;
                     }
                     other => {
                         panic!("seed {seed}: job {job:?} of client {client} settled as {other:?}")
@@ -1099,6 +1106,12 @@ impl World {
 
     fn verify(&self) {
         let seed = self.seed;
+        // The contention pacing keeps four contenders within the attempts
+        // a transaction is given (without it, some run out).
+        assert_eq!(
+            self.exhausted, 0,
+            "seed {seed}: transactions ran out of their {ATTEMPTS_MAX} attempts"
+        );
         let server = self.server.as_ref().expect("the server is up at the end");
         // Every job's tx ids, to tell whose an entry is.
         let mut owner: BTreeMap<&TxId, (usize, usize)> = BTreeMap::new();
@@ -1184,6 +1197,7 @@ fn seeds() -> Vec<u64> {
 #[test]
 fn the_whole_system_keeps_its_promises_under_faults() {
     let mut totals = (0u32, 0u32, 0u32, 0u32, 0u32);
+    let mut exhausted = 0;
     for seed in seeds() {
         let result = std::panic::catch_unwind(|| simulate(seed));
         match result {
@@ -1193,6 +1207,7 @@ fn the_whole_system_keeps_its_promises_under_faults() {
                 totals.2 += world.partitions;
                 totals.3 += world.storage_failures;
                 totals.4 += world.outcome_unknowns;
+                exhausted += world.exhausted;
             }
             Err(panic) => {
                 eprintln!("simulation seed {seed} failed; replay it with CONCORD_SIM_SEED={seed}");
@@ -1203,7 +1218,8 @@ fn the_whole_system_keeps_its_promises_under_faults() {
     let (crashes, cuts, partitions, storage_failures, unknowns) = totals;
     eprintln!(
         "simulated: {crashes} crashes, {cuts} cuts, {partitions} partitions, \
-         {storage_failures} failed appends, {unknowns} outcome_unknown settlements"
+         {storage_failures} failed appends, {unknowns} outcome_unknown settlements, \
+         {exhausted} transactions out of attempts"
     );
     assert!(crashes > 0 && cuts > 0 && partitions > 0, "the faults were exercised");
 }
