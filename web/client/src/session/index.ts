@@ -111,6 +111,11 @@ export class ClientSession {
     return this.s.events.shift();
   }
 
+  /** Whether `pollSend` or `pollEvent` has something (TypeScript's addition, for a shell's loop). */
+  hasOutput(): boolean {
+    return this.s.transmits.length > 0 || this.s.events.length > 0;
+  }
+
   /** When `handleTimeout` is due next (µs), if anything waits on time. */
   pollTimeout(): number | undefined {
     const link = this.s.link;
@@ -367,6 +372,11 @@ export class ClientSession {
   /** The replica and tx id for the run the `run` event asked for; `undefined` if the transaction is not waiting to run. */
   beginRun(transaction: number): { replica: Replica; txId: string } | undefined {
     return documents.beginRun(this.s, transaction);
+  }
+
+  /** Whether the transaction's run awaits the server's answer (TypeScript's addition: the shell abandons only a transaction that is not in flight). */
+  isSubmitted(transaction: number): boolean {
+    return this.s.transactions.get(transaction)?.phase.kind === "submitted";
   }
 
   /** What the run `beginRun` started did. */
