@@ -449,7 +449,7 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   #onLink(link: LinkState): void {
-    const failure = this.#connection.authFailureFor(link);
+    const failure = this.#connection.onLink(link);
     if (link.state === "connected") {
       this.#identity = typeof link.sub === "string" ? { sub: link.sub, ...(typeof link.name === "string" ? { name: link.name } : {}) } : undefined;
       this.#authError = undefined;

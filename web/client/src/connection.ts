@@ -166,9 +166,11 @@ export class Connection {
     this.#abandon(1000, "client closed");
   }
 
-  /** The failure to report with a link change, if the connection holds one for this socket. */
-  authFailureFor(link: LinkState): AuthError | undefined {
+  /** The link changed: the authentication failure to report with it, if this socket met one. */
+  onLink(link: LinkState): AuthError | undefined {
     if (link.state === "connected") {
+      // Welcomed: the handshake is over.
+      clearTimeout(this.#handshakeTimer);
       this.#authFailure = undefined;
       return undefined;
     }
