@@ -193,6 +193,9 @@ describe("documents and transactions", () => {
         runs++;
         tx.set("/y", tx.getNumber("/x"));
       });
+      // The document just saw a rejection, so this first run waits out the
+      // contention pause (session/pacing.ts) before it runs, on /x at v2.
+      await waitFor(() => db.get("/y") === 2, "b's run after the contention pause");
       await da.transact((tx) => tx.set("/x", 3));
       proxy.setOnline(true);
       await again;
