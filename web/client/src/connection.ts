@@ -12,8 +12,8 @@
 // `AuthError`s with their own codes, reported once per socket.
 
 import { AuthError, type ConnectionError, type ServerError } from "./errors.js";
-import { decodeText, isPingAnswer, parseFrame, PING_TEXT } from "./frames.js";
-import type { ClientMessage, ServerMessage } from "./protocol.js";
+import { decodeText, encodeMessage, isPingAnswer, parseFrame, PING_TEXT } from "./frames.js";
+import type { ServerMessage } from "./protocol.js";
 import type { ClientSession, LinkState, SessionEvent, Transmit } from "./session/index.js";
 
 /** The part of the WebSocket interface the client uses: the browser's and the `ws` package's both fit. */
@@ -270,7 +270,7 @@ export class Connection {
     ws.onopen = () => {
       if (this.#ws !== ws) return;
       opened = true;
-      if (token !== undefined) ws.send(JSON.stringify({ type: "auth", token } satisfies ClientMessage));
+      if (token !== undefined) ws.send(encodeMessage({ type: "auth", token }));
       // No `welcome` within the handshake timeout: the attempt failed.
       this.#armHandshake(attempt, () => {
         if (this.#ws !== ws || this.#machine.isConnected) return;
