@@ -6,7 +6,11 @@
 // - `patch.ts`    RFC 6902 + `incr`, atomic with undo logs and the array rule (engine/src/patch.rs);
 // - `replica.ts`  the optimistic replica and the transaction runner (engine/src/replica.rs);
 // - `protocol.ts` protocol v1 wire types (engine/src/protocol.rs);
-// - `client.ts`   the session: connect/reconnect/resume, documents, pub/sub, presence, RPC;
+// - `session/`    `ClientSession`, the sans-IO machine of a client's session (engine/src/session/):
+//                 link, documents and transactions, channels, pacing, the seeded rng;
+// - `client.ts`   `Client`, the shell around the machine, with its parts: `connection.ts` (socket,
+//                 token, clock, timer), `document.ts` (`DocumentHandle`), `rpc.ts`, `pubsub.ts`,
+//                 `errors.ts`, `frames.ts`;
 // - `node.ts`     the Node entry, which supplies the `ws` WebSocket.
 
 export * from "./json.js";
@@ -16,3 +20,4 @@ export * from "./replica.js";
 export * from "./protocol.js";
 export * from "./events.js";
 export * from "./client.js";
+export * from "./session/index.js";

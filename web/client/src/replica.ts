@@ -139,6 +139,12 @@ class View {
   readonly #limitsUnsized: Limits;
   /** `encodedSizeEstimate` of the document; `undefined` until first needed. */
   #sizeBytes: number | undefined;
+  /**
+   * Counts changes to the value (TypeScript only): lets a document handle
+   * keep its immutable copy of the view until the view changes, whatever
+   * changed it.
+   */
+  revision = 0;
 
   constructor(value: Json, limits: Limits) {
     this.box = { value };
@@ -150,6 +156,7 @@ class View {
   reset(value: Json): void {
     this.box.value = value;
     this.#sizeBytes = undefined;
+    this.revision++;
   }
 
   /** Applies `patch` under every limit, measuring the document first if it never was. Throws `PatchError`. */
@@ -157,6 +164,7 @@ class View {
     const sizeBytes = (this.#sizeBytes ??= encodedSizeEstimate(this.box.value, Infinity));
     const applied = applyPatch(this.box, sizeBytes, patch, this.limits);
     this.#sizeBytes = Math.max(0, sizeBytes + applied.sizeDeltaBytes);
+    this.revision++;
     return applied;
   }
 
@@ -170,7 +178,9 @@ class View {
    */
   applyCommitted(patch: readonly PatchOp[]): Applied {
     if (this.#sizeBytes !== undefined) return this.apply(patch);
-    return applyPatch(this.box, 0, patch, this.#limitsUnsized);
+    const applied = applyPatch(this.box, 0, patch, this.#limitsUnsized);
+    this.revision++;
+    return applied;
   }
 
   /**
@@ -188,6 +198,7 @@ class View {
       if (error instanceof PatchError) return undefined;
       throw error;
     }
+    this.revision++;
     if (sizeBytes === undefined) return applied;
     const grown = Math.max(0, sizeBytes + applied.sizeDeltaBytes);
     if (grown > this.limits.docSizeBytesMax) {
@@ -203,6 +214,7 @@ class View {
     for (let i = applied.length - 1; i >= 0; i--) {
       const one = applied[i] as Applied;
       one.undo(this.box);
+      this.revision++;
       if (this.#sizeBytes !== undefined) this.#sizeBytes = Math.max(0, this.#sizeBytes - one.sizeDeltaBytes);
     }
   }
@@ -225,6 +237,11 @@ export class Replica {
   /** The confirmed version: every change up to it has been applied. */
   get version(): number {
     return this.#version;
+  }
+
+  /** Changes whenever the view changes (TypeScript only; see `View.revision`). */
+  get revision(): number {
+    return this.#view.revision;
   }
 
   /** The optimistic view: confirmed state plus pending writes. Live: do not mutate it. */
@@ -316,7 +333,13 @@ export class Replica {
     if (change.doc !== this.doc) {
       throw new ReplicaError({ kind: "wrong_document", held: this.doc, got: change.doc });
     }
-    if (change.version <= this.#version) return { writes: [] };
+    if (change.version <= this.#version) {
+      // A duplicate; but if it is one of ours still pending, the state we
+      // hold already contains it, so it is settled (as replica.rs does).
+      const index = this.#pending.findIndex((p) => p.tx.tx_id === change.tx_id);
+      if (index < 0) return { writes: [] };
+      return withRebase({ writes: [], committed: change.tx_id }, this.#drop(index));
+    }
     if (change.version !== this.#version + 1) {
       throw new ReplicaError({ kind: "gap", held: this.#version, got: change.version });
     }
@@ -396,6 +419,14 @@ export class Replica {
    */
   onRejected(txId: string, rejection?: Rejection): Transaction | undefined {
     return this.reject(txId, rejection)?.tx;
+  }
+
+  /**
+   * Takes a pending transaction out of the view without applying it: one the
+   * server never accepted (refused before validation, or never sent).
+   */
+  withdraw(txId: string): Transaction | undefined {
+    return this.reject(txId)?.tx;
   }
 
   /**

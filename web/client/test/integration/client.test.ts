@@ -193,6 +193,9 @@ describe("documents and transactions", () => {
         runs++;
         tx.set("/y", tx.getNumber("/x"));
       });
+      // The document just saw a rejection, so this first run waits out the
+      // contention pause (session/pacing.ts) before it runs, on /x at v2.
+      await waitFor(() => db.get("/y") === 2, "b's run after the contention pause");
       await da.transact((tx) => tx.set("/x", 3));
       proxy.setOnline(true);
       await again;
@@ -543,5 +546,59 @@ describe("pub/sub, presence and RPC", () => {
     caller.notify("note", { n: 1 });
     await waitFor(() => notes.length === 1, "the notification");
     assert.deepEqual(notes, [{ n: 1 }]);
+  });
+});
+
+describe("the link", () => {
+  test("a server gone silent is detected within the silence timeout; the client reconnects and resumes", async () => {
+    const proxy = await FaultProxy.start(server.wsUrl);
+    const silenceTimeoutMs = 400;
+    const pingIntervalMs = 100;
+    const a = await connect(proxy.url, {
+      connectTimeoutMs: 10_000,
+      reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
+      pingIntervalMs,
+      silenceTimeoutMs,
+    });
+    clients.push(a);
+    try {
+      const id = docId("silent");
+      const da = await a.open(id);
+      await da.transact((tx) => tx.set("/before", true));
+      const sessions: boolean[] = [];
+      a.on("session", (s) => sessions.push(s.resumed));
+      // Pings go out and are answered (`pong`, or the `error` of a server
+      // that does not know `ping`): a session that hears its server stays up
+      // past the silence timeout.
+      let answers = 0;
+      proxy.downstream = (message) => {
+        if (message.type === "pong" || (message.type === "error" && String(message.message).includes("`ping`"))) answers++;
+        return "forward";
+      };
+      const enough = Math.ceil((2 * silenceTimeoutMs) / pingIntervalMs);
+      await waitFor(() => answers >= enough, `${enough} pings answered`);
+      assert.deepEqual(sessions, [], "no reconnect while the server answers");
+      assert.equal(a.state, "open");
+      // The network now holds everything the server sends (the server itself
+      // is fine): to the client it is silent.
+      const frozenAt = performance.now();
+      proxy.freeze();
+      const down = await nextEvent<string>((l) => a.on("state", l), (state) => state === "reconnecting", "the link reported down", 10_000);
+      const detectedMs = performance.now() - frozenAt;
+      assert.equal(down, "reconnecting");
+      // Detection needs the silence timeout to pass since the last word heard
+      // (at most a ping interval before the freeze), and comes at a ping.
+      assert.ok(detectedMs >= silenceTimeoutMs - pingIntervalMs, `detected after ${detectedMs} ms, before the silence timeout`);
+      assert.ok(detectedMs <= silenceTimeoutMs + 3 * pingIntervalMs + 1_000, `detected after ${detectedMs} ms`);
+      await waitFor(() => a.state === "open", "the reconnected session");
+      assert.deepEqual(sessions, [true], "one new session, resumed");
+      await da.whenReady();
+      await waitFor(() => da.live, "the document live again");
+      await da.transact((tx) => tx.set("/after", true));
+      assert.deepEqual(da.value, { before: true, after: true });
+    } finally {
+      a.close();
+      await proxy.close();
+    }
   });
 });

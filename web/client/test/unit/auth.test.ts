@@ -2,13 +2,14 @@
 // the token provider is asked before every connect, its token goes out as
 // the session's first message (`auth`), documents resume only after
 // `welcome`, an expired token (close 4004, or the `token_expired` error)
-// reconnects at once with a fresh token, and a refused one (`unauthorized`,
+// reconnects with a fresh token (at once after a long session, after a
+// backoff after a short one: the machine decides), and a refused one (`unauthorized`,
 // close 4003) surfaces as an `AuthError` while the client keeps retrying.
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { AuthError, Client, connect, ServerError, type ClientMessage } from "../../src/index.js";
+import { AuthError, Client, ClientSession, connect, ServerError, type ClientMessage } from "../../src/index.js";
 import { closedAfterEachTest, fakeSockets, type FakeSocket } from "../support/fake-socket.js";
 import { nextEvent, waitFor } from "../support/wait.js";
 
@@ -77,34 +78,51 @@ test("every reconnect asks the provider again and sends the fresh token; an asyn
   assert.deepEqual(second.sent[1], { type: "open", doc: "doc", version: 3 }, "resumed at the version held");
 });
 
-test("close 4004 (token expired) reconnects at once with a fresh token, without a backoff delay", async () => {
+test("close 4004 (token expired) reconnects with a fresh token, and is no auth failure", async () => {
   const { provider, calls } = countingProvider();
-  const { client, sockets } = makeClient(provider, true);
+  const { client, sockets } = makeClient(provider);
   const first = await waitFor(() => sockets[0], "the first socket");
   first.accept("s1", { sub: "alice" });
   first.closeWith(4004, "token expired");
-  // The backoff would be a minute: only a prompt reconnect gets here.
-  const second = await waitFor(() => sockets[1], "the prompt reconnect", 2_000);
+  const second = await waitFor(() => sockets[1], "the reconnect");
   assert.equal(calls(), 2);
   second.connect();
   assert.deepEqual(second.sent, [{ type: "auth", token: "t2" }]);
   assert.equal(client.authError, undefined, "an expiry is not an auth failure");
 });
 
-test("the token_expired error starts a fresh session at once; it is no application error", async () => {
+test("the token_expired error starts a fresh session; it is no application error", async () => {
   const { provider, calls } = countingProvider();
-  const { client, sockets } = makeClient(provider, true);
+  const { client, sockets } = makeClient(provider);
   const errors: ServerError[] = [];
   client.on("error", (e) => errors.push(e));
   const first = await waitFor(() => sockets[0], "the first socket");
   first.accept("s1", { sub: "alice" });
   first.receive({ type: "error", code: "token_expired", message: "the token expired at ..." });
-  const second = await waitFor(() => sockets[1], "the prompt reconnect", 2_000);
+  assert.equal(first.readyState, 3, "the session is left at once, not after the server's grace period");
+  const second = await waitFor(() => sockets[1], "the reconnect");
   assert.equal(calls(), 2);
   second.accept("s2", { sub: "alice" });
   assert.deepEqual(second.sent[0], { type: "auth", token: "t2" });
   assert.equal(client.state, "open");
   assert.deepEqual(errors, []);
+});
+
+// When the reconnect after an expiry comes is the machine's decision, on
+// virtual time: at once after a long session (the vector token-expiry.json
+// replays it), after a backoff of its own after a short one, so a provider
+// handing out tokens about to expire cannot make the client spin.
+test("an expiry ends a long session with a reconnect at once, a short one after a backoff (virtual time)", () => {
+  const expireAt = (sessionUs: number) => {
+    const machine = new ClientSession({ reconnectBackoffInitialUs: 1_000_000, reconnectBackoffMaxUs: 1_000_000 }, "c", 7);
+    machine.handleConnected(0);
+    machine.handleMessage({ type: "welcome", protocol: 1, session: "s1" }, 0);
+    machine.handleDisconnected({ code: 4004, reason: "token expired" }, sessionUs);
+    return (machine.pollTimeout() as number) - sessionUs;
+  };
+  assert.equal(expireAt(60_000_000), 0, "after a minute: at once");
+  const delay = expireAt(10_000);
+  assert.ok(delay >= 500_000 && delay <= 1_000_000, `after 10 ms: a backoff (${delay} µs)`);
 });
 
 test("unauthorized (error, then close 4003) surfaces as an AuthError; the client retries with the provider until accepted", async () => {

@@ -24,9 +24,16 @@ function otherChange(version: number, value: number): ServerMessage {
 
 type Settled = { value: unknown } | { error: unknown };
 
-/** Whether the promise has settled, and how, without waiting for it. */
+/**
+ * Whether the promise has settled, and how, without waiting for anything
+ * but the microtasks already queued: `setImmediate` runs after all of them,
+ * so a promise settled by what was handled so far has told its reactions.
+ */
 async function settledNow(promise: Promise<Settled>): Promise<Settled | "pending"> {
-  return Promise.race([promise, new Promise<"pending">((resolve) => setTimeout(() => resolve("pending"), 20))]);
+  let settled: Settled | "pending" = "pending";
+  void promise.then((value) => (settled = value));
+  await new Promise<void>((resolve) => setImmediate(resolve));
+  return settled;
 }
 
 /**

@@ -95,7 +95,7 @@ test("a transaction made offline and first sent by the resubmission is re-run on
   assert.equal(doc.version, 2);
 });
 
-test("a commit dropped by the rate limit and sent again still counts as sent once", async () => {
+test("a commit dropped by the rate limit is re-run under a new id, as a first submission", async () => {
   const { doc, sockets } = await setUp();
   const socket = sockets[0] as FakeSocket;
   let runs = 0;
@@ -105,13 +105,17 @@ test("a commit dropped by the rate limit and sent again still counts as sent onc
   });
   const [first] = socket.commits();
   assert.ok(first);
-  // Dropped unread: it never reached the store, so the resend is its first
-  // submission as far as the server is concerned.
+  // Dropped unread: it never reached the store. The machine withdraws it and
+  // runs the function again (after the document's contention pause).
   socket.receive({ type: "error", code: "rate_limited", message: "slow down", doc: DOC, tx_id: first.tx.tx_id });
-  await waitFor(() => socket.commits().length === 2, "the commit sent again after the pause");
-  socket.receive({ type: "rejected", doc: DOC, tx_id: first.tx.tx_id, rejection: { reason: "outcome_unknown", base: 0, floor: 1 } });
-  const rerun = await waitFor(() => socket.commits()[2], "the re-run's commit");
-  socket.receive({ type: "committed", doc: DOC, tx_id: rerun.tx.tx_id, version: 1 });
+  assert.equal(doc.pendingCount, 0, "withdrawn");
+  const second = await waitFor(() => socket.commits()[1], "the re-run after the pause");
+  assert.notEqual(second.tx.tx_id, first.tx.tx_id);
+  // Sent once: an outcome_unknown for it means it never committed, so it re-runs.
+  socket.receive({ type: "rejected", doc: DOC, tx_id: second.tx.tx_id, rejection: { reason: "outcome_unknown", base: 0, floor: 1 } });
+  const third = await waitFor(() => socket.commits()[2], "the re-run's commit");
+  socket.receive({ type: "committed", doc: DOC, tx_id: third.tx.tx_id, version: 1 });
   await result;
-  assert.equal(runs, 2);
+  assert.equal(runs, 3);
+  assert.deepEqual(doc.value, { hits: 1 });
 });

@@ -208,6 +208,20 @@ test("a change that does not apply is divergence", () => {
   assert.equal(r.version, 0);
 });
 
+test("our own change arriving again, below the version held, settles the pending transaction it commits (as replica.rs)", () => {
+  const r = replica({ n: 0 });
+  submit(r, "t1", (tx) => tx.increment("/n", 1));
+  // A snapshot taken after t1 committed at 1 came first (a resume), then the
+  // change stream replays t1's change.
+  r.reset({ n: 1 }, 1);
+  assert.deepEqual(r.view, { n: 2 }, "until settled, the pending incr shows on top");
+  const effect = r.applyChange({ doc: "d", version: 1, tx_id: "t1", patch: [{ op: "incr", path: "/n", value: 1 }] });
+  assert.equal(effect.committed, "t1");
+  assert.ok(!r.hasPending, "settled, not left pending");
+  assert.deepEqual(r.view, { n: 1 }, "applied once");
+  assert.equal(r.version, 1);
+});
+
 test("reset keeps pending writes on top of the snapshot", () => {
   const r = replica({ a: 1 });
   submit(r, "t1", (tx) => tx.set("/b", 2));
