@@ -228,6 +228,34 @@ fn a_change_delivered_twice_settles_our_transaction_once() {
 }
 
 #[test]
+fn our_change_arriving_below_the_held_version_settles_our_transaction() {
+    let mut s = Scenario::new(
+        "duplicate-own-change-after-snapshot",
+        "a snapshot already holds our pending transaction's commit; its change then arrives again (at or below the held version): the transaction settles as committed, once, and a later `committed` changes nothing",
+    );
+    s.connect(0, "s1");
+    s.open(1, "d", 1, json!({"n": 0}));
+    s.at(2, transact("d", add_one("/n")));
+    s.at(
+        3,
+        server(json!({"type": "error", "code": "resynced", "message": "fell behind", "doc": "d"})),
+    );
+    s.at(3, snapshot("d", 3, json!({"n": 1, "m": 1})));
+    let step = s.at(4, change("d", 2, "c-1", json!([{"op": "replace", "path": "/n", "value": 1}])));
+    assert_eq!(
+        settlement(&step),
+        json!({"kind": "committed", "tx_id": "c-1", "version": 2, "runs": 1})
+    );
+    assert_eq!(step["docs"]["d"]["pending"], json!([]));
+    assert_eq!(step["docs"]["d"]["view"], json!({"n": 1, "m": 1}));
+    s.at(5, opened("d", 3));
+    let step = s.at(6, committed("d", "c-1", 2));
+    assert!(step["events"].as_array().unwrap().is_empty(), "{step:#}");
+    assert_eq!(step["docs"]["d"]["version"], 3);
+    s.finish();
+}
+
+#[test]
 fn a_conflict_re_runs_on_the_current_replica_after_the_pause() {
     let mut s = Scenario::new(
         "conflict-rerun",

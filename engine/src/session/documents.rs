@@ -641,7 +641,15 @@ impl ClientSession {
         match replica.apply_change(&change) {
             Ok(effect) => {
                 if replica.version() == held {
-                    // A duplicate of a change the replica holds.
+                    // A duplicate of a change the replica holds; if it is
+                    // one of our pending transactions (the replica held it
+                    // through a snapshot), the replica just dropped it as
+                    // settled, and so is its transaction.
+                    if let Some(tx_id) = effect.committed {
+                        let (doc, version) = (change.doc.clone(), change.version);
+                        self.wake_overlapping(&doc, &effect.writes);
+                        self.resolve(&doc, &tx_id, Resolution::Committed(version), now);
+                    }
                     return;
                 }
                 let doc = change.doc.clone();

@@ -465,8 +465,16 @@ export function onChange(s: SessionState, change: Change, now: number): void {
     reload(s, change.doc, `the replica cannot take a change: ${describe(error)}`);
     return;
   }
-  // A duplicate of a change the replica holds.
-  if (held.version === version) return;
+  if (held.version === version) {
+    // A duplicate of a change the replica holds; if it is one of our
+    // pending transactions (the replica held it through a snapshot), the
+    // replica just dropped it as settled, and so is its transaction.
+    if (effect.committed !== undefined) {
+      wakeOverlapping(s, change.doc, effect.writes);
+      resolve(s, change.doc, effect.committed, { kind: "committed", version: change.version }, now);
+    }
+    return;
+  }
   const doc = change.doc;
   wakeOverlapping(s, doc, effect.writes);
   s.events.push({ kind: "changed", doc, change, viewWrites: viewWrites(effect), viewUnchanged: effect.viewUnchanged ?? false });

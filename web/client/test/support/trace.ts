@@ -290,7 +290,7 @@ function settlementJson(settlement: Settlement): Json {
     case "rate_limited":
       return { kind: "rate_limited", attempts: settlement.attempts };
     case "outcome_unknown":
-      return { kind: "outcome_unknown" };
+      return { kind: "outcome_unknown", tx_id: settlement.txId };
     case "refused":
       return { kind: "refused", code: settlement.code };
     case "panicked":
