@@ -18,7 +18,9 @@
 //! - `replica`: the client-side state machine: a document copy, pending
 //!   transactions in an optimistic view, and the transaction runner.
 //! - `certificate`: a serializability checker over a commit log.
-//! - `protocol`: the wire messages and stable error codes.
+//! - `protocol`: the wire messages, stable error codes and close codes;
+//!   JSON-RPC classification and builders, topic syntax and matching, and
+//!   name limits, shared by the server and the Rust client.
 //! - `limits`: every bound input can push against.
 //! - `error`: typed errors.
 

@@ -205,7 +205,7 @@ export type ServerMessage =
  */
 export type ServerFrame = ServerMessage | ServerMessage[];
 
-/** WebSocket close codes a server sends (engine/src/protocol.rs `close_code`). The client reconnects after any of them. */
+/** WebSocket close codes a server sends (engine/src/protocol/mod.rs `close_code`). The client reconnects after any of them. */
 export const CLOSE_CODES = {
   NORMAL: 1000,
   GOING_AWAY: 1001,
