@@ -33,8 +33,11 @@
 //!   replicas; reconnect and resume.
 //! - `document`: the [`Document`] handle, its event streams, and the
 //!   transaction loop.
-//! - `rpc`: JSON-RPC 2.0 errors, handlers and message shapes.
-//! - `topic`: topic patterns and [`Subscription`].
+//! - `rpc`: procedure handlers, and the engine's JSON-RPC 2.0
+//!   classification and builders (`concord_engine::protocol::rpc`) in the
+//!   shape the connection uses.
+//! - `topic`: [`Subscription`], and the engine's topic, pattern and method
+//!   checks (`concord_engine::protocol`) at this client's name limit.
 //! - `config`: [`ClientConfig`] and every `*_MAX` bound.
 //! - `contention`: the per-document pause that keeps contending
 //!   transactions fair.

@@ -1,6 +1,8 @@
-//! JSON-RPC 2.0 over the session (docs/protocol.md, section 5): the error object with its
-//! standard codes, procedure handlers other clients call through the server,
-//! and the small amount of message shaping both directions need.
+//! JSON-RPC 2.0 over the session (docs/protocol.md, section 5): procedure
+//! handlers other clients call through the server, and what the connection
+//! needs of the engine's JSON-RPC (`concord_engine::protocol::rpc`: the
+//! error object, classification and builders, shared with the server) in
+//! the shape it uses.
 //!
 //! Requests this client sends carry numeric ids from a per-client counter;
 //! requests forwarded to this client carry ids the server chose, which are
@@ -10,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use concord_engine::protocol::{self, InvalidRpc, RpcMessage};
 use serde_json::{json, Value};
 
 pub use concord_engine::protocol::RpcError;
@@ -34,30 +37,29 @@ pub(crate) enum Incoming {
     Unexpected(Value),
 }
 
+/// Classifies a message from the server with the engine's JSON-RPC 2.0
+/// classification. Responses to this client's calls carry the numeric ids
+/// it chose; any other response, and anything invalid, is unexpected.
 pub(crate) fn classify(message: Value) -> Incoming {
-    if let Some(method) = message.get("method").and_then(Value::as_str) {
-        return Incoming::Request {
-            id: message.get("id").cloned(),
-            method: method.to_owned(),
-            params: message.get("params").cloned().unwrap_or(Value::Null),
-        };
+    match RpcMessage::classify(message) {
+        Ok(RpcMessage::Request { id, method, params }) => {
+            Incoming::Request { id: Some(id), method, params }
+        }
+        Ok(RpcMessage::Notification { method, params }) => {
+            Incoming::Request { id: None, method, params }
+        }
+        Ok(RpcMessage::Response { id, message: body }) => match id.as_u64() {
+            Some(id) => Incoming::Response { id, result: protocol::response_outcome(&body) },
+            None => Incoming::Unexpected(Value::Object(body)),
+        },
+        Err(InvalidRpc { id, reason }) => {
+            Incoming::Unexpected(json!({"id": id, "invalid": reason.to_string()}))
+        }
     }
-    let Some(id) = message.get("id").and_then(Value::as_u64) else {
-        return Incoming::Unexpected(message);
-    };
-    let result = match (message.get("result"), message.get("error")) {
-        (_, Some(error)) => Err(RpcError::from_json(error)),
-        (Some(result), None) => Ok(result.clone()),
-        (None, None) => return Incoming::Unexpected(message),
-    };
-    Incoming::Response { id, result }
 }
 
 pub(crate) fn response(id: Value, result: Result<Value, RpcError>) -> Value {
-    match result {
-        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-        Err(error) => json!({"jsonrpc": "2.0", "id": id, "error": error.to_json()}),
-    }
+    protocol::response(id, result)
 }
 
 #[cfg(test)]
@@ -82,6 +84,10 @@ mod tests {
             }
         ));
         assert!(matches!(classify(json!({"id": 9})), Incoming::Unexpected(_)));
+        let not_ours = json!({"jsonrpc": "2.0", "id": "s-1", "result": 3});
+        assert!(matches!(classify(not_ours), Incoming::Unexpected(_)));
+        let not_2_0 = json!({"id": 7, "result": 3});
+        assert!(matches!(classify(not_2_0), Incoming::Unexpected(_)));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Publish/subscribe on the client side (docs/protocol.md, section 4): topic pattern matching
-//! and the `Subscription` receiver.
+//! Publish/subscribe on the client side (docs/protocol.md, section 4): the
+//! `Subscription` receiver, and the engine's topic, pattern and method checks
+//! (`concord_engine::protocol`) at this client's name limit.
 //!
 //! The server sends each matching message to the session once; the client
 //! hands it to every local subscription whose pattern matches, so several
@@ -8,6 +9,7 @@
 //! replayed, and a subscriber that falls behind loses the oldest (counted by
 //! [`Subscription::missed`]).
 
+use concord_engine::protocol;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -21,67 +23,29 @@ pub struct Message {
 }
 
 /// Whether `topic` (dot-separated segments) matches `pattern`, where `*`
-/// matches exactly one segment and a final `>` matches one or more.
-pub fn topic_matches(pattern: &str, topic: &str) -> bool {
-    let mut topic_segments = topic.split('.');
-    for segment in pattern.split('.') {
-        match (segment, topic_segments.next()) {
-            (">", Some(_)) => return true,
-            (_, None) => return false,
-            ("*", Some(_)) => {}
-            (literal, Some(actual)) if literal == actual => {}
-            _ => return false,
-        }
-    }
-    topic_segments.next().is_none()
-}
+/// matches exactly one segment and a final `>` matches one or more. The
+/// engine's predicate, the one the server's subscription trie is tested
+/// against; re-exported here as part of this crate's API.
+pub use concord_engine::protocol::topic_matches;
 
-/// Checks a topic to publish on: dot-separated non-empty segments without
-/// spaces, control characters or wildcards, at most `NAME_BYTES_MAX` bytes.
+// The client refuses locally exactly what a server with default limits
+// refuses; its own limit is documented in `config`, the value is the
+// protocol's.
+const _: () = assert!(NAME_BYTES_MAX == concord_engine::protocol::NAME_BYTES_MAX);
+
+/// Checks a topic to publish on (the engine's check, at `NAME_BYTES_MAX`).
 pub(crate) fn check_topic(topic: &str) -> Result<(), String> {
-    check_name(topic, Wildcards::Refused)
+    protocol::check_topic(topic, NAME_BYTES_MAX).map_err(|error| error.to_string())
 }
 
-/// Checks a subscription pattern: like a topic, plus `*` as a whole segment
-/// and `>` as the whole last segment.
+/// Checks a subscription pattern (the engine's check, at `NAME_BYTES_MAX`).
 pub(crate) fn check_pattern(pattern: &str) -> Result<(), String> {
-    check_name(pattern, Wildcards::Allowed)
+    protocol::check_pattern(pattern, NAME_BYTES_MAX).map_err(|error| error.to_string())
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Wildcards {
-    Allowed,
-    Refused,
-}
-
-fn check_name(name: &str, wildcards: Wildcards) -> Result<(), String> {
-    if name.is_empty() || name.len() > NAME_BYTES_MAX {
-        return Err(format!("a topic must be 1-{NAME_BYTES_MAX} bytes"));
-    }
-    let segments: Vec<&str> = name.split('.').collect();
-    for (index, segment) in segments.iter().enumerate() {
-        if segment.is_empty() || segment.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("{name:?}: segments must be non-empty, without spaces"));
-        }
-        let wild = *segment == "*" || (*segment == ">" && index == segments.len() - 1);
-        if (wild && wildcards == Wildcards::Refused) || (!wild && segment.contains(['*', '>'])) {
-            return Err(format!("{name:?}: '*' and '>' only as whole segments of a pattern"));
-        }
-    }
-    Ok(())
-}
-
-/// Checks a method name: 1-`NAME_BYTES_MAX` printable ASCII bytes, not
-/// starting with `rpc.` (reserved by JSON-RPC).
+/// Checks a method name (the engine's check, at `NAME_BYTES_MAX`).
 pub(crate) fn check_method(method: &str) -> Result<(), String> {
-    let printable = method.bytes().all(|b| b.is_ascii_graphic());
-    if method.is_empty() || method.len() > NAME_BYTES_MAX || !printable {
-        return Err(format!("a method name is 1-{NAME_BYTES_MAX} printable ASCII bytes"));
-    }
-    if method.starts_with("rpc.") {
-        return Err("method names starting with \"rpc.\" are reserved".into());
-    }
-    Ok(())
+    protocol::check_method(method, NAME_BYTES_MAX).map_err(|error| error.to_string())
 }
 
 /// Messages on topics matching one pattern, from `Client::subscribe`.
@@ -127,26 +91,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wildcards_match_as_documented() {
-        let cases = [
-            ("a.b", "a.b", true),
-            ("a.b", "a.c", false),
-            ("a.*", "a.b", true),
-            ("a.*", "a.b.c", false),
-            ("a.*", "a", false),
-            ("*.b", "x.b", true),
-            ("a.>", "a.b", true),
-            ("a.>", "a.b.c", true),
-            ("a.>", "a", false),
-            (">", "anything.at.all", true),
-            ("a.b.c", "a.b", false),
-        ];
-        for (pattern, topic, expected) in cases {
-            assert_eq!(topic_matches(pattern, topic), expected, "{pattern} vs {topic}");
-        }
-    }
-
-    #[test]
     fn names_are_checked_before_they_reach_the_server() {
         assert!(check_pattern("board.*.cursor").is_ok());
         assert!(check_pattern("board.>").is_ok());
@@ -159,5 +103,7 @@ mod tests {
         assert!(check_method("math.add").is_ok());
         assert!(check_method("rpc.discover").is_err());
         assert!(check_method("has space").is_err());
+        assert!(check_topic(&"a".repeat(NAME_BYTES_MAX)).is_ok());
+        assert!(check_topic(&"a".repeat(NAME_BYTES_MAX + 1)).is_err());
     }
 }

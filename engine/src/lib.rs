@@ -31,7 +31,9 @@
 //!   heartbeats) that every client shell drives.
 //! - `time`: `Time`, the engine's notion of now, always a parameter.
 //! - `certificate`: a serializability checker over a commit log.
-//! - `protocol`: the wire messages and stable error codes.
+//! - `protocol`: the wire messages, stable error codes and close codes;
+//!   JSON-RPC classification and builders, topic syntax and matching, and
+//!   name limits, shared by the server and the Rust client.
 //! - `limits`: every bound input can push against.
 //! - `error`: typed errors.
 

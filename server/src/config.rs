@@ -100,8 +100,9 @@ pub const OPEN_DOCS_MAX: usize = 1024;
 pub const SUBSCRIPTIONS_MAX: usize = 1024;
 /// Most methods one session may register.
 pub const REGISTERED_METHODS_MAX: usize = 256;
-/// Longest topic pattern or method name, in bytes.
-pub const NAME_BYTES_MAX: usize = 256;
+/// Longest topic pattern or method name, in bytes (the protocol's default,
+/// which the Rust client checks against too).
+pub const NAME_BYTES_MAX: usize = concord_engine::protocol::NAME_BYTES_MAX;
 /// Most concurrent WebSocket sessions.
 pub const SESSIONS_MAX: usize = 10_000;
 /// Most concurrent TCP connections still in their HTTP phase.

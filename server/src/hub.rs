@@ -18,14 +18,15 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_engine::protocol::{ErrorCode, ServerMessage};
-use serde_json::{json, Map, Value};
+use concord_engine::protocol::rpc::JSONRPC_VERSION;
+use concord_engine::protocol::{error_response, notification, request, ErrorCode, ServerMessage};
+use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
-use crate::rpc::{code, error_response, RpcError};
+use crate::rpc::{code, RpcError};
 use crate::shard::{encode, SessionId};
 use crate::topic::Trie;
 
@@ -282,7 +283,7 @@ impl Hub {
             } else if let Some(callee) = self.methods.get(&method).and_then(|c| self.members.get(c))
             {
                 // A notification: forwarded as is, never answered.
-                let message = json!({"jsonrpc": "2.0", "method": method, "params": params});
+                let message = notification(&method, params);
                 let _ = callee.outbox.push_reply(encode(&ServerMessage::Rpc { message }));
             }
             return;
@@ -310,8 +311,7 @@ impl Hub {
                 self.pending.iter().map(|(id, call)| Reverse((call.deadline, *id))).collect();
         }
         if let Some(callee) = self.members.get(&callee) {
-            let message =
-                json!({"jsonrpc": "2.0", "id": route_id, "method": method, "params": params});
+            let message = request(route_id, &method, params);
             // If the callee overflows, its session ends and `leave` answers
             // this call with CALLEE_GONE.
             let _ = callee.outbox.push_reply(encode(&ServerMessage::Rpc { message }));
@@ -334,7 +334,7 @@ impl Hub {
         }
         let Some(call) = self.finish(route_id) else { return };
         message.insert("id".into(), call.caller_id);
-        message.insert("jsonrpc".into(), Value::String("2.0".into()));
+        message.insert("jsonrpc".into(), Value::String(JSONRPC_VERSION.into()));
         if let Some(caller) = self.members.get(&call.caller) {
             let rpc = ServerMessage::Rpc { message: Value::Object(message) };
             let _ = caller.outbox.push_reply(encode(&rpc));

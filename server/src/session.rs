@@ -23,7 +23,8 @@ use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use concord_engine::access::{DocRights, Identity, MethodAction, TopicAction};
 use concord_engine::protocol::{
-    close_code, ClientMessage, ErrorCode, ServerMessage, PROTOCOL_VERSION,
+    check_method, check_pattern, check_topic, close_code, error_response, response, ClientMessage,
+    ErrorCode, InvalidRpc, RpcMessage, ServerMessage, PROTOCOL_VERSION,
 };
 use concord_engine::{DocId, Rejection, TxId};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -35,10 +36,9 @@ use tokio::task::JoinSet;
 
 use crate::hub::{HubCommand, Named};
 use crate::outbox::{Outbox, Outgoing};
-use crate::rpc::{self, code, CallContext, Incoming, RpcError};
+use crate::rpc::{code, CallContext, RpcError};
 use crate::server::{AuthFailure, ServerState};
 use crate::shard::{encode, SessionId, ShardCommand};
-use crate::topic;
 
 /// Most messages the writer hands to the socket before flushing, so a burst
 /// costs few syscalls but a long queue still reaches the wire steadily.
@@ -511,7 +511,7 @@ impl Session {
                 state.shards.send(&doc, command).await;
             }
             ClientMessage::Subscribe { topic } => {
-                if let Err(error) = topic::check_pattern(&topic, config.name_bytes_max) {
+                if let Err(error) = check_pattern(&topic, config.name_bytes_max) {
                     let named = bounded(topic, config.name_bytes_max);
                     self.named_error(ErrorCode::BadId, error.to_string(), Named::Topic(named));
                     return;
@@ -527,7 +527,7 @@ impl Session {
                 let _ = state.hub.send(HubCommand::Unsubscribe { session, pattern: topic }).await;
             }
             ClientMessage::Publish { topic, data, ack, echo } => {
-                if let Err(error) = topic::check_topic(&topic, config.name_bytes_max) {
+                if let Err(error) = check_topic(&topic, config.name_bytes_max) {
                     let named = bounded(topic, config.name_bytes_max);
                     self.named_error(ErrorCode::BadId, error.to_string(), Named::Topic(named));
                     return;
@@ -541,13 +541,9 @@ impl Session {
                 let _ = state.hub.send(command).await;
             }
             ClientMessage::Register { method } => {
-                if !rpc::valid_method(&method, config.name_bytes_max) {
-                    let message = format!(
-                        "a method name is 1-{} printable ASCII bytes, not starting with \"rpc.\"",
-                        config.name_bytes_max
-                    );
+                if let Err(error) = check_method(&method, config.name_bytes_max) {
                     let named = bounded(method, config.name_bytes_max);
-                    self.named_error(ErrorCode::BadId, message, Named::Method(named));
+                    self.named_error(ErrorCode::BadId, error.to_string(), Named::Method(named));
                     return;
                 }
                 if !self.identity.permissions.method(&method, MethodAction::Register) {
@@ -575,15 +571,15 @@ impl Session {
     async fn rpc(&mut self, message: Value) {
         let state = self.state.clone();
         let session = self.id.clone();
-        match rpc::classify(message) {
-            Incoming::Invalid { id, reason } => {
-                let error = RpcError::new(code::INVALID_REQUEST, reason);
-                self.reply(rpc::error_response(id, &error));
+        match RpcMessage::classify(message) {
+            Err(InvalidRpc { id, reason }) => {
+                let error = RpcError::new(code::INVALID_REQUEST, reason.to_string());
+                self.reply(error_response(id, &error));
             }
-            Incoming::Request { id, method, params } => {
+            Ok(RpcMessage::Request { id, method, params }) => {
                 if !self.identity.permissions.method(&method, MethodAction::Call) {
                     let error = forbidden_call(&method);
-                    self.reply(rpc::error_response(id, &error));
+                    self.reply(error_response(id, &error));
                     return;
                 }
                 if state.procedures.contains_key(&method) {
@@ -593,7 +589,7 @@ impl Session {
                     let _ = state.hub.send(command).await;
                 }
             }
-            Incoming::Notification { method, params } => {
+            Ok(RpcMessage::Notification { method, params }) => {
                 if !self.identity.permissions.method(&method, MethodAction::Call) {
                     let message = forbidden_call(&method).message;
                     self.named_error(ErrorCode::Forbidden, message, Named::Method(method));
@@ -606,7 +602,7 @@ impl Session {
                     let _ = state.hub.send(command).await;
                 }
             }
-            Incoming::Response { id, message } => {
+            Ok(RpcMessage::Response { id, message }) => {
                 let _ = state.hub.send(HubCommand::Response { session, id, message }).await;
             }
         }
@@ -627,7 +623,7 @@ impl Session {
             if let Some(id) = id {
                 let error =
                     RpcError::new(code::TOO_MANY_CALLS, format!("at most {max} calls in flight"));
-                self.reply(rpc::error_response(id, &error));
+                self.reply(error_response(id, &error));
             }
             return;
         }
@@ -648,10 +644,7 @@ impl Session {
                 }
             };
             let Some(id) = id else { return };
-            let message = match result {
-                Ok(result) => rpc::result_response(id, result),
-                Err(error) => rpc::error_response(id, &error),
-            };
+            let message = response(id, result);
             let _ = outbox.push_reply(encode(&ServerMessage::Rpc { message }));
         });
     }

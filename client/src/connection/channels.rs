@@ -174,8 +174,7 @@ impl Channels {
             }
             SessionEvent::CallAnswered { call, result } => {
                 if let Some(reply) = self.calls.remove(&call) {
-                    let result =
-                        result.map_err(|error| CallError::Rpc(RpcError::from_json(&error)));
+                    let result = result.map_err(CallError::Rpc);
                     let _ = reply.send(result);
                 }
             }

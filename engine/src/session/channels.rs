@@ -8,9 +8,10 @@
 //! fail (`CallLost`, `PublishRefused` with `NotConnected`) rather than wait
 //! forever.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{CallKey, ClientSession, Event, PublishAck, SendRefusal};
+use crate::protocol::rpc::{notification, request, response_outcome, RpcMessage};
 use crate::protocol::{ClientMessage, ErrorCode};
 
 /// Where a procedure's registration stands in the current session.
@@ -90,7 +91,7 @@ impl ClientSession {
         if self.calls.len() >= self.config.calls_in_flight_max || self.calls.contains_key(&call) {
             return Err(SendRefusal::TooManyCalls);
         }
-        let message = json!({ "jsonrpc": "2.0", "id": call.0, "method": method, "params": params });
+        let message = request(call.0, method, params);
         self.try_send(&ClientMessage::Rpc { message })?;
         self.calls.insert(call, ());
         Ok(())
@@ -106,7 +107,7 @@ impl ClientSession {
         if !self.is_connected() {
             return Err(SendRefusal::NotConnected);
         }
-        let message = json!({ "jsonrpc": "2.0", "method": method, "params": params });
+        let message = notification(method, params);
         self.try_send(&ClientMessage::Rpc { message })
     }
 
@@ -224,17 +225,20 @@ impl ClientSession {
     }
 
     pub(super) fn on_rpc(&mut self, message: Value) {
-        let answer = message.get("result").is_some() || message.get("error").is_some();
-        let call = message.get("id").and_then(Value::as_u64).map(CallKey);
-        if let Some(call) = call.filter(|call| answer && self.calls.contains_key(call)) {
+        let answer = match RpcMessage::classify(message.clone()) {
+            Ok(RpcMessage::Response { id, message }) => Some((id, message)),
+            // Requests and notifications for our procedures; the shell also
+            // answers an invalid one that carries an id.
+            Ok(RpcMessage::Request { .. } | RpcMessage::Notification { .. }) | Err(_) => None,
+        };
+        let Some((id, body)) = answer else {
+            return self.events.push_back(Event::Rpc { epoch: self.epoch, message });
+        };
+        let call = id.as_u64().map(CallKey).filter(|call| self.calls.contains_key(call));
+        if let Some(call) = call {
             self.calls.remove(&call);
-            let result = match message.get("error") {
-                Some(error) => Err(error.clone()),
-                None => Ok(message.get("result").cloned().unwrap_or(Value::Null)),
-            };
+            let result = response_outcome(&body);
             self.events.push_back(Event::CallAnswered { call, result });
-        } else if !answer {
-            self.events.push_back(Event::Rpc { epoch: self.epoch, message });
         }
         // An answer to a call nobody waits for any more is dropped.
     }

@@ -315,10 +315,10 @@ pub enum Event {
         ack: PublishAck,
         refusal: SendRefusal,
     },
-    /// A call's answer: the JSON-RPC `result`, or its `error` object.
+    /// A call's answer: the JSON-RPC `result`, or its error.
     CallAnswered {
         call: CallKey,
-        result: Result<Value, Value>,
+        result: Result<Value, crate::protocol::RpcError>,
     },
     /// The session ended before the call was answered.
     CallLost {

@@ -342,7 +342,9 @@ pub fn event_json(event: &Event) -> Value {
         }
         Event::CallAnswered { call, result } => match result {
             Ok(result) => json!({ "event": "call_answered", "call": call.0, "result": result }),
-            Err(error) => json!({ "event": "call_answered", "call": call.0, "error": error }),
+            Err(error) => {
+                json!({ "event": "call_answered", "call": call.0, "error": error.to_json() })
+            }
         },
         Event::CallLost { call } => json!({ "event": "call_lost", "call": call.0 }),
         Event::Rpc { epoch, message } => {

@@ -1,6 +1,9 @@
 // Protocol v1 wire types: the messages that cross a Concord WebSocket
-// session. Mirrors engine/src/protocol.rs and engine/src/store.rs (the one
-// definition); each message is a JSON object whose `type` names it. A client
+// session. Mirrors engine/src/protocol/ and engine/src/store.rs (the one
+// definition); each message is a JSON object whose `type` names it. The
+// engine writes an example of every message, code and default limit to
+// engine/tests/vectors/protocol.json, and test/unit/protocol-vectors.test.ts
+// checks these types and constants against it. A client
 // frame holds one message. A server frame holds one message too, unless the
 // session opted into batched frames (`batch=1` on the WebSocket URL, as this
 // client always does): then a frame may also hold an array of two or more
@@ -128,6 +131,25 @@ export type ErrorCode =
   | "limit_reached"
   | "already_registered";
 
+/** Every error code, in the engine's order (`ErrorCode::ALL`). */
+export const ERROR_CODES = [
+  "malformed_json",
+  "bad_message",
+  "bad_id",
+  "message_too_large",
+  "too_deep",
+  "too_large",
+  "rate_limited",
+  "resynced",
+  "forbidden",
+  "unauthorized",
+  "token_expired",
+  "not_open",
+  "shutting_down",
+  "limit_reached",
+  "already_registered",
+] as const satisfies readonly ErrorCode[];
+
 export type PresenceEvent = "join" | "update" | "leave";
 
 /** Messages from a client to the server. */
@@ -183,7 +205,7 @@ export type ServerMessage =
  */
 export type ServerFrame = ServerMessage | ServerMessage[];
 
-/** WebSocket close codes a server sends (engine/src/protocol.rs `close_code`). The client reconnects after any of them. */
+/** WebSocket close codes a server sends (engine/src/protocol/mod.rs `close_code`). The client reconnects after any of them. */
 export const CLOSE_CODES = {
   NORMAL: 1000,
   GOING_AWAY: 1001,
@@ -198,8 +220,38 @@ export const CLOSE_CODES = {
   TOKEN_EXPIRED: 4004,
 } as const;
 
+/**
+ * JSON-RPC 2.0 error codes as Concord uses them: the standard ones and the
+ * server's own (−32000…−32099); engine/src/protocol/rpc.rs `rpc_code`.
+ */
+export const RPC_CODES = {
+  /** Never sent: a frame that is not JSON gets `malformed_json`. */
+  PARSE_ERROR: -32700,
+  INVALID_REQUEST: -32600,
+  METHOD_NOT_FOUND: -32601,
+  INVALID_PARAMS: -32602,
+  INTERNAL_ERROR: -32603,
+  /** No answer within the server's call timeout. */
+  TIMEOUT: -32000,
+  /** The client that registered the method disconnected before answering. */
+  CALLEE_GONE: -32001,
+  TOO_MANY_CALLS: -32002,
+  /** A mutator's patch was rejected (`data` holds the rejection). */
+  MUTATION_REJECTED: -32003,
+  SHUTTING_DOWN: -32004,
+  /** The session's identity may not call this method. */
+  FORBIDDEN: -32005,
+} as const;
+
+/** Longest topic, subscription pattern or method name a server accepts by default, in bytes. */
+export const NAME_BYTES_MAX = 256;
+/** Longest document id, in characters. */
+export const DOC_ID_LEN_MAX = 128;
+/** Longest transaction id, in characters (printable ASCII). */
+export const TX_ID_LEN_MAX = 64;
+
 /** Document ids: 1–128 characters of `[A-Za-z0-9._:/-]` (docs/protocol.md, section 1). */
-export const DOC_ID_PATTERN = /^[A-Za-z0-9._:/-]{1,128}$/;
+export const DOC_ID_PATTERN = new RegExp(`^[A-Za-z0-9._:/-]{1,${DOC_ID_LEN_MAX}}$`);
 
 export function isValidDocId(doc: string): boolean {
   return DOC_ID_PATTERN.test(doc);

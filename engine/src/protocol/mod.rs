@@ -8,6 +8,14 @@
 //! ([`ServerFrame`]). Unknown types and malformed messages are answered with an
 //! `error` message carrying an [`ErrorCode`]; they never close the session.
 //! The server closes a session only for the reasons in [`close_code`].
+//!
+//! Besides the messages: [`rpc`] holds JSON-RPC 2.0 as carried in `rpc`
+//! messages (classification, builders, error codes, method names) and
+//! [`topic`] the topic and pattern syntax and matching, each used by the
+//! server and the Rust client alike. `engine/tests/protocol_vectors.rs`
+//! writes an example of every message, code and default limit to
+//! `engine/tests/vectors/protocol.json`, which the TypeScript client's tests
+//! check its types and constants against.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -15,8 +23,22 @@ use serde_json::Value;
 use crate::ids::{DocId, TxId, Version};
 use crate::store::{Change, Rejection, Transaction};
 
+pub mod rpc;
+pub mod topic;
+
+pub use rpc::{
+    check_method, error_response, notification, request, response, response_outcome, rpc_code,
+    BadMethod, InvalidRpc, InvalidRpcReason, RpcError, RpcMessage,
+};
+pub use topic::{check_pattern, check_topic, topic_matches, BadTopic};
+
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest topic, subscription pattern or method name, in bytes: the
+/// server's default (`--name-bytes-max`) and the Rust client's check before
+/// sending.
+pub const NAME_BYTES_MAX: usize = 256;
 
 /// Messages from a client to the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,6 +246,27 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order, for the protocol vectors (which
+    /// check this list against serde's list of variants, so a new code left
+    /// out of it fails the test).
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::MalformedJson,
+        ErrorCode::BadMessage,
+        ErrorCode::BadId,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::TooDeep,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::Resynced,
+        ErrorCode::Forbidden,
+        ErrorCode::Unauthorized,
+        ErrorCode::TokenExpired,
+        ErrorCode::NotOpen,
+        ErrorCode::ShuttingDown,
+        ErrorCode::LimitReached,
+        ErrorCode::AlreadyRegistered,
+    ];
+
     /// The wire form, e.g. `"malformed_json"` (also a metrics label).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -271,6 +314,18 @@ pub mod close_code {
     /// The session's token expired (an `error` with `token_expired` came
     /// first). Reconnect with a fresh token.
     pub const TOKEN_EXPIRED: u16 = 4004;
+
+    /// Every code above with its name, for the protocol vectors.
+    pub const ALL: [(&str, u16); 8] = [
+        ("NORMAL", NORMAL),
+        ("GOING_AWAY", GOING_AWAY),
+        ("MESSAGE_TOO_BIG", MESSAGE_TOO_BIG),
+        ("INTERNAL_ERROR", INTERNAL_ERROR),
+        ("SLOW_CONSUMER", SLOW_CONSUMER),
+        ("PEER_TIMEOUT", PEER_TIMEOUT),
+        ("UNAUTHORIZED", UNAUTHORIZED),
+        ("TOKEN_EXPIRED", TOKEN_EXPIRED),
+    ];
 }
 
 /// Why a text frame is not a [`ClientMessage`]; `code` is what the server
@@ -365,109 +420,6 @@ fn is_true(value: &bool) -> bool {
     *value
 }
 
-/// A JSON-RPC 2.0 error object: what a procedure fails with and what a
-/// caller gets back. One type for the server and the Rust client.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("JSON-RPC error {code}: {message}")]
-pub struct RpcError {
-    /// One of `rpc_code`, or an application's own code.
-    pub code: i64,
-    pub message: String,
-    /// Structured detail, when there is some.
-    pub data: Option<Value>,
-}
-
-impl RpcError {
-    pub const PARSE_ERROR: i64 = rpc_code::PARSE_ERROR;
-    pub const INVALID_REQUEST: i64 = rpc_code::INVALID_REQUEST;
-    pub const METHOD_NOT_FOUND: i64 = rpc_code::METHOD_NOT_FOUND;
-    pub const INVALID_PARAMS: i64 = rpc_code::INVALID_PARAMS;
-    pub const INTERNAL_ERROR: i64 = rpc_code::INTERNAL_ERROR;
-    pub const TIMEOUT: i64 = rpc_code::TIMEOUT;
-    pub const CALLEE_GONE: i64 = rpc_code::CALLEE_GONE;
-    pub const TOO_MANY_CALLS: i64 = rpc_code::TOO_MANY_CALLS;
-    pub const MUTATION_REJECTED: i64 = rpc_code::MUTATION_REJECTED;
-    pub const SHUTTING_DOWN: i64 = rpc_code::SHUTTING_DOWN;
-
-    pub fn new(code: i64, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), data: None }
-    }
-
-    pub fn invalid_params(message: impl Into<String>) -> Self {
-        Self::new(rpc_code::INVALID_PARAMS, message)
-    }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(rpc_code::INTERNAL_ERROR, message)
-    }
-
-    pub fn method_not_found(method: &str) -> Self {
-        Self::new(rpc_code::METHOD_NOT_FOUND, format!("method not found: {method}"))
-    }
-
-    /// Attaches structured detail (the `data` member).
-    #[must_use]
-    pub fn with_data(mut self, data: Value) -> Self {
-        self.data = Some(data);
-        self
-    }
-
-    /// The `error` member of a JSON-RPC response.
-    pub fn to_json(&self) -> Value {
-        let mut object = serde_json::Map::new();
-        object.insert("code".into(), self.code.into());
-        object.insert("message".into(), self.message.clone().into());
-        if let Some(data) = &self.data {
-            object.insert("data".into(), data.clone());
-        }
-        Value::Object(object)
-    }
-
-    /// Reads an `error` member; a malformed one becomes an internal error
-    /// rather than a failure, since the caller still needs an answer.
-    pub fn from_json(value: &Value) -> Self {
-        Self {
-            code: value.get("code").and_then(Value::as_i64).unwrap_or(rpc_code::INTERNAL_ERROR),
-            message: value
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("malformed error object")
-                .to_owned(),
-            data: value.get("data").cloned(),
-        }
-    }
-}
-
-/// JSON-RPC 2.0 error codes as Concord uses them: the standard ones and
-/// Concord's server errors (−32000…−32099). One list for server and clients.
-pub mod rpc_code {
-    /// Not used by Concord: a frame that is not JSON gets `malformed_json`.
-    pub const PARSE_ERROR: i64 = -32700;
-    /// Not a valid JSON-RPC 2.0 request, notification or response.
-    pub const INVALID_REQUEST: i64 = -32600;
-    /// No server procedure or registered client provides the method.
-    pub const METHOD_NOT_FOUND: i64 = -32601;
-    /// The procedure refused its parameters.
-    pub const INVALID_PARAMS: i64 = -32602;
-    /// The procedure failed (or panicked).
-    pub const INTERNAL_ERROR: i64 = -32603;
-    /// No answer within the server's call timeout.
-    pub const TIMEOUT: i64 = -32000;
-    /// The client that registered the method disconnected before answering.
-    pub const CALLEE_GONE: i64 = -32001;
-    /// Too many calls in flight (at the server for the caller, or at a
-    /// client for the procedures it handles).
-    pub const TOO_MANY_CALLS: i64 = -32002;
-    /// A mutator's patch was rejected by the store (`data` holds the
-    /// rejection); the document is unchanged.
-    pub const MUTATION_REJECTED: i64 = -32003;
-    /// The server is shutting down.
-    pub const SHUTTING_DOWN: i64 = -32004;
-    /// The session's identity may not call this method (`data.code` is
-    /// `"forbidden"`).
-    pub const FORBIDDEN: i64 = -32005;
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -544,23 +496,7 @@ mod tests {
             serde_json::to_value(ErrorCode::MalformedJson).unwrap(),
             json!("malformed_json")
         );
-        for code in [
-            ErrorCode::MalformedJson,
-            ErrorCode::BadMessage,
-            ErrorCode::BadId,
-            ErrorCode::MessageTooLarge,
-            ErrorCode::TooDeep,
-            ErrorCode::TooLarge,
-            ErrorCode::RateLimited,
-            ErrorCode::Resynced,
-            ErrorCode::Forbidden,
-            ErrorCode::Unauthorized,
-            ErrorCode::TokenExpired,
-            ErrorCode::NotOpen,
-            ErrorCode::ShuttingDown,
-            ErrorCode::LimitReached,
-            ErrorCode::AlreadyRegistered,
-        ] {
+        for code in ErrorCode::ALL {
             assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
         }
     }
