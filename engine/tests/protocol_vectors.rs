@@ -126,6 +126,7 @@ fn client_messages() -> Vec<ClientMessage> {
         },
         ClientMessage::Register { method: "bot.move".into() },
         ClientMessage::Unregister { method: "bot.move".into() },
+        ClientMessage::Ping,
     ]
 }
 
@@ -143,6 +144,7 @@ fn client_type(message: &ClientMessage) -> &'static str {
         ClientMessage::Rpc { .. } => "rpc",
         ClientMessage::Register { .. } => "register",
         ClientMessage::Unregister { .. } => "unregister",
+        ClientMessage::Ping => "ping",
     }
 }
 
@@ -292,6 +294,7 @@ fn server_messages() -> Vec<ServerMessage> {
                 "params": {"to": [1, 2]}}),
         },
         ServerMessage::Registered { method: "bot.move".into() },
+        ServerMessage::Pong,
         ServerMessage::error(ErrorCode::BadMessage, "unknown message type \"nuke\"".into()),
         ServerMessage::Error {
             code: ErrorCode::NotOpen,
@@ -335,6 +338,7 @@ fn server_type(message: &ServerMessage) -> &'static str {
         ServerMessage::Presence { .. } => "presence",
         ServerMessage::Rpc { .. } => "rpc",
         ServerMessage::Registered { .. } => "registered",
+        ServerMessage::Pong => "pong",
         ServerMessage::Error { .. } => "error",
     }
 }

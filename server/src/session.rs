@@ -557,6 +557,9 @@ impl Session {
                 let _ = state.hub.send(HubCommand::Unregister { session, method }).await;
             }
             ClientMessage::Rpc { message } => self.rpc(message).await,
+            ClientMessage::Ping => {
+                let _ = self.outbox.push_reply(encode(&ServerMessage::Pong));
+            }
             // An open server takes no tokens: there is nothing to check.
             ClientMessage::Auth { .. } if state.authenticator.is_none() => {}
             ClientMessage::Auth { .. } => {

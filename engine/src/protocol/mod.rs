@@ -82,6 +82,10 @@ pub enum ClientMessage {
     Register { method: String },
     /// Withdraws a procedure.
     Unregister { method: String },
+    /// Asks for a `pong`: the heartbeat of clients that cannot send
+    /// WebSocket pings (browsers). Any message from the server proves it
+    /// alive; this one asks for nothing else.
+    Ping,
 }
 
 /// Messages from the server to a client.
@@ -125,6 +129,8 @@ pub enum ServerMessage {
     /// Acknowledges `register`: calls to `method` from other sessions are
     /// now routed to this one.
     Registered { method: String },
+    /// Answers `ping`.
+    Pong,
     /// Something the client sent was refused.
     Error {
         code: ErrorCode,

@@ -619,6 +619,8 @@ impl ClientSession {
             }
             ServerMessage::Rpc { message } => self.on_rpc(message),
             ServerMessage::Registered { method } => self.on_registered(method),
+            // Heard above; that is all a pong says.
+            ServerMessage::Pong => {}
             ServerMessage::Error { code, message, doc, tx_id, topic, method } => {
                 self.on_error(code, message, doc, tx_id, topic, method, now)
             }

@@ -52,9 +52,8 @@ export const PING_TEXT = JSON.stringify({ type: "ping" });
 
 /** Whether `message` is a server's answer to `PING_TEXT`: `pong`, or the `error` of a server that does not know `ping`. */
 export function isPingAnswer(message: ServerMessage): boolean {
-  const type = (message as { type?: unknown }).type;
-  if (type === "pong") return true;
-  return type === "error" && message.type === "error" && message.code === "bad_message" && typeof message.message === "string" && message.message.includes("`ping`");
+  if (message.type === "pong") return true;
+  return message.type === "error" && message.code === "bad_message" && typeof message.message === "string" && message.message.includes("`ping`");
 }
 
 /**

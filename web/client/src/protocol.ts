@@ -169,7 +169,9 @@ export type ClientMessage =
   | { type: "presence"; doc: string; state: Json }
   | { type: "rpc"; message: Json }
   | { type: "register"; method: string }
-  | { type: "unregister"; method: string };
+  | { type: "unregister"; method: string }
+  /** Asks for a `pong`: the heartbeat (browsers cannot send WebSocket pings). */
+  | { type: "ping" };
 
 /** Messages from the server to a client. */
 export type ServerMessage =
@@ -186,6 +188,8 @@ export type ServerMessage =
   | { type: "presence"; doc: string; session: string; event: PresenceEvent; state: Json }
   | { type: "rpc"; message: Json }
   | { type: "registered"; method: string }
+  /** Answers `ping`. */
+  | { type: "pong" }
   | {
       type: "error";
       code: ErrorCode | string;

@@ -96,6 +96,7 @@ const SERVER_MESSAGES = {
   presence: { required: ["type", "doc", "session", "event", "state"], optional: [] },
   rpc: { required: ["type", "message"], optional: [] },
   registered: { required: ["type", "method"], optional: [] },
+  pong: { required: ["type"], optional: [] },
   error: { required: ["type", "code", "message"], optional: ["doc", "tx_id", "topic", "method"] },
 } as const satisfies Record<ServerMessage["type"], Shape>;
 agrees<Disagreeing<ServerMessage, "type", typeof SERVER_MESSAGES>>();
@@ -112,6 +113,7 @@ const CLIENT_MESSAGES = {
   rpc: { required: ["type", "message"], optional: [] },
   register: { required: ["type", "method"], optional: [] },
   unregister: { required: ["type", "method"], optional: [] },
+  ping: { required: ["type"], optional: [] },
 } as const satisfies Record<ClientMessage["type"], Shape>;
 agrees<Disagreeing<ClientMessage, "type", typeof CLIENT_MESSAGES>>();
 
