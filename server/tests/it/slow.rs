@@ -8,7 +8,7 @@ use concord_server::Config;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::support::{start, wait_until, Client, End};
+use crate::support::{start, start_default, wait_until, Client, End};
 
 const QUEUE_BYTES_MAX: usize = 256 * 1024;
 const CHANGE_BYTES: usize = 16 * 1024;
@@ -156,5 +156,17 @@ async fn a_peer_that_never_answers_pings_is_closed_with_4002() {
     // The live one is still there.
     live.send(json!({"type": "subscribe", "topic": "still.here"})).await;
     live.expect("subscribed").await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_ping_message_is_answered_with_pong() {
+    let server = start_default().await;
+    let mut client = Client::connect(&server).await;
+    client.send(json!({"type": "ping"})).await;
+    assert_eq!(client.recv().await, json!({"type": "pong"}));
+    // Again: a ping asks for nothing else and changes nothing.
+    client.send(json!({"type": "ping"})).await;
+    assert_eq!(client.recv().await, json!({"type": "pong"}));
     server.shutdown().await;
 }
