@@ -330,6 +330,11 @@ impl ClientSession {
         }
     }
 
+    /// The transactions that `predicate` picks, in the order they began.
+    fn transactions_where(&self, predicate: impl Fn(&Transact) -> bool) -> Vec<TransactionKey> {
+        self.transactions.iter().filter(|(_, t)| predicate(t)).map(|(key, _)| *key).collect()
+    }
+
     fn make_runnable(&mut self, key: TransactionKey) {
         self.set_phase(key, Phase::Runnable);
         self.events.push_back(Event::Run { transaction: key });
@@ -343,12 +348,7 @@ impl ClientSession {
 
     /// Paused transactions whose pause is over run now.
     pub(super) fn release_paused(&mut self, now: Time) {
-        let due: Vec<TransactionKey> = self
-            .transactions
-            .iter()
-            .filter(|(_, transact)| transact.paused_until().is_some_and(|at| at <= now))
-            .map(|(key, _)| *key)
-            .collect();
+        let due = self.transactions_where(|t| t.paused_until().is_some_and(|at| at <= now));
         for key in due {
             self.make_runnable(key);
         }
@@ -356,12 +356,8 @@ impl ClientSession {
 
     /// Runs the transactions that waited for `doc`'s first replica.
     fn release_awaiting_replica(&mut self, doc: &DocId, now: Time) {
-        let awaiting: Vec<TransactionKey> = self
-            .transactions
-            .iter()
-            .filter(|(_, t)| &t.doc == doc && t.phase == Phase::AwaitingReplica)
-            .map(|(key, _)| *key)
-            .collect();
+        let awaiting =
+            self.transactions_where(|t| &t.doc == doc && t.phase == Phase::AwaitingReplica);
         for key in awaiting {
             self.schedule_run(key, true, now);
         }
@@ -382,8 +378,7 @@ impl ClientSession {
 
     /// Settles every transaction on `doc` (it was closed or refused).
     fn settle_all(&mut self, doc: &DocId, settlement: &dyn Fn() -> Settlement) {
-        let keys: Vec<TransactionKey> =
-            self.transactions.iter().filter(|(_, t)| &t.doc == doc).map(|(key, _)| *key).collect();
+        let keys = self.transactions_where(|t| &t.doc == doc);
         for key in keys {
             self.settle(key, settlement());
         }
@@ -395,16 +390,11 @@ impl ClientSession {
         if written.is_empty() {
             return;
         }
-        let wake: Vec<TransactionKey> = self
-            .transactions
-            .iter()
-            .filter(|(_, t)| {
-                &t.doc == doc
-                    && matches!(&t.phase, Phase::Retrying(reads)
-                        if reads.iter().any(|read| written.iter().any(|write| write.overlaps(read))))
-            })
-            .map(|(key, _)| *key)
-            .collect();
+        let wake = self.transactions_where(|t| {
+            &t.doc == doc
+                && matches!(&t.phase, Phase::Retrying(reads)
+                    if reads.iter().any(|read| written.iter().any(|write| write.overlaps(read))))
+        });
         for key in wake {
             self.stats.stm_wakeups += 1;
             self.make_runnable(key);
@@ -413,12 +403,8 @@ impl ClientSession {
 
     /// Every STM waiter on `doc` re-runs (its replica was replaced).
     fn wake_all_retries(&mut self, doc: &DocId) {
-        let wake: Vec<TransactionKey> = self
-            .transactions
-            .iter()
-            .filter(|(_, t)| &t.doc == doc && matches!(t.phase, Phase::Retrying(_)))
-            .map(|(key, _)| *key)
-            .collect();
+        let wake =
+            self.transactions_where(|t| &t.doc == doc && matches!(t.phase, Phase::Retrying(_)));
         for key in wake {
             self.stats.stm_wakeups += 1;
             self.make_runnable(key);
@@ -427,12 +413,7 @@ impl ClientSession {
 
     /// Runs blocked behind `doc`'s pending transactions re-run.
     fn wake_blocked(&mut self, doc: &DocId) {
-        let wake: Vec<TransactionKey> = self
-            .transactions
-            .iter()
-            .filter(|(_, t)| &t.doc == doc && t.phase == Phase::Blocked)
-            .map(|(key, _)| *key)
-            .collect();
+        let wake = self.transactions_where(|t| &t.doc == doc && t.phase == Phase::Blocked);
         for key in wake {
             self.make_runnable(key);
         }

@@ -347,19 +347,33 @@ pub enum Event {
     },
 }
 
-/// Counters of what the session did, for tests, dashboards and tuning.
+/// Counters of what the session did since it was created, for tests,
+/// dashboards and tuning.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionStats {
+    /// Transactions that committed on the server.
     pub committed: u64,
+    /// Transactions that wrote nothing and returned locally.
     pub read_only: u64,
+    /// Rejections received for this client's transactions.
     pub rejections: u64,
+    /// Re-runs of a transaction function after a retryable rejection.
     pub reruns: u64,
+    /// Runs that called STM `retry()` and waited for a change.
     pub stm_waits: u64,
+    /// Waits ended by a change to something the run had read.
     pub stm_wakeups: u64,
+    /// Runs that read another pending transaction's writes and waited for
+    /// it to resolve.
     pub blocked_waits: u64,
+    /// Sessions established, the first one included.
     pub connects: u64,
+    /// Sessions lost (not counting the application closing the client).
     pub disconnects: u64,
+    /// Documents whose replica was replaced by a snapshot after it had been
+    /// loaded (a server resync, missing history, or a replica error).
     pub resyncs: u64,
+    /// `error` messages received from the server.
     pub server_errors: u64,
 }
 
