@@ -220,7 +220,6 @@ impl Author {
     }
 }
 
-
 /// Many documents and the recent transaction ids.
 #[derive(Debug, Default)]
 pub struct Store {
@@ -228,7 +227,6 @@ pub struct Store {
     docs: hashbrown::HashMap<DocId, Document, RandomState>,
     outcomes: OutcomeWindow,
 }
-
 
 impl Store {
     pub fn new(limits: Limits) -> Self {

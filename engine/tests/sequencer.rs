@@ -46,7 +46,11 @@ fn sequencer(durable: bool) -> Sequencer<Test> {
     sequencer_with(config(), durable, Arc::new(AtomicUsize::new(0)))
 }
 
-fn sequencer_with(config: SequencerConfig, durable: bool, held: Arc<AtomicUsize>) -> Sequencer<Test> {
+fn sequencer_with(
+    config: SequencerConfig,
+    durable: bool,
+    held: Arc<AtomicUsize>,
+) -> Sequencer<Test> {
     let durability = durable.then(|| Durability {
         snapshot_every_commits: 1_000,
         replay_commits_max: 1_000,
@@ -82,7 +86,9 @@ fn drain(sequencer: &mut Sequencer<Test>) -> Vec<Seen> {
     let mut seen = Vec::new();
     while let Some(effect) = sequencer.poll_effect(NOW) {
         seen.push(match effect {
-            Effect::Send { to, frame, urgent } => Seen::Send { to, message: decode(&frame), urgent },
+            Effect::Send { to, frame, urgent } => {
+                Seen::Send { to, message: decode(&frame), urgent }
+            }
             Effect::Acknowledge { to, frame, request } => {
                 Seen::Ack { to, request, message: decode(&frame) }
             }
@@ -94,8 +100,7 @@ fn drain(sequencer: &mut Sequencer<Test>) -> Vec<Seen> {
 }
 
 fn open(sequencer: &mut Sequencer<Test>, session: u32, name: &str, held: Option<u64>) {
-    let command =
-        Command::Open { session, doc: doc(name), held: held.map(Version), burst: ROOMY };
+    let command = Command::Open { session, doc: doc(name), held: held.map(Version), burst: ROOMY };
     assert_eq!(sequencer.handle(command, NOW), None);
 }
 
@@ -157,10 +162,13 @@ fn effects_wait_until_their_log_entries_are_durable_and_are_released_in_order() 
             (2, "committed".into()),
         ]
     );
-    assert_eq!(seen[2], Seen::Reply {
-        request: 21,
-        reply: Reply::Document { value: json!({"a": "a"}), version: Version(1) },
-    });
+    assert_eq!(
+        seen[2],
+        Seen::Reply {
+            request: 21,
+            reply: Reply::Document { value: json!({"a": "a"}), version: Version(1) },
+        }
+    );
     let Seen::Ack { request, message, .. } = &seen[4] else { panic!("{seen:?}") };
     assert_eq!((*request, &message["version"]), (22, &json!(2)));
 
@@ -172,11 +180,10 @@ fn effects_wait_until_their_log_entries_are_durable_and_are_released_in_order() 
     s.on_durable(Ticket(1));
     assert!(drain(&mut s).is_empty());
     s.on_durable(Ticket(2));
-    assert_eq!(types(&drain(&mut s)), [
-        (1, "change".into()),
-        (2, "committed".into()),
-        (24, "reply".into())
-    ]);
+    assert_eq!(
+        types(&drain(&mut s)),
+        [(1, "change".into()), (2, "committed".into()), (24, "reply".into())]
+    );
 }
 
 #[test]
@@ -192,11 +199,10 @@ fn a_rejection_is_released_after_the_change_that_caused_it() {
     assert!(drain(&mut s).is_empty());
     make_durable(&mut s);
     let seen = drain(&mut s);
-    assert_eq!(types(&seen), [
-        (2, "change".into()),
-        (1, "committed".into()),
-        (2, "rejected".into())
-    ]);
+    assert_eq!(
+        types(&seen),
+        [(2, "change".into()), (1, "committed".into()), (2, "rejected".into())]
+    );
     let Seen::Ack { message, .. } = &seen[2] else { panic!("{seen:?}") };
     assert_eq!(message["rejection"]["conflicts"][0]["tx_id"], "w");
 
@@ -269,7 +275,10 @@ fn presence_joins_updates_and_leaves_reach_the_other_subscribers() {
     // A newcomer gets the others' presence after `opened`.
     open(&mut s, 3, "d", None);
     let seen = drain(&mut s);
-    assert_eq!(types(&seen), [(3, "snapshot".into()), (3, "opened".into()), (3, "presence".into())]);
+    assert_eq!(
+        types(&seen),
+        [(3, "snapshot".into()), (3, "opened".into()), (3, "presence".into())]
+    );
 
     s.handle(presence(1, json!({"x": 2})), NOW);
     let mut events: Vec<(u32, String)> = drain(&mut s)
@@ -364,11 +373,14 @@ fn a_storage_failure_closes_every_session_with_1011_and_acknowledges_nothing_mor
     s.on_storage_failed();
     let mut seen = drain(&mut s);
     seen.sort_by_key(|seen| format!("{seen:?}"));
-    assert_eq!(seen, [
-        Seen::Close { session: 1, code: close_code::INTERNAL_ERROR },
-        Seen::Close { session: 3, code: close_code::INTERNAL_ERROR },
-        Seen::Close { session: 4, code: close_code::INTERNAL_ERROR },
-    ]);
+    assert_eq!(
+        seen,
+        [
+            Seen::Close { session: 1, code: close_code::INTERNAL_ERROR },
+            Seen::Close { session: 3, code: close_code::INTERNAL_ERROR },
+            Seen::Close { session: 4, code: close_code::INTERNAL_ERROR },
+        ]
+    );
     // Nothing further is taken, logged or acknowledged.
     assert_eq!(s.handle(Command::Get { doc: doc("d"), request: 32 }, NOW), None);
     assert!(commit_refused_silently(&mut s));
@@ -379,8 +391,12 @@ fn a_storage_failure_closes_every_session_with_1011_and_acknowledges_nothing_mor
 }
 
 fn commit_refused_silently(s: &mut Sequencer<Test>) -> bool {
-    let command =
-        Command::Commit { session: 5, tx: tx("d", "c", 1, &[], "/c"), check: &mut AllowAll, request: 50 };
+    let command = Command::Commit {
+        session: 5,
+        tx: tx("d", "c", 1, &[], "/c"),
+        check: &mut AllowAll,
+        request: 50,
+    };
     s.handle(command, NOW).is_none()
 }
 
@@ -395,12 +411,10 @@ fn effects_already_durable_are_still_released_after_a_failure() {
     s.poll_batch();
     s.on_durable(Ticket(1));
     s.on_storage_failed();
-    assert_eq!(types(&drain(&mut s)), [
-        (1, "change".into()),
-        (2, "committed".into()),
-        (2, "close".into()),
-        (1, "close".into()),
-    ]);
+    assert_eq!(
+        types(&drain(&mut s)),
+        [(1, "change".into()), (2, "committed".into()), (2, "close".into()), (1, "close".into()),]
+    );
 }
 
 #[test]

@@ -147,12 +147,7 @@ pub enum Command<'c, H: Shell> {
     },
     /// A transaction made by the server (a mutator), logged as `author`;
     /// answered by [`Reply::Mutated`].
-    Mutate {
-        tx: Transaction,
-        author: String,
-        check: &'c mut dyn CommitCheck,
-        request: H::Request,
-    },
+    Mutate { tx: Transaction, author: String, check: &'c mut dyn CommitCheck, request: H::Request },
     /// The document's value and version; answered by [`Reply::Document`]
     /// once that version is durable.
     Get { doc: DocId, request: H::Request },
@@ -242,13 +237,35 @@ pub trait CommitObserver: Send {
 #[derive(Debug)]
 enum Sequenced<H: Shell> {
     /// A change to every subscriber of `doc` but `skip` (the submitter).
-    Broadcast { doc: DocId, frame: H::Frame, skip: Option<H::SessionKey> },
-    Acknowledge { to: H::Session, frame: H::Frame, request: H::Request },
+    Broadcast {
+        doc: DocId,
+        frame: H::Frame,
+        skip: Option<H::SessionKey>,
+    },
+    Acknowledge {
+        to: H::Session,
+        frame: H::Frame,
+        request: H::Request,
+    },
     /// The reply to `open` (prepared when sequenced), then the subscription.
-    Open { session: H::Session, doc: DocId, frames: Vec<H::Frame> },
-    Close { session: H::SessionKey, doc: DocId },
-    Presence { session: H::SessionKey, doc: DocId, state: Value },
-    Reply { request: H::Request, reply: Reply },
+    Open {
+        session: H::Session,
+        doc: DocId,
+        frames: Vec<H::Frame>,
+    },
+    Close {
+        session: H::SessionKey,
+        doc: DocId,
+    },
+    Presence {
+        session: H::SessionKey,
+        doc: DocId,
+        state: Value,
+    },
+    Reply {
+        request: H::Request,
+        reply: Reply,
+    },
 }
 
 impl<H: Shell> Sequenced<H> {
@@ -439,7 +456,10 @@ impl<H: Shell> Sequencer<H> {
             }
             Command::Get { doc, request } => {
                 let (value, version) = self.store.get(&doc);
-                self.sequence(Sequenced::Reply { request, reply: Reply::Document { value, version } });
+                self.sequence(Sequenced::Reply {
+                    request,
+                    reply: Reply::Document { value, version },
+                });
             }
             Command::Defer { request } => {
                 self.sequence(Sequenced::Reply { request, reply: Reply::Ready });
@@ -711,8 +731,7 @@ impl<H: Shell> Sequencer<H> {
                 (Decided::Committed, Ok(version))
             }
             Ok(
-                Commit::Rejected(rejection)
-                | Commit::Duplicate(Outcome::Rejected { rejection }),
+                Commit::Rejected(rejection) | Commit::Duplicate(Outcome::Rejected { rejection }),
             ) => {
                 let decided = Decided::Rejected { reason: rejection.reason() };
                 (decided, Err(MutationRefused::Rejected(rejection)))
