@@ -9,10 +9,10 @@
 //! catch-up history, the snapshot cache, which log entries an effect waits
 //! for — is the sequencer's (see its module docs); the shard is the IO
 //! around it:
-//! - it translates `ShardCommand`s into sequencer commands (a session's id
-//!   and outbox become its `SessionHandle`, reply channels and the receive
-//!   time ride along as a `Request`), running server mutators and the
-//!   rules' checks (`Enforcement`) here, in the shell;
+//! - it translates `ShardCommand`s into sequencer commands (a session comes
+//!   as its shared `SessionHandle`, its id and outbox; reply channels and
+//!   the receive time ride along as a `Request`), running server mutators
+//!   and the rules' checks (`Enforcement`) here, in the shell;
 //! - it hands the sequencer's log batches to the storage thread (`durable`)
 //!   and feeds its durability reports back, and keeps sequencing while they
 //!   are written (pipelining);
@@ -66,8 +66,7 @@ pub(crate) type SessionId = Arc<str>;
 /// What a shard can be asked to do.
 pub(crate) enum ShardCommand {
     Open {
-        session: SessionId,
-        outbox: Outbox,
+        session: ShardSession,
         doc: DocId,
         version: Option<Version>,
     },
@@ -76,10 +75,9 @@ pub(crate) enum ShardCommand {
         doc: DocId,
     },
     Commit {
-        session: SessionId,
+        session: ShardSession,
         /// Who commits: what the guards are shown.
         identity: Arc<Identity>,
-        outbox: Outbox,
         tx: Transaction,
         received: Instant,
     },
@@ -309,12 +307,17 @@ impl CommitObserver for CommitLog {
 struct ShardShell;
 
 /// A session as a shard reaches it: its id (what other clients see) and
-/// its outbound queue. Cloned into every frame the sequencer sends it.
-#[derive(Debug, Clone)]
-struct SessionHandle {
-    id: SessionId,
-    outbox: Outbox,
+/// its outbound queue. Made once per session and shared
+/// ([`ShardSession`]): the sequencer clones it into every frame it sends
+/// the session, one reference count.
+#[derive(Debug)]
+pub(crate) struct SessionHandle {
+    pub(crate) id: SessionId,
+    pub(crate) outbox: Outbox,
 }
+
+/// The shared handle of a session.
+pub(crate) type ShardSession = Arc<SessionHandle>;
 
 /// What the shell needs to carry out a reply.
 #[derive(Debug)]
@@ -340,13 +343,13 @@ enum Request {
 
 impl Shell for ShardShell {
     type SessionKey = SessionId;
-    type Session = SessionHandle;
+    type Session = ShardSession;
     type Request = Request;
     /// The WebSocket frame type itself: the sequencer encodes each change
     /// once into it, and recipients share its bytes with no conversion.
     type Frame = Utf8Bytes;
 
-    fn session_key(session: &SessionHandle) -> &SessionId {
+    fn session_key(session: &ShardSession) -> &SessionId {
         &session.id
     }
 }
@@ -450,19 +453,17 @@ impl Shard {
         }
         let now = now();
         let command = match command {
-            ShardCommand::Open { session, outbox, doc, version } => {
-                let burst = outbox.burst();
-                let session = SessionHandle { id: session, outbox };
+            ShardCommand::Open { session, doc, version } => {
+                let burst = session.outbox.burst();
                 Command::Open { session, doc, held: version, burst }
             }
             ShardCommand::Close { session, doc } => Command::Close { session, doc },
             ShardCommand::Presence { session, doc, state } => {
                 Command::Presence { session, doc, state }
             }
-            ShardCommand::Commit { session, identity, outbox, tx, received } => {
+            ShardCommand::Commit { session, identity, tx, received } => {
                 let enforcement = self.enforcement.clone();
                 let mut check = enforcement.for_client(&identity);
-                let session = SessionHandle { id: session, outbox };
                 let request = Request::Commit { received };
                 let command = Command::Commit { session, tx, check: &mut check, request };
                 let decided = self.sequencer.handle(command, now);
@@ -747,21 +748,15 @@ mod tests {
         let (shards, tasks) =
             spawn_shards(&config, &metrics, None, Default::default(), None, Some(storage), &stop);
         let outbox = Outbox::new(100, 1 << 20, metrics.clone());
-        let session: SessionId = "s".into();
+        let session = Arc::new(SessionHandle { id: "s".into(), outbox: outbox.clone() });
         let doc = DocId::parse("d").unwrap();
-        let open = ShardCommand::Open {
-            session: session.clone(),
-            outbox: outbox.clone(),
-            doc: doc.clone(),
-            version: None,
-        };
+        let open = ShardCommand::Open { session: session.clone(), doc: doc.clone(), version: None };
         assert!(shards.send(&doc, open).await);
         assert_eq!(next_text(&outbox).await["type"], "snapshot");
         assert_eq!(next_text(&outbox).await["type"], "opened");
         let commit = |id: &str| ShardCommand::Commit {
             session: session.clone(),
             identity: Arc::new(Identity::anonymous()),
-            outbox: outbox.clone(),
             tx: serde_json::from_value(json!({"doc": "d", "tx_id": id, "base": 0,
                 "writes": [{"op": "incr", "path": "/n", "value": 1}]}))
             .unwrap(),
@@ -800,9 +795,9 @@ mod tests {
     /// Opens `doc` for a new session; returns its snapshot frame.
     async fn open_snapshot(shards: &ShardSet, doc: &DocId, metrics: &Metrics) -> Utf8Bytes {
         let outbox = Outbox::new(100, 1 << 20, metrics.clone());
-        let session: SessionId = format!("s{}", outbox_serial()).into();
-        let open =
-            ShardCommand::Open { session, outbox: outbox.clone(), doc: doc.clone(), version: None };
+        let id: SessionId = format!("s{}", outbox_serial()).into();
+        let session = Arc::new(SessionHandle { id, outbox: outbox.clone() });
+        let open = ShardCommand::Open { session, doc: doc.clone(), version: None };
         assert!(shards.send(doc, open).await);
         let next = tokio::time::timeout(std::time::Duration::from_secs(10), outbox.next()).await;
         match next.unwrap() {
@@ -825,9 +820,8 @@ mod tests {
 
         let outbox = Outbox::new(100, 1 << 20, metrics.clone());
         let commit = ShardCommand::Commit {
-            session: "writer".into(),
+            session: Arc::new(SessionHandle { id: "writer".into(), outbox: outbox.clone() }),
             identity: Arc::new(Identity::anonymous()),
-            outbox: outbox.clone(),
             tx: serde_json::from_value(json!({"doc": "board", "tx_id": "w-1", "base": 0,
                 "writes": [{"op": "add", "path": "/n", "value": 1}]}))
             .unwrap(),
