@@ -1,6 +1,8 @@
 //! The sequencer against a fake storage: the tests hand it the tickets it
 //! gave out (or a failure) and look at the effects it releases. Time is a
 //! parameter; nothing sleeps.
+// Test helpers fail the test on bad fixtures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;

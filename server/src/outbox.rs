@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use concord_engine::protocol::close_code;
+use concord_engine::sequencer::Burst;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -109,11 +110,11 @@ impl Outbox {
         self.shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// True when `messages` frames of `bytes` in all take at most half of
-    /// this queue's bounds: a burst that a reader keeping up can take
-    /// without overflowing, even with other traffic queued beside it.
-    pub(crate) fn takes_burst(&self, messages: usize, bytes: usize) -> bool {
-        messages <= self.shared.messages_max / 2 && bytes <= self.shared.bytes_max / 2
+    /// Half of this queue's bounds: a burst that a reader keeping up can
+    /// take without overflowing, even with other traffic queued beside it
+    /// (how many missed changes an `open` may catch up with).
+    pub(crate) fn burst(&self) -> Burst {
+        Burst { frames_max: self.shared.messages_max / 2, bytes_max: self.shared.bytes_max / 2 }
     }
 
     /// Queues one text frame that the writer may hold for its coalescing

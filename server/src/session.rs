@@ -38,7 +38,7 @@ use crate::hub::{HubCommand, Named};
 use crate::outbox::{Outbox, Outgoing};
 use crate::rpc::{code, CallContext, RpcError};
 use crate::server::{AuthFailure, ServerState};
-use crate::shard::{encode, SessionId, ShardCommand};
+use crate::shard::{encode, SessionHandle, SessionId, ShardCommand, ShardSession};
 
 /// Most messages the writer hands to the socket before flushing, so a burst
 /// costs few syscalls but a long queue still reaches the wire steadily.
@@ -106,6 +106,9 @@ impl Ended {
 struct Session {
     id: SessionId,
     outbox: Outbox,
+    /// The two together, as shards keep it (one shared handle, cloned into
+    /// each frame a shard sends this session).
+    handle: ShardSession,
     state: Arc<ServerState>,
     /// Who the session is and what it may do.
     identity: Arc<Identity>,
@@ -179,6 +182,7 @@ pub(crate) async fn run(
     let mut session = Session {
         id: id.clone(),
         outbox: outbox.clone(),
+        handle: Arc::new(SessionHandle { id: id.clone(), outbox: outbox.clone() }),
         state: state.clone(),
         identity: Arc::new(identity),
         open: HashMap::new(),
@@ -454,8 +458,8 @@ impl Session {
                     return;
                 }
                 self.open.insert(doc.clone(), rights);
-                let outbox = self.outbox.clone();
-                let command = ShardCommand::Open { session, outbox, doc: doc.clone(), version };
+                let session = self.handle.clone();
+                let command = ShardCommand::Open { session, doc: doc.clone(), version };
                 state.shards.send(&doc, command).await;
             }
             ClientMessage::Close { doc } => {
@@ -490,12 +494,10 @@ impl Session {
                     return;
                 }
                 let doc = tx.doc.clone();
-                let outbox = self.outbox.clone();
                 let identity = self.identity.clone();
                 let command = ShardCommand::Commit {
-                    session,
+                    session: self.handle.clone(),
                     identity,
-                    outbox,
                     tx,
                     received: Instant::now(),
                 };

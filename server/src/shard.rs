@@ -1,50 +1,44 @@
-//! Shards: the single owners of the authoritative documents.
+//! Shards: the tokio shells around the sequencers that own the
+//! authoritative documents.
 //!
-//! Each shard task owns a `concord_engine::Store` holding the documents whose
-//! id hashes to it, and takes commands over a bounded channel; sessions and
-//! procedures talk to it only by message, so commit order is the order the
-//! shard receives commands and no lock is ever held across an await. Per
-//! document the shard also keeps its subscribers (sessions that opened it),
-//! their presence, and a bounded history of recent changes
-//! (`change_history_max` changes and `change_history_bytes_max` bytes) so a
-//! reconnecting client gets just what it missed, and the last snapshot it
-//! encoded while that is still the current version, so sessions opening an
-//! unchanged document share one encoding (`snapshot_cache_bytes_max` bytes
-//! per shard).
+//! Each shard task owns a `concord_engine::sequencer::Sequencer` over the
+//! documents whose id hashes to it, and takes commands over a bounded
+//! channel; sessions and procedures talk to it only by message, so commit
+//! order is the order the shard receives commands and no lock is ever held
+//! across an await. All the deciding — commits, subscribers, presence, the
+//! catch-up history, the snapshot cache, which log entries an effect waits
+//! for — is the sequencer's (see its module docs); the shard is the IO
+//! around it:
+//! - it translates `ShardCommand`s into sequencer commands (a session comes
+//!   as its shared `SessionHandle`, its id and outbox; reply channels and
+//!   the receive time ride along as a `Request`), running server mutators
+//!   and the rules' checks (`Enforcement`) here, in the shell;
+//! - it hands the sequencer's log batches to the storage thread (`durable`)
+//!   and feeds its durability reports back, and keeps sequencing while they
+//!   are written (pipelining);
+//! - it carries out the effects the sequencer releases: pushes to outboxes,
+//!   replies on oneshot channels, 1011 closes when storage fails.
 //!
-//! A shard works in two steps. *Sequencing* decides each command at once:
-//! `Store::commit`, the log entry, the frames to send (each change is
-//! serialised once and the same bytes are shared by every recipient and the
-//! history). *Release* then carries out its visible effects — pushes to
-//! outboxes, subscriber and presence changes, replies — strictly in
-//! sequencing order. With durable storage an effect is released only once
-//! every log entry sequenced before it is durable: the shard sends its
-//! entries to the storage thread (`durable`) in batches and keeps
-//! sequencing while they are written (pipelining), and releases effects as
-//! the thread reports batches durable. So nothing a client sees — an
-//! acknowledgement, a change, a snapshot, a rejection caused by a change —
-//! can be lost in a crash. In memory there is nothing to wait for and every
-//! effect is released as soon as it is sequenced.
-//!
-//! Ordering (docs/protocol.md, section 6) falls out of releasing in sequencing order: each
-//! session sees a document's changes in version order, `committed(v)` after
-//! every change below `v`, and `rejected` after the changes that caused it.
+//! So nothing a client sees — an acknowledgement, a change, a snapshot, a
+//! rejection caused by a change — is released before the log entries
+//! sequenced before it are durable, and each session sees a document's
+//! changes in version order (docs/protocol.md, section 6).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use axum::extract::ws::Utf8Bytes;
 use concord_engine::access::Identity;
 use concord_engine::certificate::CommittedTx;
-use concord_engine::protocol::{close_code, ErrorCode, PresenceEvent, ServerMessage};
-use concord_engine::store::{CommitCheck, Outcome};
-use concord_engine::{
-    Change, Commit, Doc, DocId, Patch, Pointer, Rejection, Store, Transaction, TxId, Version,
+use concord_engine::sequencer::{
+    Command, CommitObserver, Decided, Durability, Effect, MutationRefused, Reply, Sequencer,
+    SequencerConfig, Shell, Ticket, UnixMillis,
 };
+use concord_engine::{Doc, DocId, Store, Transaction, TxId, Version};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -57,7 +51,6 @@ use crate::outbox::Outbox;
 use crate::recovery::Recovery;
 use crate::rpc::{code, Mutation, MutatorCall, MutatorFn, RpcError};
 use crate::rules::Enforcement;
-use crate::storage::{DocumentState, LogEntry};
 
 /// Most commands a shard sequences before it hands their log entries to the
 /// storage thread, so a long queue still reaches the disk steadily.
@@ -66,12 +59,6 @@ const SHARD_BATCH_COMMANDS_MAX: usize = 256;
 /// (an `open` of a large document holds a whole snapshot); past it the shard
 /// stops taking commands, like `shard_pending_effects_max`.
 const SHARD_PENDING_EFFECT_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// How long after a retryable rejection a session gets the document's
-/// changes without its writer's coalescing wait. Under contention a re-run
-/// on state one window old collides again: with 32 clients on one counter,
-/// a transaction of the Rust client lost 64 runs in a row. Long enough to
-/// span a contended client's backoff (at most 32 round trips).
-const CONTENDED_UNCOALESCED_FOR: Duration = Duration::from_millis(250);
 
 /// A session's id as other clients see it.
 pub(crate) type SessionId = Arc<str>;
@@ -79,8 +66,7 @@ pub(crate) type SessionId = Arc<str>;
 /// What a shard can be asked to do.
 pub(crate) enum ShardCommand {
     Open {
-        session: SessionId,
-        outbox: Outbox,
+        session: ShardSession,
         doc: DocId,
         version: Option<Version>,
     },
@@ -89,10 +75,9 @@ pub(crate) enum ShardCommand {
         doc: DocId,
     },
     Commit {
-        session: SessionId,
+        session: ShardSession,
         /// Who commits: what the guards are shown.
         identity: Arc<Identity>,
-        outbox: Outbox,
         tx: Transaction,
         received: Instant,
     },
@@ -254,64 +239,60 @@ pub(crate) fn spawn_shards(
     let mut senders = Vec::with_capacity(config.shards);
     let mut tasks = Vec::with_capacity(config.shards);
     let docs_held = Arc::new(AtomicUsize::new(0));
+    let sequencer_config = SequencerConfig {
+        history_changes_max: config.change_history_max,
+        history_bytes_max: config.change_history_bytes_max,
+        snapshot_cache_bytes_max: config.snapshot_cache_bytes_max,
+        docs_max: config.docs_max,
+        pending_effects_max: config.shard_pending_effects_max,
+        pending_effect_bytes_max: SHARD_PENDING_EFFECT_BYTES_MAX,
+    };
     for index in 0..config.shards {
         let (sender, receiver) = mpsc::channel(config.shard_queue_commands_max);
         let since_snapshot: HashMap<DocId, u64> = since.pop().unwrap_or_default();
-        let log = links.pop().map(|link| ShardLog {
-            link,
-            batch: Vec::new(),
-            snapshots: Vec::new(),
-            filling: 1,
-            last: 0,
-            durable: 0,
-            snapshot_every,
-            replay_max,
-            replay_total: since_snapshot.values().sum(),
+        let link = links.pop();
+        let durability = link.as_ref().map(|_| Durability {
+            snapshot_every_commits: snapshot_every,
+            replay_commits_max: replay_max,
             since_snapshot,
         });
         let store = stores.pop().unwrap_or_else(|| Store::new(config.limits));
-        docs_held.fetch_add(store.doc_ids().count(), Ordering::Relaxed);
-        let mut shard = Shard {
+        let mut sequencer =
+            Sequencer::new(store, sequencer_config.clone(), docs_held.clone(), durability);
+        if let Some(log) = &commit_log {
+            sequencer.observe_commits(Box::new(log.clone()));
+        }
+        for (_, changes) in tails.pop().unwrap_or_default() {
+            for change in changes {
+                sequencer.recover_history(&change);
+            }
+        }
+        let shard = Shard {
             index,
-            store,
-            docs: HashMap::new(),
-            history_max: config.change_history_max,
-            history_bytes_max: config.change_history_bytes_max,
-            snapshot_bytes: 0,
-            snapshot_bytes_max: config.snapshot_cache_bytes_max,
-            docs_held: docs_held.clone(),
-            docs_max: config.docs_max,
+            sequencer,
+            link,
             metrics: metrics.clone(),
-            commit_log: commit_log.clone(),
             enforcement: enforcement.clone(),
             tx_prefix: format!("~srv{nonce:016x}.{index}."),
             tx_counter: 0,
-            log,
-            effects: VecDeque::new(),
-            effects_max: config.shard_pending_effects_max,
-            effects_bytes: 0,
-            failed: false,
         };
-        for (_, changes) in tails.pop().unwrap_or_default() {
-            for change in changes {
-                shard.record_history(&change.doc, change.version, encode(&change_message(&change)));
-            }
-        }
         senders.push(sender);
         tasks.push(tokio::spawn(shard.run(receiver, stop.clone())));
     }
     (ShardSet { senders: senders.into() }, tasks)
 }
 
-/// The test-only record of every commit, in commit order per document.
+/// The test-only record of every commit, in commit order per document: a
+/// [`CommitObserver`] each shard's sequencer is given only when
+/// `Config::record_commit_log` is set.
 #[derive(Debug, Clone)]
 pub(crate) struct CommitLog {
     pub(crate) entries: Arc<Mutex<Vec<CommittedTx>>>,
     pub(crate) entries_max: usize,
 }
 
-impl CommitLog {
-    fn record(&self, tx: Transaction, version: Version) {
+impl CommitObserver for CommitLog {
+    fn committed(&mut self, tx: Transaction, version: Version) {
         let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if entries.len() < self.entries_max {
             entries.push(CommittedTx { tx, version });
@@ -321,169 +302,73 @@ impl CommitLog {
     }
 }
 
-/// One document's live state beyond the store.
-#[derive(Debug, Default)]
-struct DocState {
-    subscribers: HashMap<SessionId, Outbox>,
-    /// Subscribers whose transactions here were recently rejected (conflict
-    /// or stale), and until when: they get this document's changes without
-    /// their writer's coalescing wait (`Outbox::push_reply`), so a re-run
-    /// starts from current state instead of colliding again on state a
-    /// window old. At most one entry per subscriber.
-    contended: HashMap<SessionId, Instant>,
-    presence: HashMap<SessionId, Value>,
-    /// Recent changes, serialised, oldest first; versions are dense. Updated
-    /// when a change is sequenced; only ever sent through a released effect.
-    history: VecDeque<(Version, Utf8Bytes)>,
-    history_bytes: usize,
-    /// The snapshot frame last encoded, and its version; dropped when a
-    /// change is sequenced, and only ever sent at its own version.
-    snapshot: Option<(Version, Utf8Bytes)>,
+/// The server's types as the sequencer names them.
+#[derive(Debug)]
+struct ShardShell;
+
+/// A session as a shard reaches it: its id (what other clients see) and
+/// its outbound queue. Made once per session and shared
+/// ([`ShardSession`]): the sequencer clones it into every frame it sends
+/// the session, one reference count.
+#[derive(Debug)]
+pub(crate) struct SessionHandle {
+    pub(crate) id: SessionId,
+    pub(crate) outbox: Outbox,
 }
 
-impl DocState {
-    /// Forgets the cached snapshot frame; returns the bytes it held.
-    fn drop_snapshot(&mut self) -> usize {
-        self.snapshot.take().map_or(0, |(_, frame)| frame.len())
-    }
-}
+/// The shared handle of a session.
+pub(crate) type ShardSession = Arc<SessionHandle>;
 
-/// A visible consequence of a command, carried out at release.
-enum Effect {
-    /// A change to every subscriber of `doc` but `skip` (the submitter).
-    Broadcast {
-        doc: DocId,
-        frame: Utf8Bytes,
-        skip: Option<SessionId>,
-    },
-    /// An acknowledgement or rejection to the submitter.
-    Reply {
-        outbox: Outbox,
-        frame: Utf8Bytes,
+/// What the shell needs to carry out a reply.
+#[derive(Debug)]
+enum Request {
+    /// A session's commit, received at this instant (commit latency).
+    Commit {
         received: Instant,
     },
-    /// An `open` reply (prepared when sequenced), then the subscription.
-    Open {
-        session: SessionId,
-        outbox: Outbox,
-        doc: DocId,
-        frames: Vec<Utf8Bytes>,
-    },
-    Close {
-        session: SessionId,
-        doc: DocId,
-    },
-    Presence {
-        session: SessionId,
-        doc: DocId,
-        state: Value,
-    },
-    Mutated {
+    /// A mutator's writes, with the result it returned to answer with.
+    Mutate {
         reply: MutateReply,
-        result: Result<(Version, Value), RpcError>,
+        result: Value,
     },
-    Got {
+    /// A mutator that failed: its error, answered in order.
+    MutatorFailed {
+        reply: MutateReply,
+        error: RpcError,
+    },
+    Get {
         reply: oneshot::Sender<(Value, Version)>,
-        value: (Value, Version),
     },
 }
 
-impl Effect {
-    /// Frame bytes the effect holds (what a big `open` can make large).
-    fn bytes(&self) -> usize {
-        match self {
-            Effect::Broadcast { frame, .. } | Effect::Reply { frame, .. } => frame.len(),
-            Effect::Open { frames, .. } => frames.iter().map(|frame| frame.len()).sum(),
-            _ => 0,
-        }
+impl Shell for ShardShell {
+    type SessionKey = SessionId;
+    type Session = ShardSession;
+    type Request = Request;
+    /// The WebSocket frame type itself: the sequencer encodes each change
+    /// once into it, and recipients share its bytes with no conversion.
+    type Frame = Utf8Bytes;
+
+    fn session_key(session: &ShardSession) -> &SessionId {
+        &session.id
     }
 }
 
-/// A shard's side of durable storage.
-struct ShardLog {
-    link: ShardLink,
-    /// Entries sequenced since the last batch was sent.
-    batch: Vec<LogEntry>,
-    snapshots: Vec<DocumentState>,
-    /// The ticket the batch being filled will be sent with.
-    filling: u64,
-    /// The ticket of the newest batch holding an entry (sent or being
-    /// filled): an effect sequenced now must wait for it to be durable.
-    last: u64,
-    /// Every batch up to this ticket is durable.
-    durable: u64,
-    snapshot_every: u64,
-    /// Commits per document since its last snapshot (documents with none
-    /// are left out, so the map does not grow with every document ever
-    /// written).
-    since_snapshot: HashMap<DocId, u64>,
-    /// The sum of `since_snapshot`: what a restart would replay.
-    replay_total: u64,
-    replay_max: u64,
-}
-
+/// A shard task: the tokio shell around one `Sequencer`.
 struct Shard {
     index: usize,
-    store: Store,
-    docs: HashMap<DocId, DocState>,
-    history_max: usize,
-    history_bytes_max: usize,
-    /// Bytes of the snapshot frames held in `docs`, and their bound.
-    snapshot_bytes: usize,
-    snapshot_bytes_max: usize,
-    /// Documents held by all shards together, and their bound.
-    docs_held: Arc<AtomicUsize>,
-    docs_max: usize,
+    sequencer: Sequencer<ShardShell>,
+    /// `None` in memory.
+    link: Option<ShardLink>,
     metrics: Metrics,
-    commit_log: Option<CommitLog>,
     /// Schemas, server-only paths and guards, checked on every commit.
     enforcement: Arc<Enforcement>,
     tx_prefix: String,
     tx_counter: u64,
-    /// `None` in memory: effects are released as soon as they are sequenced.
-    log: Option<ShardLog>,
-    /// Sequenced effects not yet released, oldest first, each with the
-    /// ticket that must be durable first. Bounded by `effects_max`: past it
-    /// the shard stops taking commands.
-    effects: VecDeque<(u64, Effect)>,
-    effects_max: usize,
-    /// Bytes of frames held in `effects`.
-    effects_bytes: usize,
-    /// Storage failed: nothing more is released, commands are dropped.
-    failed: bool,
 }
 
-/// A snapshot message serialised straight from the store's value, without
-/// cloning the document.
-#[derive(Serialize)]
-#[serde(tag = "type", rename = "snapshot")]
-struct SnapshotRef<'a> {
-    doc: &'a DocId,
-    version: Version,
-    value: &'a Doc,
-}
-
-/// A change message serialised from a borrowed change, so the change itself
-/// can move on into the log without a copy.
-#[derive(Serialize)]
-#[serde(tag = "type", rename = "change")]
-struct ChangeRef<'a> {
-    doc: &'a DocId,
-    version: Version,
-    tx_id: &'a TxId,
-    patch: &'a Patch,
-}
-
-fn change_message(change: &Change) -> ChangeRef<'_> {
-    ChangeRef {
-        doc: &change.doc,
-        version: change.version,
-        tx_id: &change.tx_id,
-        patch: &change.patch,
-    }
-}
-
-/// Serialises a server message once, for every recipient.
+/// Serialises a server message once, for every recipient (the hub's and
+/// sessions' own messages; the sequencer encodes the shards').
 pub(crate) fn encode<T: Serialize>(message: &T) -> Utf8Bytes {
     match serde_json::to_string(message) {
         Ok(text) => Utf8Bytes::from(text),
@@ -499,19 +384,20 @@ pub(crate) fn encode<T: Serialize>(message: &T) -> Utf8Bytes {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+/// The time the sequencer is given: the wall clock, read once per command
+/// or per round of effects.
+fn now() -> UnixMillis {
+    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
+    UnixMillis(since.map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX)))
 }
 
 /// Resolves with the next durability report; never in memory or once failed.
-async fn next_durable(log: Option<&mut ShardLog>) -> Durable {
-    let Some(log) = log else { return std::future::pending().await };
-    match log.link.durable.changed().await {
-        Ok(()) => *log.link.durable.borrow_and_update(),
+async fn next_durable(link: Option<&mut ShardLink>) -> Durable {
+    let Some(link) = link else { return std::future::pending().await };
+    match link.durable.changed().await {
+        Ok(()) => *link.durable.borrow_and_update(),
         // The storage thread is gone without a word: treat it as failed.
-        Err(_) => Durable { ticket: log.durable, failed: true },
+        Err(_) => Durable { ticket: link.durable.borrow().ticket, failed: true },
     }
 }
 
@@ -519,11 +405,11 @@ impl Shard {
     async fn run(mut self, mut commands: mpsc::Receiver<ShardCommand>, stop: CancellationToken) {
         let mut stopping = false;
         loop {
-            let accepting = !self.effects_full();
-            let log = if self.failed { None } else { self.log.as_mut() };
+            let accepting = !self.sequencer.is_full();
+            let link = if self.sequencer.awaits_storage() { self.link.as_mut() } else { None };
             tokio::select! {
                 biased;
-                durable = next_durable(log) => self.on_durable(durable),
+                durable = next_durable(link) => self.on_durable(durable),
                 () = stop.cancelled(), if !stopping => {
                     // Finish what is queued, then stop.
                     stopping = true;
@@ -534,7 +420,7 @@ impl Shard {
                     self.handle(command);
                     // Take what is already waiting, so one batch carries it.
                     for _ in 1..SHARD_BATCH_COMMANDS_MAX {
-                        if self.effects_full() {
+                        if self.sequencer.is_full() {
                             break;
                         }
                         match commands.try_recv() {
@@ -549,457 +435,112 @@ impl Shard {
         // Graceful stop: wait until everything sequenced is durable and
         // released (the server bounds this wait).
         self.flush().await;
-        while !self.effects.is_empty() && !self.failed {
-            let durable = next_durable(self.log.as_mut()).await;
+        while self.sequencer.pending_effects() > 0 && self.sequencer.awaits_storage() {
+            let durable = next_durable(self.link.as_mut()).await;
             self.on_durable(durable);
         }
+        self.release();
     }
 
+    /// Sequences one command and carries out what it released (in memory,
+    /// everything: so each command sees the subscriptions the ones before
+    /// it made, as when effects were carried out inline).
     fn handle(&mut self, command: ShardCommand) {
-        if self.failed {
+        if self.sequencer.has_failed() {
             // Storage failed: the session is being closed (1011); dropping a
             // reply answers a waiting procedure with "shutting down".
             return;
         }
-        match command {
-            ShardCommand::Open { session, outbox, doc, version } => {
-                self.open(session, outbox, doc, version);
+        let now = now();
+        let command = match command {
+            ShardCommand::Open { session, doc, version } => {
+                let burst = session.outbox.burst();
+                Command::Open { session, doc, held: version, burst }
             }
-            ShardCommand::Close { session, doc } => self.emit(Effect::Close { session, doc }),
-            ShardCommand::Commit { session, identity, outbox, tx, received } => {
-                self.commit(session, &identity, outbox, tx, received);
-            }
+            ShardCommand::Close { session, doc } => Command::Close { session, doc },
             ShardCommand::Presence { session, doc, state } => {
-                self.emit(Effect::Presence { session, doc, state });
+                Command::Presence { session, doc, state }
+            }
+            ShardCommand::Commit { session, identity, tx, received } => {
+                let enforcement = self.enforcement.clone();
+                let mut check = enforcement.for_client(&identity);
+                let request = Request::Commit { received };
+                let command = Command::Commit { session, tx, check: &mut check, request };
+                let decided = self.sequencer.handle(command, now);
+                self.count(decided, true);
+                self.release();
+                return;
             }
             ShardCommand::Mutate { doc, session, params, mutator, reply } => {
-                let result = self.mutate(&doc, &session, &params, &mutator);
-                self.emit(Effect::Mutated { reply, result });
+                self.mutate(doc, &session, &params, &mutator, reply, now);
+                self.release();
+                return;
             }
             ShardCommand::Get { doc, reply } => {
-                self.emit(Effect::Got { reply, value: self.store.get(&doc) });
-            }
-        }
-    }
-
-    /// True when the shard holds as many unreleased effects as it may.
-    fn effects_full(&self) -> bool {
-        self.effects.len() >= self.effects_max
-            || self.effects_bytes >= SHARD_PENDING_EFFECT_BYTES_MAX
-    }
-
-    /// Queues `effect` behind everything sequenced so far, or carries it out
-    /// at once when nothing it depends on is still waiting for the disk.
-    fn emit(&mut self, effect: Effect) {
-        let needed = self.log.as_ref().map_or(0, |log| log.last);
-        let durable = self.log.as_ref().map_or(0, |log| log.durable);
-        if self.effects.is_empty() && needed <= durable {
-            self.release(effect);
-        } else {
-            self.effects_bytes += effect.bytes();
-            self.effects.push_back((needed, effect));
-        }
-    }
-
-    fn on_durable(&mut self, durable: Durable) {
-        let Some(log) = &mut self.log else { return };
-        log.durable = log.durable.max(durable.ticket);
-        let ready = log.durable;
-        while self.effects.front().is_some_and(|(needed, _)| *needed <= ready) {
-            if let Some((_, effect)) = self.effects.pop_front() {
-                self.effects_bytes -= effect.bytes();
-                self.release(effect);
-            }
-        }
-        if durable.failed {
-            self.fail();
-        }
-    }
-
-    /// Storage failed: what is not yet durable is never released. Every
-    /// session waiting on this shard is closed (1011), so its client
-    /// reconnects to a restarted server and resubmits; the server as a whole
-    /// stops (see `durable`).
-    fn fail(&mut self) {
-        if self.failed {
-            return;
-        }
-        self.failed = true;
-        tracing::error!(shard = self.index, pending = self.effects.len(), "storage failed");
-        let reason = "storage failure: unacknowledged commits were not applied";
-        self.effects_bytes = 0;
-        for (_, effect) in self.effects.drain(..) {
-            match effect {
-                Effect::Reply { outbox, .. } | Effect::Open { outbox, .. } => {
-                    outbox.close_after_drain(close_code::INTERNAL_ERROR, reason);
-                }
-                _ => {}
-            }
-        }
-        for state in self.docs.values() {
-            for outbox in state.subscribers.values() {
-                outbox.close_after_drain(close_code::INTERNAL_ERROR, reason);
-            }
-        }
-        if let Some(log) = &mut self.log {
-            log.batch.clear();
-            log.snapshots.clear();
-        }
-    }
-
-    /// Hands the entries sequenced since the last call to the storage thread.
-    async fn flush(&mut self) {
-        let Some(log) = &mut self.log else { return };
-        if self.failed || (log.batch.is_empty() && log.snapshots.is_empty()) {
-            return;
-        }
-        let batch = Batch {
-            shard: self.index,
-            ticket: log.filling,
-            entries: std::mem::take(&mut log.batch),
-            snapshots: std::mem::take(&mut log.snapshots),
-        };
-        log.filling += 1;
-        if log.link.batches.send(batch).await.is_err() {
-            self.fail();
-        }
-    }
-
-    /// Logs a committed change (with storage) and snapshots its document
-    /// when due: after `snapshot_every` of its commits, or all documents
-    /// with unsnapshotted commits once the shard's replay work reaches
-    /// `replay_max`.
-    fn log_change(&mut self, change: Change, base: Version, reads: Vec<Pointer>, author: String) {
-        let Some(log) = &mut self.log else { return };
-        let version = change.version;
-        log.replay_total += 1;
-        // Looked up before inserting, so the common case clones no id.
-        let since = match log.since_snapshot.get_mut(&change.doc) {
-            Some(since) => {
-                *since += 1;
-                *since
-            }
-            None => {
-                log.since_snapshot.insert(change.doc.clone(), 1);
-                1
+                Command::Get { doc, request: Request::Get { reply } }
             }
         };
-        if since >= log.snapshot_every {
-            log.replay_total -= since;
-            log.since_snapshot.remove(&change.doc);
-            // Cloned here, serialised by the storage thread: the shard pays
-            // a copy, not the encoding.
-            if let Some(value) = self.store.value(&change.doc) {
-                let doc = change.doc.clone();
-                log.snapshots.push(DocumentState { doc, version, value: value.to_value() });
+        self.sequencer.handle(command, now);
+        self.release();
+    }
+
+    /// Counts what a commit decided.
+    fn count(&self, decided: Option<Decided>, from_session: bool) {
+        match decided {
+            Some(Decided::Committed) => self.metrics.commits.inc(),
+            Some(Decided::Rejected { reason }) => {
+                self.metrics.rejections.with_label_values(&[reason]).inc();
             }
-        }
-        log.batch.push(LogEntry { change, base, reads, time_ms: now_ms(), author });
-        log.last = log.filling;
-        if log.replay_total >= log.replay_max {
-            for (doc, _) in log.since_snapshot.drain() {
-                if let Some(value) = self.store.value(&doc) {
-                    let version = self.store.version(&doc);
-                    log.snapshots.push(DocumentState { doc, version, value: value.to_value() });
-                }
-            }
-            log.replay_total = 0;
+            Some(Decided::Duplicate) if from_session => self.metrics.duplicates.inc(),
+            Some(Decided::Duplicate | Decided::Refused) | None => {}
         }
     }
 
-    /// Sequences a committed change: history, log, broadcast.
-    fn sequence_change(
-        &mut self,
-        change: Change,
-        base: Version,
-        reads: Vec<Pointer>,
-        author: String,
-        skip: Option<SessionId>,
-    ) {
-        let frame = encode(&change_message(&change));
-        let doc = change.doc.clone();
-        self.record_history(&doc, change.version, frame.clone());
-        self.log_change(change, base, reads, author);
-        self.emit(Effect::Broadcast { doc, frame, skip });
-    }
-
-    /// Commits `tx`, with `check` asked whether the patched document may
-    /// stand, unless its document is new and the server already holds
-    /// `docs_max` documents (then the refusal's message). A slot is
-    /// reserved before the commit and given back if the document still does
-    /// not exist after it (a transaction refused as too large never creates
-    /// it), so the bound holds exactly across shards.
-    fn commit_within_docs_max(
-        &mut self,
-        tx: Transaction,
-        check: &mut dyn CommitCheck,
-    ) -> Result<Commit, String> {
-        if self.store.value(&tx.doc).is_some() {
-            return Ok(self.store.commit_checked(tx, check));
-        }
-        let max = self.docs_max;
-        self.docs_held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                (held < max).then_some(held + 1)
-            })
-            .map_err(|_| format!("the server holds its limit of {max} documents"))?;
-        let doc = tx.doc.clone();
-        let result = self.store.commit_checked(tx, check);
-        if self.store.value(&doc).is_none() {
-            self.docs_held.fetch_sub(1, Ordering::AcqRel);
-        }
-        Ok(result)
-    }
-
-    fn record_history(&mut self, doc: &DocId, version: Version, frame: Utf8Bytes) {
-        let state = self.docs.entry(doc.clone()).or_default();
-        self.snapshot_bytes -= state.drop_snapshot();
-        state.history_bytes += frame.len();
-        state.history.push_back((version, frame));
-        while state.history.len() > self.history_max || state.history_bytes > self.history_bytes_max
-        {
-            match state.history.pop_front() {
-                Some((_, old)) => state.history_bytes -= old.len(),
-                None => break,
-            }
-        }
-    }
-
-    fn open(&mut self, session: SessionId, outbox: Outbox, doc: DocId, version: Option<Version>) {
-        let current = self.store.version(&doc);
-        let state = self.docs.entry(doc.clone()).or_default();
-        let catch_up = version.filter(|held| *held <= current).and_then(|held| {
-            if held == current {
-                return Some(Vec::new());
-            }
-            let first = state.history.front()?.0;
-            if first > held.next() {
-                return None;
-            }
-            let missed: Vec<Utf8Bytes> =
-                state.history.iter().filter(|(v, _)| *v > held).map(|(_, f)| f.clone()).collect();
-            // Missed changes that would fill the session's outbound queue
-            // would close it as a slow consumer before it could read them
-            // (a resume after a 4001 would loop): one snapshot instead.
-            let bytes = missed.iter().map(|frame| frame.len()).sum();
-            outbox.takes_burst(missed.len(), bytes).then_some(missed)
-        });
-        let mut frames = match catch_up {
-            Some(changes) => changes,
-            None => vec![self.snapshot_frame(&doc, current)],
-        };
-        frames.push(encode(&ServerMessage::Opened { doc: doc.clone(), version: current }));
-        self.emit(Effect::Open { session, outbox, doc, frames });
-    }
-
-    /// The snapshot of `doc` at `current`: the cached frame when it is of
-    /// this version, else a new encoding, cached while the bytes allow.
-    fn snapshot_frame(&mut self, doc: &DocId, current: Version) -> Utf8Bytes {
-        let state = self.docs.entry(doc.clone()).or_default();
-        if let Some((version, frame)) = &state.snapshot {
-            if *version == current {
-                return frame.clone();
-            }
-        }
-        let empty = Doc::empty_object();
-        let value = self.store.value(doc).unwrap_or(&empty);
-        let frame = encode(&SnapshotRef { doc, version: current, value });
-        self.snapshot_bytes -= state.drop_snapshot();
-        if self.snapshot_bytes + frame.len() <= self.snapshot_bytes_max {
-            self.snapshot_bytes += frame.len();
-            state.snapshot = Some((current, frame.clone()));
-        }
-        frame
-    }
-
-    fn commit(
-        &mut self,
-        session: SessionId,
-        identity: &Identity,
-        outbox: Outbox,
-        tx: Transaction,
-        received: Instant,
-    ) {
-        let doc = tx.doc.clone();
-        let tx_id = tx.tx_id.clone();
-        let logged = self.commit_log.as_ref().map(|_| tx.clone());
-        let base = tx.base;
-        let reads = if self.log.is_some() { tx.reads.clone() } else { Vec::new() };
-        let enforcement = self.enforcement.clone();
-        let mut check = enforcement.for_client(identity);
-        let result = match self.commit_within_docs_max(tx, &mut check) {
-            Ok(result) => result,
-            Err(message) => {
-                let refusal = ServerMessage::Error {
-                    code: ErrorCode::LimitReached,
-                    message,
-                    topic: None,
-                    method: None,
-                    doc: Some(doc),
-                    tx_id: Some(tx_id),
-                };
-                self.emit(Effect::Reply { outbox, frame: encode(&refusal), received });
-                return;
-            }
-        };
-        let ack = match result {
-            Commit::Applied { version, change } => {
-                if let (Some(log), Some(tx)) = (&self.commit_log, logged) {
-                    log.record(tx, version);
-                }
-                self.metrics.commits.inc();
-                if let Some(change) = change {
-                    let author = session.to_string();
-                    self.sequence_change(change, base, reads, author, Some(session));
-                }
-                ServerMessage::Committed { doc, tx_id, version }
-            }
-            Commit::Rejected(rejection) => {
-                self.metrics.rejections.with_label_values(&[reason(&rejection)]).inc();
-                if rejection.is_retryable() {
-                    self.mark_contended(&doc, &session, received);
-                }
-                ServerMessage::Rejected { doc, tx_id, rejection }
-            }
-            Commit::Duplicate(Outcome::Committed { version }) => {
-                self.metrics.duplicates.inc();
-                ServerMessage::Committed { doc, tx_id, version }
-            }
-            Commit::Duplicate(Outcome::Rejected { rejection }) => {
-                self.metrics.duplicates.inc();
-                ServerMessage::Rejected { doc, tx_id, rejection }
-            }
-        };
-        self.emit(Effect::Reply { outbox, frame: encode(&ack), received });
-    }
-
-    /// `session`, rejected on `doc` at `now`, gets `doc`'s changes without
-    /// coalescing for `CONTENDED_UNCOALESCED_FOR`.
-    fn mark_contended(&mut self, doc: &DocId, session: &SessionId, now: Instant) {
-        if let Some(state) = self.docs.get_mut(doc) {
-            if state.subscribers.contains_key(session) {
-                state.contended.insert(session.clone(), now + CONTENDED_UNCOALESCED_FOR);
-            }
-        }
-    }
-
-    /// Carries out one effect. Runs in sequencing order, after everything
-    /// the effect depends on is durable.
-    fn release(&mut self, effect: Effect) {
-        match effect {
-            Effect::Broadcast { doc, frame, skip } => {
-                let Some(state) = self.docs.get_mut(&doc) else { return };
-                if !state.contended.is_empty() {
-                    let now = Instant::now();
-                    state.contended.retain(|_, until| *until > now);
-                }
-                let mut overflowed = Vec::new();
-                for (subscriber, outbox) in &state.subscribers {
-                    if Some(subscriber) == skip.as_ref() {
-                        continue;
-                    }
-                    let pushed = if state.contended.contains_key(subscriber) {
-                        outbox.push_reply(frame.clone())
-                    } else {
-                        outbox.push(frame.clone())
-                    };
-                    if pushed.is_err() {
-                        overflowed.push(subscriber.clone());
-                    }
-                }
-                for subscriber in overflowed {
-                    drop_subscriber(state, &doc, &subscriber);
-                }
-            }
-            Effect::Reply { outbox, frame, received } => {
-                // If the ack does not fit, the outbox has closed the session
-                // (4001); the client resubmits and the dedup window answers.
-                let _ = outbox.push_reply(frame);
-                self.metrics.commit_latency.observe(received.elapsed().as_secs_f64());
-            }
-            Effect::Open { session, outbox, doc, frames } => {
-                self.subscribe(session, outbox, doc, frames);
-            }
-            Effect::Close { session, doc } => self.close(&session, &doc),
-            Effect::Presence { session, doc, state } => self.presence(&session, &doc, state),
-            Effect::Mutated { reply, result } => {
-                // The caller may have gone (disconnect, timeout); the commit stands.
-                let _ = reply.send(result);
-            }
-            Effect::Got { reply, value } => {
-                let _ = reply.send(value);
-            }
-        }
-    }
-
-    fn subscribe(
-        &mut self,
-        session: SessionId,
-        outbox: Outbox,
-        doc: DocId,
-        mut frames: Vec<Utf8Bytes>,
-    ) {
-        let state = self.docs.entry(doc.clone()).or_default();
-        for (other, presence) in &state.presence {
-            if **other != *session {
-                frames.push(encode(&ServerMessage::Presence {
-                    doc: doc.clone(),
-                    session: other.to_string(),
-                    event: PresenceEvent::Join,
-                    state: presence.clone(),
-                }));
-            }
-        }
-        // The reply to `open`.
-        for frame in frames {
-            if outbox.push_reply(frame).is_err() {
-                return;
-            }
-        }
-        state.subscribers.insert(session, outbox);
-    }
-
-    fn close(&mut self, session: &SessionId, doc: &DocId) {
-        if let Some(state) = self.docs.get_mut(doc) {
-            drop_subscriber(state, doc, session);
-            // Opening never-written documents must not grow memory: forget
-            // the state of a document nobody watches and that has no history.
-            if state.subscribers.is_empty() && state.history.is_empty() {
-                if let Some(mut removed) = self.docs.remove(doc) {
-                    self.snapshot_bytes -= removed.drop_snapshot();
-                }
-            }
-        }
-    }
-
-    fn presence(&mut self, session: &SessionId, doc: &DocId, state_value: Value) {
-        let Some(state) = self.docs.get_mut(doc) else { return };
-        if !state.subscribers.contains_key(session) {
-            return;
-        }
-        let event = if state_value.is_null() {
-            if state.presence.remove(session).is_none() {
-                return;
-            }
-            PresenceEvent::Leave
-        } else if state.presence.insert(session.clone(), state_value.clone()).is_some() {
-            PresenceEvent::Update
-        } else {
-            PresenceEvent::Join
-        };
-        broadcast_presence(state, doc, session, event, state_value);
-    }
-
+    /// Runs `mutator` on the document as the shard holds it and sequences
+    /// its writes as a server transaction (its error, if it fails, is
+    /// answered in order all the same: it may depend on what it read).
     fn mutate(
+        &mut self,
+        doc: DocId,
+        session: &str,
+        params: &Value,
+        mutator: &MutatorFn,
+        reply: MutateReply,
+        now: UnixMillis,
+    ) {
+        match self.run_mutator(&doc, session, params, mutator) {
+            Err(error) => {
+                let request = Request::MutatorFailed { reply, error };
+                self.sequencer.handle(Command::Defer { request }, now);
+            }
+            Ok((tx, result)) => {
+                let author = if session.is_empty() {
+                    "~server".into()
+                } else {
+                    format!("~mutator:{session}")
+                };
+                let enforcement = self.enforcement.clone();
+                let mut check = enforcement.for_server();
+                let request = Request::Mutate { reply, result };
+                let command = Command::Mutate { tx, author, check: &mut check, request };
+                let decided = self.sequencer.handle(command, now);
+                self.count(decided, false);
+            }
+        }
+    }
+
+    /// The mutator's transaction and result, or its error.
+    fn run_mutator(
         &mut self,
         doc: &DocId,
         session: &str,
         params: &Value,
         mutator: &MutatorFn,
-    ) -> Result<(Version, Value), RpcError> {
+    ) -> Result<(Transaction, Value), RpcError> {
+        let store = self.sequencer.store();
         let empty = Doc::empty_object();
-        let value = self.store.value(doc).unwrap_or(&empty);
-        let version = self.store.version(doc);
+        let value = store.value(doc).unwrap_or(&empty);
+        let version = store.version(doc);
         let call = MutatorCall { params, doc, value, version, session };
         // The mutator is the embedding application's code and only reads the
         // document; a panic in it must not take the whole shard down.
@@ -1015,94 +556,104 @@ impl Shard {
             reads: Vec::new(),
             writes: mutation.writes,
         };
-        let logged = self.commit_log.as_ref().map(|_| tx.clone());
-        let enforcement = self.enforcement.clone();
-        let result = self
-            .commit_within_docs_max(tx, &mut enforcement.for_server())
-            .map_err(|message| RpcError::new(code::MUTATION_REJECTED, message))?;
-        match result {
-            Commit::Applied { version: committed, change } => {
-                if let (Some(log), Some(tx)) = (&self.commit_log, logged) {
-                    log.record(tx, committed);
+        Ok((tx, mutation.result))
+    }
+
+    fn on_durable(&mut self, durable: Durable) {
+        self.sequencer.on_durable(Ticket(durable.ticket));
+        if durable.failed {
+            self.fail();
+        }
+        self.release();
+    }
+
+    /// Storage failed: the sequencer releases what is durable, then closes
+    /// every session waiting on this shard (1011); the server as a whole
+    /// stops (see `durable`).
+    fn fail(&mut self) {
+        if self.sequencer.has_failed() {
+            return;
+        }
+        let pending = self.sequencer.pending_effects();
+        tracing::error!(shard = self.index, pending, "storage failed");
+        self.sequencer.on_storage_failed();
+    }
+
+    /// Hands the entries sequenced since the last call to the storage thread.
+    async fn flush(&mut self) {
+        let Some(link) = &self.link else { return };
+        let Some(batch) = self.sequencer.poll_batch() else { return };
+        let batch = Batch {
+            shard: self.index,
+            ticket: batch.ticket.0,
+            entries: batch.entries,
+            snapshots: batch.snapshots,
+        };
+        if link.batches.send(batch).await.is_err() {
+            self.fail();
+            self.release();
+        }
+    }
+
+    /// Carries out every effect the sequencer has released.
+    fn release(&mut self) {
+        let now = now();
+        while let Some(effect) = self.sequencer.poll_effect(now) {
+            match effect {
+                Effect::Send { to, frame, urgent } => {
+                    let pushed =
+                        if urgent { to.outbox.push_reply(frame) } else { to.outbox.push(frame) };
+                    if pushed.is_err() {
+                        self.sequencer.on_undeliverable(&to.id);
+                    }
                 }
-                self.metrics.commits.inc();
-                if let Some(change) = change {
-                    let author = if session.is_empty() {
-                        "~server".into()
-                    } else {
-                        format!("~mutator:{session}")
-                    };
-                    self.sequence_change(change, version, Vec::new(), author, None);
+                Effect::Acknowledge { to, frame, request } => {
+                    // If the ack does not fit, the outbox has closed the
+                    // session (4001); the client resubmits and the dedup
+                    // window answers.
+                    let _ = to.outbox.push_reply(frame);
+                    if let Request::Commit { received } = request {
+                        self.metrics.commit_latency.observe(received.elapsed().as_secs_f64());
+                    }
                 }
-                Ok((committed, mutation.result))
-            }
-            Commit::Rejected(rejection) | Commit::Duplicate(Outcome::Rejected { rejection }) => {
-                self.metrics.rejections.with_label_values(&[reason(&rejection)]).inc();
-                let data = serde_json::to_value(&rejection).unwrap_or(Value::Null);
-                Err(RpcError::new(code::MUTATION_REJECTED, rejection.to_string()).with_data(data))
-            }
-            Commit::Duplicate(Outcome::Committed { version }) => Ok((version, mutation.result)),
-        }
-    }
-}
-
-/// Removes a subscriber and, if it had presence, tells the others it left.
-fn drop_subscriber(state: &mut DocState, doc: &DocId, session: &SessionId) {
-    state.subscribers.remove(session);
-    state.contended.remove(session);
-    if state.presence.remove(session).is_some() {
-        broadcast_presence(state, doc, session, PresenceEvent::Leave, Value::Null);
-    }
-}
-
-fn broadcast_presence(
-    state: &mut DocState,
-    doc: &DocId,
-    session: &SessionId,
-    event: PresenceEvent,
-    presence: Value,
-) {
-    let frame = encode(&ServerMessage::Presence {
-        doc: doc.clone(),
-        session: session.to_string(),
-        event,
-        state: presence,
-    });
-    let mut overflowed = Vec::new();
-    for (subscriber, outbox) in &state.subscribers {
-        if subscriber != session && outbox.push(frame.clone()).is_err() {
-            overflowed.push(subscriber.clone());
-        }
-    }
-    for subscriber in overflowed {
-        state.subscribers.remove(&subscriber);
-        // Its own presence leave is announced when its session closes the doc.
-        if state.presence.remove(&subscriber).is_some() {
-            let leave = encode(&ServerMessage::Presence {
-                doc: doc.clone(),
-                session: subscriber.to_string(),
-                event: PresenceEvent::Leave,
-                state: Value::Null,
-            });
-            for outbox in state.subscribers.values() {
-                let _ = outbox.push(leave.clone());
+                Effect::Reply { request, reply } => answer(request, reply),
+                Effect::Close { session, code, reason } => {
+                    session.outbox.close_after_drain(code, reason);
+                }
             }
         }
     }
 }
 
-/// The metrics label of a rejection.
-fn reason(rejection: &Rejection) -> &'static str {
-    match rejection {
-        Rejection::Conflict { .. } => "conflict",
-        Rejection::Stale { .. } => "stale",
-        Rejection::BaseAhead { .. } => "base_ahead",
-        Rejection::Patch(_) => "patch",
-        Rejection::TooLarge { .. } => "too_large",
-        Rejection::OutcomeUnknown { .. } => "outcome_unknown",
-        Rejection::Forbidden { .. } => "forbidden",
-        Rejection::Invalid { .. } => "invalid",
-        Rejection::Vetoed { .. } => "vetoed",
+/// Answers a server request. The caller may have gone (disconnect,
+/// timeout); a commit stands regardless.
+fn answer(request: Request, reply: Reply) {
+    match (request, reply) {
+        (Request::Mutate { reply, result }, Reply::Mutated(outcome)) => {
+            let _ = reply.send(outcome.map(|version| (version, result)).map_err(mutation_error));
+        }
+        (Request::MutatorFailed { reply, error }, _) => {
+            let _ = reply.send(Err(error));
+        }
+        (Request::Get { reply }, Reply::Document { value, version }) => {
+            let _ = reply.send((value, version));
+        }
+        (request, reply) => {
+            debug_assert!(false, "{request:?} answered with {reply:?}");
+        }
+    }
+}
+
+/// A refused mutation as the procedure's caller sees it.
+fn mutation_error(refused: MutationRefused) -> RpcError {
+    match refused {
+        MutationRefused::Rejected(rejection) => {
+            let data = serde_json::to_value(&rejection).unwrap_or(Value::Null);
+            RpcError::new(code::MUTATION_REJECTED, rejection.to_string()).with_data(data)
+        }
+        refused @ MutationRefused::DocsMax { .. } => {
+            RpcError::new(code::MUTATION_REJECTED, refused.to_string())
+        }
     }
 }
 
@@ -1114,8 +665,11 @@ mod tests {
     use crate::config::SNAPSHOT_CACHE_BYTES_MAX;
     use crate::durable;
     use crate::outbox::Outgoing;
+    use concord_engine::protocol::close_code;
+
     use crate::storage::{
-        DataDir, Recovered, SqliteOptions, SqliteStorage, Storage, StorageError, SyncMode,
+        DataDir, DocumentState, LogEntry, Recovered, SqliteOptions, SqliteStorage, Storage,
+        StorageError, SyncMode,
     };
 
     /// SQLite, except that every append after the first `appends_ok` fails
@@ -1194,21 +748,15 @@ mod tests {
         let (shards, tasks) =
             spawn_shards(&config, &metrics, None, Default::default(), None, Some(storage), &stop);
         let outbox = Outbox::new(100, 1 << 20, metrics.clone());
-        let session: SessionId = "s".into();
+        let session = Arc::new(SessionHandle { id: "s".into(), outbox: outbox.clone() });
         let doc = DocId::parse("d").unwrap();
-        let open = ShardCommand::Open {
-            session: session.clone(),
-            outbox: outbox.clone(),
-            doc: doc.clone(),
-            version: None,
-        };
+        let open = ShardCommand::Open { session: session.clone(), doc: doc.clone(), version: None };
         assert!(shards.send(&doc, open).await);
         assert_eq!(next_text(&outbox).await["type"], "snapshot");
         assert_eq!(next_text(&outbox).await["type"], "opened");
         let commit = |id: &str| ShardCommand::Commit {
             session: session.clone(),
             identity: Arc::new(Identity::anonymous()),
-            outbox: outbox.clone(),
             tx: serde_json::from_value(json!({"doc": "d", "tx_id": id, "base": 0,
                 "writes": [{"op": "incr", "path": "/n", "value": 1}]}))
             .unwrap(),
@@ -1247,9 +795,9 @@ mod tests {
     /// Opens `doc` for a new session; returns its snapshot frame.
     async fn open_snapshot(shards: &ShardSet, doc: &DocId, metrics: &Metrics) -> Utf8Bytes {
         let outbox = Outbox::new(100, 1 << 20, metrics.clone());
-        let session: SessionId = format!("s{}", outbox_serial()).into();
-        let open =
-            ShardCommand::Open { session, outbox: outbox.clone(), doc: doc.clone(), version: None };
+        let id: SessionId = format!("s{}", outbox_serial()).into();
+        let session = Arc::new(SessionHandle { id, outbox: outbox.clone() });
+        let open = ShardCommand::Open { session, doc: doc.clone(), version: None };
         assert!(shards.send(doc, open).await);
         let next = tokio::time::timeout(std::time::Duration::from_secs(10), outbox.next()).await;
         match next.unwrap() {
@@ -1272,9 +820,8 @@ mod tests {
 
         let outbox = Outbox::new(100, 1 << 20, metrics.clone());
         let commit = ShardCommand::Commit {
-            session: "writer".into(),
+            session: Arc::new(SessionHandle { id: "writer".into(), outbox: outbox.clone() }),
             identity: Arc::new(Identity::anonymous()),
-            outbox: outbox.clone(),
             tx: serde_json::from_value(json!({"doc": "board", "tx_id": "w-1", "base": 0,
                 "writes": [{"op": "add", "path": "/n", "value": 1}]}))
             .unwrap(),
@@ -1303,29 +850,5 @@ mod tests {
         let (shared, after) = snapshots_of_unchanged_documents(0).await;
         assert!(!shared, "with no room, every open encodes its own snapshot");
         assert_eq!((&after["version"], &after["value"]), (&json!(1), &json!({"n": 1})));
-    }
-
-    #[test]
-    fn the_borrowed_snapshot_encodes_like_the_protocol_type() {
-        let doc = DocId::parse("d").unwrap();
-        let value = json!({"a": [1, 2]});
-        let frame =
-            encode(&SnapshotRef { doc: &doc, version: Version(3), value: &Doc::from(&value) });
-        let decoded: ServerMessage = serde_json::from_str(&frame).unwrap();
-        assert_eq!(decoded, ServerMessage::Snapshot { doc, version: Version(3), value });
-    }
-
-    #[test]
-    fn the_borrowed_change_encodes_like_the_protocol_type() {
-        let change = Change {
-            doc: DocId::parse("d").unwrap(),
-            version: Version(4),
-            tx_id: TxId::parse("t-1").unwrap(),
-            patch: serde_json::from_value(json!([{"op": "incr", "path": "/n", "value": 1}]))
-                .unwrap(),
-        };
-        let frame = encode(&change_message(&change));
-        let decoded: ServerMessage = serde_json::from_str(&frame).unwrap();
-        assert_eq!(decoded, ServerMessage::Change(change));
     }
 }

@@ -344,7 +344,10 @@ pub struct Sequencer<H: Shell> {
     /// Bytes of frames held in `pending`.
     pending_bytes: usize,
     /// Released effects not yet polled: those of one released effect at a
-    /// time (and presence leaves that follow from an undeliverable frame).
+    /// time (and presence leaves that follow from an undeliverable frame),
+    /// so at most a few per subscriber of one document, and it is refilled
+    /// only once empty; after a storage failure, one close per waiting
+    /// session and subscription.
     ready: VecDeque<Effect<H>>,
     /// The document of the effect released last, whose subscriber an
     /// undeliverable frame drops.

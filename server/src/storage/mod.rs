@@ -17,53 +17,13 @@ pub mod sqlite;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
-use concord_engine::certificate::CommittedTx;
-use concord_engine::{Change, DocId, Pointer, Transaction, TxId, Version};
-use serde::{Deserialize, Serialize};
+use concord_engine::{Change, DocId, TxId, Version};
 use serde_json::Value;
 
 pub use sqlite::{SqliteOptions, SqliteStorage, DB_FILE_NAME};
 
-/// One committed change as the log keeps it: the change itself plus what the
-/// transaction read, so the log can be checked for serializability later
-/// (`certificate`), and who committed it when.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogEntry {
-    pub change: Change,
-    /// The version the transaction's reads were taken at.
-    pub base: Version,
-    pub reads: Vec<Pointer>,
-    /// Server time of the commit, in milliseconds since the Unix epoch.
-    pub time_ms: u64,
-    /// Who committed it: the session id, or `~mutator:` and the calling
-    /// session for a server mutator.
-    pub author: String,
-}
-
-impl LogEntry {
-    /// The entry as the serializability checker takes it.
-    pub fn committed_tx(&self) -> CommittedTx {
-        CommittedTx {
-            tx: Transaction {
-                doc: self.change.doc.clone(),
-                tx_id: self.change.tx_id.clone(),
-                base: self.base,
-                reads: self.reads.clone(),
-                writes: self.change.patch.clone(),
-            },
-            version: self.change.version,
-        }
-    }
-}
-
-/// A document's value at a version: a snapshot to save, or one document of
-/// an export.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DocumentState {
-    pub doc: DocId,
-    pub version: Version,
-    pub value: Value,
-}
+// What the sequencer hands storage: defined beside it in the engine.
+pub use concord_engine::sequencer::{DocumentState, LogEntry};
 
 /// What a document looks like on disk: its newest snapshot and the log
 /// entries after it, in version order.
