@@ -354,6 +354,34 @@ fn retry_waits_for_a_change_to_what_it_read() {
 }
 
 #[test]
+fn or_else_waits_for_a_change_to_what_either_branch_read() {
+    let mut s = Scenario::new(
+        "or-else-wakeup",
+        "orElse: both branches retry, so the run waits for a change to what either read; a change to the second branch's read wakes it, and the second branch commits",
+    );
+    s.connect(0, "s1");
+    s.open(1, "d", 1, json!({"a": null, "b": null, "other": 0}));
+    let take = |path: &str| {
+        vec![
+            Op::RetryUnless { path: path.into() },
+            Op::Set { path: "/took".into(), value: json!(path) },
+        ]
+    };
+    let program = vec![Op::OrElse { first: take("/a"), second: take("/b") }];
+    let step = s.at(2, transact("d", program));
+    assert_eq!(events(&step, "run")[0]["report"], "retry");
+    let step =
+        s.at(3, change("d", 2, "x-1", json!([{"op": "replace", "path": "/other", "value": 1}])));
+    assert!(events(&step, "run").is_empty(), "an unrelated change does not wake it");
+    let step = s.at(4, change("d", 3, "x-2", json!([{"op": "replace", "path": "/b", "value": 1}])));
+    assert_eq!(events(&step, "run")[0]["report"], "submit");
+    assert_eq!(step["docs"]["d"]["view"]["took"], "/b", "the second branch ran");
+    let step = s.at(6, committed("d", "c-2", 4));
+    assert_eq!(settlement(&step)["kind"], "committed");
+    s.finish();
+}
+
+#[test]
 fn a_cut_resumes_from_the_held_version_and_resubmits_pending_transactions() {
     let mut s = Scenario::new(
         "resume-connection-lost",

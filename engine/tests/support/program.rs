@@ -25,6 +25,9 @@ pub enum Op {
     Remove { path: String },
     /// Fail with the function's own error.
     Fail,
+    /// STM `orElse`: run `first`; if it retries, undo it and run `second`
+    /// (a retry of both waits for a change to what either read).
+    OrElse { first: Vec<Op>, second: Vec<Op> },
 }
 
 fn pointer(path: &str) -> Pointer {
@@ -52,6 +55,9 @@ pub fn interpret(program: &[Op], tx: &mut Tx<'_>) -> Result<(), Abort<String>> {
             }
             Op::Remove { path } => tx.remove(&pointer(path))?,
             Op::Fail => return Err(Abort::User("the program failed".to_owned())),
+            Op::OrElse { first, second } => {
+                tx.or_else(|tx| interpret(first, tx), |tx| interpret(second, tx))?
+            }
         }
     }
     Ok(())

@@ -49,7 +49,8 @@ export type Op =
   | { op: "incr"; path: string; by: number }
   | { op: "retry_unless"; path: string }
   | { op: "remove"; path: string }
-  | { op: "fail" };
+  | { op: "fail" }
+  | { op: "or_else"; first: Op[]; second: Op[] };
 
 /** A recorded step, as in the vectors. */
 export interface Step {
@@ -100,6 +101,12 @@ function interpret(program: readonly Op[], tx: Tx): void {
         break;
       case "fail":
         throw new Error("the program failed");
+      case "or_else":
+        tx.orElse(
+          (inner) => interpret(op.first, inner),
+          (inner) => interpret(op.second, inner),
+        );
+        break;
     }
   }
 }
