@@ -55,7 +55,7 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_SILENCE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_RECONNECT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
-pub const DEFAULT_TRANSACT_BACKOFF_INITIAL: Duration = Duration::from_millis(1);
+pub const DEFAULT_TRANSACT_BACKOFF_INITIAL: Duration = Duration::from_millis(10);
 pub const DEFAULT_TRANSACT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,8 +80,8 @@ pub struct ClientConfig {
     /// Most retryable rejections one `transact` absorbs by re-running.
     pub transact_attempts_max: u32,
     /// The contention pause (see `Document::transact`): while this client's
-    /// transactions on a document are being rejected, each run that may be
-    /// submitted first waits a random pause within
+    /// transactions on a document are being rejected, each re-run after a
+    /// rejection first waits a random pause within
     /// `max(round trip, transact_backoff_initial) · 2^level`, at most
     /// `transact_backoff_max`; the level rises with each rejection and falls
     /// with each commit.

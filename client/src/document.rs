@@ -15,7 +15,7 @@
 //!   pending transaction to resolve, then re-runs.
 //!
 //! While the document is contended (this client's transactions on it were
-//! rejected recently), each run that may be submitted first takes a
+//! rejected recently), each re-run after a rejection first takes a
 //! jittered pause whose window grows with the contention level; see the
 //! engine's `session::pacing` for why the pause is per document rather
 //! than per transaction.

@@ -203,7 +203,7 @@ impl ClientSession {
             phase: Phase::AwaitingReplica,
         };
         self.transactions.insert(key, transact);
-        self.schedule_run(key, true, now);
+        self.schedule_run(key, false, now);
         key
     }
 
@@ -305,7 +305,7 @@ impl ClientSession {
     // ----- scheduling runs -----
 
     /// Moves a transaction towards its next run: after the contention pause
-    /// if `pause` (a run that may be submitted), at once otherwise.
+    /// if `pause` (a re-run after a rejection), at once otherwise.
     fn schedule_run(&mut self, key: TransactionKey, pause: bool, now: Time) {
         let Some(transact) = self.transactions.get(&key) else {
             return;
@@ -359,7 +359,7 @@ impl ClientSession {
         let awaiting =
             self.transactions_where(|t| &t.doc == doc && t.phase == Phase::AwaitingReplica);
         for key in awaiting {
-            self.schedule_run(key, true, now);
+            self.schedule_run(key, false, now);
         }
     }
 

@@ -115,7 +115,7 @@ impl Default for SessionConfig {
             silence_timeout: Duration::from_secs(20),
             reconnect_backoff_initial: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
-            transact_backoff_initial: Duration::from_millis(1),
+            transact_backoff_initial: Duration::from_millis(10),
             transact_backoff_max: Duration::from_secs(1),
             outgoing_message_bytes_max: OUTGOING_MESSAGE_BYTES_MAX,
             calls_in_flight_max: CALLS_IN_FLIGHT_MAX,

@@ -131,7 +131,7 @@ export function transact(s: SessionState, doc: string, attemptsMax: number, now:
     return key;
   }
   s.transactions.set(key, { doc, attemptsMax: Math.max(1, attemptsMax), refusals: 0, runs: 0, phase: { kind: "awaiting_replica" } });
-  scheduleRun(s, key, true, now);
+  scheduleRun(s, key, false, now);
   return key;
 }
 
@@ -209,7 +209,7 @@ function submit(s: SessionState, key: number, doc: string, tx: Transaction, now:
 
 // ----- scheduling runs -----
 
-/** Moves a transaction towards its next run: after the contention pause if `pause` (a run that may be submitted), at once otherwise. */
+/** Moves a transaction towards its next run: after the contention pause if `pause` (a re-run after a rejection), at once otherwise. */
 function scheduleRun(s: SessionState, key: number, pause: boolean, now: number): void {
   const transact = s.transactions.get(key);
   if (!transact) return;
@@ -251,7 +251,7 @@ export function releasePaused(s: SessionState, now: number): void {
 function releaseAwaitingReplica(s: SessionState, doc: string, now: number): void {
   const awaiting: number[] = [];
   for (const [key, t] of s.transactions) if (t.doc === doc && t.phase.kind === "awaiting_replica") awaiting.push(key);
-  for (const key of awaiting) scheduleRun(s, key, true, now);
+  for (const key of awaiting) scheduleRun(s, key, false, now);
 }
 
 function settle(s: SessionState, key: number, settlement: Settlement): void {

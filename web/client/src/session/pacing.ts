@@ -8,11 +8,12 @@
 // pauses; the winner keeps winning and the others starve. So the pause is
 // driven by a *contention level* per document, shared by all of one client's
 // transactions on it: each rejection raises it, each commit lowers it, and
-// idle time lets it decay. While it is above zero every run that could be
-// submitted (a first run as much as a re-run after a rejection) waits a
-// uniformly random pause within a window of `round trip · 2^level`. Under
-// steady contention all contenders thus draw from the same window, and a
-// quiet document costs no pause at all.
+// idle time lets it decay. While it is above zero every re-run after a
+// rejection waits a uniformly random pause within a window of
+// `max(round trip, initial) · 2^level` (initial 10 ms). Under steady
+// contention all contenders thus draw from the same window, and a quiet
+// document costs no pause at all. A first run is not paused: pausing it too
+// left clients idle that had nothing to retry (see the Rust module).
 //
 // The window is measured in round trips (a moving average of how long this
 // client's transactions on the document took to be answered) because a

@@ -44,7 +44,7 @@ export const DEFAULT_SESSION_CONFIG: Readonly<SessionConfig> = Object.freeze({
   silenceTimeoutUs: 20_000_000,
   reconnectBackoffInitialUs: 100_000,
   reconnectBackoffMaxUs: 5_000_000,
-  transactBackoffInitialUs: 1_000,
+  transactBackoffInitialUs: 10_000,
   transactBackoffMaxUs: 1_000_000,
   outgoingMessageBytesMax: OUTGOING_MESSAGE_BYTES_MAX,
   callsInFlightMax: CALLS_IN_FLIGHT_MAX,
