@@ -187,20 +187,6 @@ fn rejections() -> Vec<Rejection> {
     all
 }
 
-fn rejection_reason(rejection: &Rejection) -> &'static str {
-    match rejection {
-        Rejection::Conflict { .. } => "conflict",
-        Rejection::Stale { .. } => "stale",
-        Rejection::BaseAhead { .. } => "base_ahead",
-        Rejection::Patch(_) => "patch",
-        Rejection::TooLarge { .. } => "too_large",
-        Rejection::OutcomeUnknown { .. } => "outcome_unknown",
-        Rejection::Forbidden { .. } => "forbidden",
-        Rejection::Invalid { .. } => "invalid",
-        Rejection::Vetoed { .. } => "vetoed",
-    }
-}
-
 /// One patch failure of every reason (each a `rejected` with reason `patch`).
 fn patch_errors() -> Vec<PatchOpError> {
     vec![
@@ -391,7 +377,7 @@ fn the_examples_cover_every_variant() {
     check(
         "Rejection",
         serde_variants::<Rejection>(json!({"reason": unknown})),
-        names(rejections().iter().map(rejection_reason)),
+        names(rejections().iter().map(Rejection::reason)),
     );
     check(
         "PatchOpError",

@@ -608,14 +608,18 @@ impl ClientSession {
         self.events.push_back(Event::Opened { doc });
     }
 
-    pub(super) fn on_change(&mut self, change: Change, now: Time) {
-        let Some(state) = self.docs.get_mut(&change.doc) else {
-            return;
-        };
+    /// The replica of `doc` if it takes the stream now: not while it waits
+    /// for a snapshot to replace it, nor between sessions.
+    fn streaming_replica(&mut self, doc: &DocId) -> Option<&mut Replica> {
+        let state = self.docs.get_mut(doc)?;
         if matches!(state.status, DocStatus::Reopening | DocStatus::Disconnected) {
-            return;
+            return None;
         }
-        let Some(replica) = state.replica.as_mut() else {
+        state.replica.as_mut()
+    }
+
+    pub(super) fn on_change(&mut self, change: Change, now: Time) {
+        let Some(replica) = self.streaming_replica(&change.doc) else {
             return;
         };
         let held = replica.version();
@@ -650,13 +654,7 @@ impl ClientSession {
     }
 
     pub(super) fn on_committed(&mut self, doc: DocId, tx_id: TxId, version: Version, now: Time) {
-        let Some(state) = self.docs.get_mut(&doc) else {
-            return;
-        };
-        if matches!(state.status, DocStatus::Reopening | DocStatus::Disconnected) {
-            return;
-        }
-        let Some(replica) = state.replica.as_mut() else {
+        let Some(replica) = self.streaming_replica(&doc) else {
             return;
         };
         let held = replica.version();

@@ -415,8 +415,8 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
   }
 }
 
-/** What the machine needs to know of a run's outcome. */
-function reportOf(outcome: RunOutcome<unknown>): RunReport {
+/** What the machine needs to know of a run's outcome (Rust's `RunReport::of`). */
+export function reportOf(outcome: RunOutcome<unknown>): RunReport {
   switch (outcome.kind) {
     case "read_only":
       return { kind: "read_only" };

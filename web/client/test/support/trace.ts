@@ -9,7 +9,6 @@
 import {
   ClientSession,
   TRANSACT_ATTEMPTS_MAX,
-  type RunReport,
   type SendRefusal,
   type SessionEvent,
   type Settlement,
@@ -17,7 +16,8 @@ import {
 } from "../../src/session/index.js";
 import type { Json } from "../../src/json.js";
 import type { ServerMessage } from "../../src/protocol.js";
-import type { RunOutcome, Tx } from "../../src/replica.js";
+import { reportOf } from "../../src/document.js";
+import type { Tx } from "../../src/replica.js";
 
 /** One input of a trace, as the vectors hold it. */
 export type Input =
@@ -108,23 +108,6 @@ function interpret(program: readonly Op[], tx: Tx): void {
         );
         break;
     }
-  }
-}
-
-/** What the machine needs to know of a run's outcome (Rust's `RunReport::of`). */
-export function reportOf(outcome: RunOutcome<unknown>): RunReport {
-  switch (outcome.kind) {
-    case "read_only":
-      return { kind: "read_only" };
-    case "submit":
-      return { kind: "submit", tx: outcome.tx };
-    case "retry":
-      return { kind: "retry", reads: outcome.reads };
-    case "blocked":
-      return { kind: "blocked" };
-    case "patch":
-    case "failed":
-      return { kind: "failed" };
   }
 }
 
