@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use concord_engine::access::{
     DocAccess, DocGrant, Grant, Grants, MethodAction, Permissions, TopicAction,
@@ -240,7 +241,7 @@ struct Serve {
     token_expiry_grace_ms: u64,
     /// Serve without authentication on a non-loopback address: anyone who
     /// reaches the port may read and write everything.
-    #[arg(long, env = "CONCORD_INSECURE_OPEN")]
+    #[arg(long, env = "CONCORD_INSECURE_OPEN", value_parser = BoolishValueParser::new())]
     insecure_open: bool,
     /// A reverse proxy (address or CIDR network) whose `X-Forwarded-For`
     /// names the client, for the per-address limit on failed
@@ -255,7 +256,7 @@ struct Serve {
     /// token for board:* (write, or read-only for ?view). Turns
     /// authentication on; not for production. Also `--auth`, so that
     /// `scripts/serve.sh --auth` runs the whiteboard with it.
-    #[arg(long, alias = "auth", env = "CONCORD_DEMO_AUTH")]
+    #[arg(long, alias = "auth", env = "CONCORD_DEMO_AUTH", value_parser = BoolishValueParser::new())]
     demo_auth: bool,
     /// Directory served at / (the web app); without it, a placeholder page.
     #[arg(long = "static", env = "CONCORD_STATIC")]
@@ -284,7 +285,7 @@ struct Serve {
     #[arg(long, env = "CONCORD_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Keep documents in memory only: nothing survives a restart.
-    #[arg(long, env = "CONCORD_MEMORY")]
+    #[arg(long, env = "CONCORD_MEMORY", value_parser = BoolishValueParser::new())]
     memory: bool,
     /// How a group commit reaches the disk before it is acknowledged.
     #[arg(long, env = "CONCORD_SYNC", value_enum, default_value = "full")]
@@ -441,7 +442,13 @@ impl Serve {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a terminal: a log written to a file or a pipe (a
+    // service manager's journal) must not carry escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -142,3 +142,42 @@ async fn a_connection_that_never_sends_its_handshake_is_dropped() {
     assert_eq!(status, 200);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn boolean_settings_take_1_and_logs_to_a_pipe_carry_no_colours() {
+    use tokio::io::AsyncReadExt;
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("d");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&dir)
+        .env("CONCORD_MEMORY", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    within("the address line", lines.next_line()).await.unwrap().unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut log = String::new();
+    let mut stderr = child.stderr.take().unwrap();
+    within("the log", stderr.read_to_string(&mut log)).await.unwrap();
+    assert!(within("the server to exit", child.wait()).await.unwrap().success());
+    // CONCORD_MEMORY=1 means in memory: no data directory was made.
+    assert!(!dir.exists(), "{} exists", dir.display());
+    assert!(log.contains("listening"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in a log written to a pipe: {log:?}");
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("CONCORD_MEMORY", "maybe")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("invalid value 'maybe' for '--memory'"), "{message}");
+}
