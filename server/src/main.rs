@@ -300,60 +300,100 @@ struct Serve {
     /// Shard tasks owning the documents [default: number of cores].
     #[arg(long, env = "CONCORD_SHARDS")]
     shards: Option<usize>,
+    /// Largest protocol message a client may send, in bytes; larger ones are answered with
+    /// `message_too_large`.
     #[arg(long, env = "CONCORD_MESSAGE_BYTES_MAX", default_value_t = config::MESSAGE_BYTES_MAX)]
     message_bytes_max: usize,
+    /// Largest WebSocket message read at all, in bytes (at least --message-bytes-max); past it
+    /// the session is closed with 1009.
     #[arg(long, env = "CONCORD_WS_MESSAGE_BYTES_MAX", default_value_t = config::WS_MESSAGE_BYTES_MAX)]
     ws_message_bytes_max: usize,
+    /// Largest single WebSocket frame, in bytes.
     #[arg(long, env = "CONCORD_WS_FRAME_BYTES_MAX", default_value_t = config::WS_FRAME_BYTES_MAX)]
     ws_frame_bytes_max: usize,
+    /// Deepest JSON nesting of a whole client message (the envelope adds up to 5 levels to a
+    /// document value).
     #[arg(long, env = "CONCORD_MESSAGE_JSON_DEPTH_MAX", default_value_t = config::MESSAGE_JSON_DEPTH_MAX)]
     message_json_depth_max: usize,
+    /// Most messages waiting in one session's outbound queue; past it the session is closed
+    /// (4001) and its client resumes.
     #[arg(long, env = "CONCORD_OUTBOUND_QUEUE_MESSAGES_MAX", default_value_t = config::OUTBOUND_QUEUE_MESSAGES_MAX)]
     outbound_queue_messages_max: usize,
+    /// Most bytes waiting in one session's outbound queue (one larger message is still admitted
+    /// into an empty queue).
     #[arg(long, env = "CONCORD_OUTBOUND_QUEUE_BYTES_MAX", default_value_t = config::OUTBOUND_QUEUE_BYTES_MAX)]
     outbound_queue_bytes_max: usize,
+    /// Most recent changes kept per document for catch-up after a reconnect (older resumes get
+    /// a snapshot).
     #[arg(long, env = "CONCORD_CHANGE_HISTORY_MAX", default_value_t = config::CHANGE_HISTORY_MAX)]
     change_history_max: usize,
+    /// Most bytes of encoded changes kept per document for catch-up.
     #[arg(long, env = "CONCORD_CHANGE_HISTORY_BYTES_MAX", default_value_t = config::CHANGE_HISTORY_BYTES_MAX)]
     change_history_bytes_max: usize,
+    /// Most bytes of encoded snapshots each shard keeps, so sessions opening an unchanged
+    /// document share one encoding.
     #[arg(long, env = "CONCORD_SNAPSHOT_CACHE_BYTES_MAX", default_value_t = config::SNAPSHOT_CACHE_BYTES_MAX)]
     snapshot_cache_bytes_max: usize,
+    /// Most documents the server holds; a commit that would create one more is refused with
+    /// `limit_reached`.
     #[arg(long, env = "CONCORD_DOCS_MAX", default_value_t = config::DOCS_MAX)]
     docs_max: usize,
+    /// Sustained messages per second one session may send; past it messages are answered
+    /// `rate_limited` and dropped.
     #[arg(long, env = "CONCORD_RATE_MESSAGES_PER_SECOND", default_value_t = config::RATE_MESSAGES_PER_SECOND)]
     rate_messages_per_second: u32,
+    /// Messages one session may send in a burst above the sustained rate.
     #[arg(long, env = "CONCORD_RATE_BURST_MESSAGES_MAX", default_value_t = config::RATE_BURST_MESSAGES_MAX)]
     rate_burst_messages_max: u32,
     /// How long a busy session's writer gathers messages before writing them
     /// out together; 0 writes each at once.
     #[arg(long, env = "CONCORD_WRITER_COALESCE_WINDOW_US", default_value_t = micros(config::WRITER_COALESCE_WINDOW))]
     writer_coalesce_window_us: u64,
+    /// Interval between the server's WebSocket pings, in milliseconds.
     #[arg(long, env = "CONCORD_PING_INTERVAL_MS", default_value_t = millis(config::PING_INTERVAL))]
     ping_interval_ms: u64,
+    /// A session from which nothing (not even a pong) arrives for this long, in milliseconds,
+    /// is closed with 4002.
     #[arg(long, env = "CONCORD_DEAD_PEER_TIMEOUT_MS", default_value_t = millis(config::DEAD_PEER_TIMEOUT))]
     dead_peer_timeout_ms: u64,
+    /// Longest a client may take to send its WebSocket handshake (and, with authentication, its
+    /// `auth` message), in milliseconds.
     #[arg(long, env = "CONCORD_HANDSHAKE_TIMEOUT_MS", default_value_t = millis(config::HANDSHAKE_TIMEOUT))]
     handshake_timeout_ms: u64,
+    /// Longest a graceful shutdown (SIGTERM, SIGINT) waits for sessions to drain, in
+    /// milliseconds.
     #[arg(long, env = "CONCORD_SHUTDOWN_DRAIN_TIMEOUT_MS", default_value_t = millis(config::SHUTDOWN_DRAIN_TIMEOUT))]
     shutdown_drain_timeout_ms: u64,
+    /// Longest an RPC call (to a server procedure or a client callee) may take, in
+    /// milliseconds.
     #[arg(long, env = "CONCORD_RPC_CALL_TIMEOUT_MS", default_value_t = millis(config::RPC_CALL_TIMEOUT))]
     rpc_call_timeout_ms: u64,
+    /// Most RPC calls one session may have in flight.
     #[arg(long, env = "CONCORD_RPC_PENDING_CALLS_MAX", default_value_t = config::RPC_PENDING_CALLS_MAX)]
     rpc_pending_calls_max: usize,
+    /// Most documents one session may have open.
     #[arg(long, env = "CONCORD_OPEN_DOCS_MAX", default_value_t = config::OPEN_DOCS_MAX)]
     open_docs_max: usize,
+    /// Most topic subscriptions one session may hold.
     #[arg(long, env = "CONCORD_SUBSCRIPTIONS_MAX", default_value_t = config::SUBSCRIPTIONS_MAX)]
     subscriptions_max: usize,
+    /// Most methods one session may register.
     #[arg(long, env = "CONCORD_REGISTERED_METHODS_MAX", default_value_t = config::REGISTERED_METHODS_MAX)]
     registered_methods_max: usize,
+    /// Most concurrent WebSocket sessions.
     #[arg(long, env = "CONCORD_SESSIONS_MAX", default_value_t = config::SESSIONS_MAX)]
     sessions_max: usize,
+    /// Most concurrent TCP connections still in their HTTP phase.
     #[arg(long, env = "CONCORD_CONNECTIONS_MAX", default_value_t = config::CONNECTIONS_MAX)]
     connections_max: usize,
+    /// Most ops in one transaction's patch.
     #[arg(long, env = "CONCORD_PATCH_OPS_MAX", default_value_t = concord_engine::limits::PATCH_OPS_MAX)]
     patch_ops_max: usize,
+    /// Most pointers in one transaction's read set.
     #[arg(long, env = "CONCORD_READ_SET_POINTERS_MAX", default_value_t = concord_engine::limits::READ_SET_POINTERS_MAX)]
     read_set_pointers_max: usize,
+    /// Largest document, in bytes of its JSON encoding; a commit that would grow one past it is
+    /// rejected.
     #[arg(long, env = "CONCORD_DOC_SIZE_BYTES_MAX", default_value_t = concord_engine::limits::DOC_SIZE_BYTES_MAX)]
     doc_size_bytes_max: usize,
     /// Transaction ids always remembered per shard, so that a resubmission

@@ -181,3 +181,37 @@ async fn boolean_settings_take_1_and_logs_to_a_pipe_carry_no_colours() {
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(message.contains("invalid value 'maybe' for '--memory'"), "{message}");
 }
+
+#[test]
+fn every_command_line_option_says_what_it_does() {
+    for command in ["serve", "export", "import", "token"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{command} --help");
+        let help = String::from_utf8(output.stdout).unwrap();
+        let lines: Vec<&str> = help.lines().collect();
+        let mut options = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let option = line.trim_start();
+            if !(option.starts_with("--") || option.starts_with("-h")) {
+                continue;
+            }
+            options += 1;
+            // Short help puts the text beside the option, long help on the
+            // next line; it must be prose, not straight away the
+            // `[env: …]` or `[default: …]`.
+            let beside = option.split_once("  ").map(|(_, text)| text.trim());
+            let text = match beside {
+                Some(text) if !text.is_empty() => text,
+                _ => lines.get(i + 1).map_or("", |next| next.trim()),
+            };
+            assert!(
+                !text.is_empty() && !text.starts_with('['),
+                "concord {command} {option} has no help text"
+            );
+        }
+        assert!(options > 0, "no options found in concord {command} --help");
+    }
+}
