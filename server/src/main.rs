@@ -218,6 +218,10 @@ struct Serve {
     /// authentication, only a loopback address (see --insecure-open).
     #[arg(long, env = "CONCORD_LISTEN", default_value = "127.0.0.1:7700")]
     listen: String,
+    /// Port to listen on, at --listen's host (`--port 8080` is
+    /// `--listen 127.0.0.1:8080` by default).
+    #[arg(long, env = "CONCORD_PORT")]
+    port: Option<u16>,
     /// Require HS256 JWTs signed with the secret in this file (at least 32
     /// bytes).
     #[arg(long, env = "CONCORD_JWT_SECRET_FILE")]
@@ -479,6 +483,16 @@ impl Serve {
     }
 }
 
+/// `listen` (`host:port`, `[v6]:port`, or a host alone) with its port set
+/// to `port`.
+fn with_port(listen: &str, port: u16) -> String {
+    let host = match listen.rsplit_once(':') {
+        Some((host, tail)) if !host.is_empty() && tail.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => listen,
+    };
+    format!("{host}:{port}")
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -561,10 +575,14 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
             .with_context(|| format!("reading the metrics token {}", path.display()))?;
         builder = builder.metrics_token(token.trim());
     }
+    let listen = match serve.port {
+        Some(port) => with_port(&serve.listen, port),
+        None => serve.listen.clone(),
+    };
     let server = builder
-        .bind(serve.listen.as_str())
+        .bind(listen.as_str())
         .await
-        .with_context(|| format!("starting the server on {}", serve.listen))?;
+        .with_context(|| format!("starting the server on {listen}"))?;
     let mut signals = Signals::install()?;
     // The first line of standard output is the contract for scripts and
     // tests that start us on port 0.

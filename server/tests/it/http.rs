@@ -215,3 +215,28 @@ fn every_command_line_option_says_what_it_does() {
         assert!(options > 0, "no options found in concord {command} --help");
     }
 }
+
+#[tokio::test]
+async fn port_sets_the_port_of_the_listen_address() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["serve", "--memory", "--listen", "127.0.0.1:1", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = within("the address line", lines.next_line()).await.unwrap();
+    let line = line.unwrap_or_else(|| panic!("concord exited: --port was not taken"));
+    let addr = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    // The host of --listen, the port of --port (0: a free one, not 1).
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    assert_ne!(addr.port(), 1);
+    let (status, _) = http_get(addr, "/healthz").await;
+    assert_eq!(status, 200);
+}
