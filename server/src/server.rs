@@ -996,7 +996,7 @@ async fn ws_handler(
         .write_buffer_size(config.ws_write_buffer_bytes)
         .max_write_buffer_size(write_buffer_max)
         .on_upgrade(move |socket| async move {
-            session::run(socket, state, permit, frames, auth).await;
+            session::run(socket, state, permit, frames, auth, peer).await;
             drop(token);
         })
 }

@@ -122,14 +122,21 @@ struct Session {
     last_heard: Instant,
 }
 
-/// Runs a session to its end. `_permit` holds one of `sessions_max` slots.
+/// The target of the access log: one line when a session begins, one when
+/// it ends (`RUST_LOG=concord::access=info` keeps just these).
+const ACCESS_LOG: &str = "concord::access";
+
+/// Runs a session to its end. `_permit` holds one of `sessions_max` slots;
+/// `peer` is the client's address (as a trusted proxy names it).
 pub(crate) async fn run(
     socket: WebSocket,
     state: Arc<ServerState>,
     _permit: OwnedSemaphorePermit,
     frames: Frames,
     auth: SessionAuth,
+    peer: SocketAddr,
 ) {
+    let began = Instant::now();
     let config = &state.config;
     let id: SessionId = format!("{:016x}", rand::random::<u64>()).into();
     let outbox = Outbox::new(
@@ -142,7 +149,6 @@ pub(crate) async fn run(
     let mut writer = tokio::spawn(write_loop(sink, outbox.clone(), writer_policy));
     state.metrics.sessions.inc();
     state.metrics.sessions_opened.inc();
-    tracing::debug!(session = %id, "session opened");
 
     let identity = match auth {
         SessionAuth::Open => Identity::anonymous(),
@@ -158,6 +164,7 @@ pub(crate) async fn run(
                         outbox.close_after_drain(close, "authentication failed");
                     }
                     let ended = Ended::Unauthorized;
+                    tracing::info!(target: ACCESS_LOG, session = %id, %peer, reason = ended.label(), "session refused");
                     state.metrics.sessions_closed.with_label_values(&[ended.label()]).inc();
                     finish(stream, writer, &outbox, ended, &state).await;
                     state.metrics.sessions.dec();
@@ -171,6 +178,7 @@ pub(crate) async fn run(
         None => (None, None),
         Some(_) => (Some(identity.sub.clone()), identity.name.clone()),
     };
+    tracing::info!(target: ACCESS_LOG, session = %id, %peer, sub = sub.as_deref().unwrap_or("-"), "session opened");
     let welcome =
         ServerMessage::Welcome { protocol: PROTOCOL_VERSION, session: id.to_string(), sub, name };
     let _ = outbox.push(encode(&welcome));
@@ -196,7 +204,8 @@ pub(crate) async fn run(
     session.cleanup().await;
     finish(stream, writer, &outbox, ended, &state).await;
     state.metrics.sessions.dec();
-    tracing::debug!(session = %id, reason = ended.label(), "session closed");
+    let duration_ms = began.elapsed().as_millis();
+    tracing::info!(target: ACCESS_LOG, session = %id, %peer, duration_ms, reason = ended.label(), "session closed");
 }
 
 /// What a session refused at authentication: the error to send and the

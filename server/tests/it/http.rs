@@ -240,3 +240,36 @@ async fn port_sets_the_port_of_the_listen_address() {
     let (status, _) = http_get(addr, "/healthz").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn the_access_log_has_a_line_when_a_session_opens_and_when_it_closes() {
+    use tokio::io::AsyncReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["serve", "--memory", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "concord::access=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = within("the address line", lines.next_line()).await.unwrap().unwrap();
+    let addr = line.split_whitespace().find_map(|word| word.strip_prefix("http://")).unwrap();
+    let mut client = Client::connect_url(&format!("ws://{addr}/ws")).await;
+    let session = client.session.clone();
+    client.ws.close(None).await.unwrap();
+    // The server answers the close: the session has ended when it does.
+    assert_eq!(client.until_end().await, End::Close(None));
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut log = String::new();
+    let mut stderr = child.stderr.take().unwrap();
+    within("the log", stderr.read_to_string(&mut log)).await.unwrap();
+    assert!(within("the server to exit", child.wait()).await.unwrap().success());
+    let of_session: Vec<&str> = log.lines().filter(|line| line.contains(&session)).collect();
+    assert_eq!(of_session.len(), 2, "{log}");
+    assert!(of_session[0].contains("session opened") && of_session[0].contains("peer=127.0.0.1:"));
+    assert!(of_session[1].contains("session closed"), "{}", of_session[1]);
+    assert!(of_session[1].contains("duration_ms=") && of_session[1].contains("reason="));
+}
