@@ -370,13 +370,14 @@ export class Client extends Emitter<ClientEvents> {
 
   /** One server message: fed to the machine, then its effects handed out. */
   #onMessage(message: ServerMessage): void {
-    const doc = "doc" in message && typeof message.doc === "string" ? this.#docs.get(message.doc) : undefined;
-    const replica = doc ? this.#machine.replica(doc.id) : undefined;
     // A pending write may leave the view without a change of its own (a
     // rejection, a refused commit): where it may have changed the view are
-    // the pending writes before and after.
+    // the pending writes before and after. (Looked up only for those: this
+    // runs for every message.)
     const dropsPending = message.type === "rejected" || (message.type === "error" && message.tx_id !== undefined);
-    const before = dropsPending && replica?.hasPending ? replica.pendingWrites().map(String) : [];
+    const doc = dropsPending && "doc" in message && typeof message.doc === "string" ? this.#docs.get(message.doc) : undefined;
+    const replica = doc ? this.#machine.replica(doc.id) : undefined;
+    const before = replica?.hasPending ? replica.pendingWrites().map(String) : [];
     if (message.type === "error") {
       const error = newServerError(message.code, message.message, message.doc, message.tx_id);
       this.#errorContext = { message, error, claimed: false, reported: false };
@@ -385,7 +386,7 @@ export class Client extends Emitter<ClientEvents> {
     const context = this.#errorContext;
     try {
       this.#machine.handleMessage(message, this.#connection.now());
-      if (doc && dropsPending) doc._rolledBack("rollback", [...before, ...(this.#machine.replica(doc.id)?.pendingWrites().map(String) ?? [])]);
+      if (doc) doc._rolledBack("rollback", [...before, ...(this.#machine.replica(doc.id)?.pendingWrites().map(String) ?? [])]);
       this.#connection.pump();
     } finally {
       this.#errorContext = undefined;

@@ -358,17 +358,18 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
    */
   _sweep(origin: ChangeEvent["origin"] = "rollback"): void {
     if (this.#closed) return;
+    // This runs after every message: one lookup of the replica serves it.
     const replica = this.#replica;
     if (replica && replica.revision !== this.#reportedRevision) {
       const first = this.#reportedRevision === -1;
-      this.#changed(first ? "snapshot" : origin, first ? [""] : []);
+      this.#changed(first ? "snapshot" : origin, first ? [""] : [], replica);
     }
     const live = this.#shell.machine.isOpen(this.id);
     if (live !== this.#live) {
       this.#live = live;
       this.emit("ready", live);
     }
-    const pending = this.pendingCount;
+    const pending = replica?.pendingCount ?? 0;
     if (pending !== this.#lastPending) {
       this.#lastPending = pending;
       this.emit("pending", pending);
@@ -409,9 +410,9 @@ export class DocumentHandle extends Emitter<DocumentEvents> {
     }
   }
 
-  #changed(origin: ChangeEvent["origin"], writes: string[]): void {
-    this.#reportedRevision = this.#replica?.revision ?? -1;
-    this.emit("change", { origin, version: this.version, writes });
+  #changed(origin: ChangeEvent["origin"], writes: string[], replica = this.#replica): void {
+    this.#reportedRevision = replica?.revision ?? -1;
+    this.emit("change", { origin, version: replica?.version ?? 0, writes });
   }
 }
 
