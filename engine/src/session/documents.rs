@@ -8,6 +8,7 @@
 //! waiting transaction at most once (it leaves `waiting` when answered).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -452,38 +453,28 @@ impl ClientSession {
                     return self.settle(key, Settlement::OutcomeUnknown { tx_id });
                 }
                 self.stats.rejections += 1;
-                if let Some(contention) = self.contention(&doc) {
-                    contention.on_rejected(now, round_trip);
-                }
-                let Some(transact) = self.transactions.get_mut(&key) else {
+                let Some((attempts, exhausted)) = self.count_refusal(key, &doc, now, round_trip)
+                else {
                     return;
                 };
-                transact.refusals += 1;
-                let attempts = transact.refusals;
                 // A first submission's `outcome_unknown` cannot have
                 // committed: it is stale, and re-runs.
                 let retryable = rejection.is_retryable()
                     || matches!(rejection, Rejection::OutcomeUnknown { .. });
-                if !retryable || attempts >= transact.attempts_max {
+                if !retryable || exhausted {
                     return self.settle(key, Settlement::Rejected { rejection, attempts });
                 }
-                self.stats.reruns += 1;
-                self.schedule_run(key, true, now);
+                self.rerun(key, now);
             }
             Resolution::Dropped => {
-                if let Some(contention) = self.contention(&doc) {
-                    contention.on_rejected(now, round_trip);
-                }
-                let Some(transact) = self.transactions.get_mut(&key) else {
+                let Some((attempts, exhausted)) = self.count_refusal(key, &doc, now, round_trip)
+                else {
                     return;
                 };
-                transact.refusals += 1;
-                let attempts = transact.refusals;
-                if attempts >= transact.attempts_max {
+                if exhausted {
                     return self.settle(key, Settlement::RateLimited { attempts });
                 }
-                self.stats.reruns += 1;
-                self.schedule_run(key, true, now);
+                self.rerun(key, now);
             }
             Resolution::Refused { code, message } => {
                 self.settle(key, Settlement::Refused { code, message })
@@ -493,6 +484,30 @@ impl ClientSession {
 
     fn contention(&mut self, doc: &DocId) -> Option<&mut Contention> {
         self.docs.get_mut(doc).map(|state| &mut state.contention)
+    }
+
+    /// Counts a refused run of `key` (rejected, or dropped by the rate
+    /// limit), raising its document's contention: the attempts used so far,
+    /// and whether they are all used.
+    fn count_refusal(
+        &mut self,
+        key: TransactionKey,
+        doc: &DocId,
+        now: Time,
+        round_trip: Duration,
+    ) -> Option<(u32, bool)> {
+        if let Some(contention) = self.contention(doc) {
+            contention.on_rejected(now, round_trip);
+        }
+        let transact = self.transactions.get_mut(&key)?;
+        transact.refusals += 1;
+        Some((transact.refusals, transact.refusals >= transact.attempts_max))
+    }
+
+    /// Runs `key` again after a refusal, once the contention pause is over.
+    fn rerun(&mut self, key: TransactionKey, now: Time) {
+        self.stats.reruns += 1;
+        self.schedule_run(key, true, now);
     }
 
     // ----- the session's documents -----

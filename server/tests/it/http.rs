@@ -6,11 +6,10 @@ use std::process::Stdio;
 use concord_engine::protocol::close_code;
 use concord_server::Config;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::support::{http_get, start, start_default, within, Client, End};
+use crate::support::{http_get, start, start_default, within, Binary, Client, End};
 
 #[tokio::test]
 async fn healthz_and_metrics_answer() {
@@ -99,32 +98,17 @@ async fn shutdown_tells_sessions_and_closes_them_with_1001() {
 #[tokio::test]
 async fn the_binary_serves_prints_its_address_and_stops_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = within("the address line", lines.next_line()).await.unwrap().unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    let addr: std::net::SocketAddr = addr.parse().unwrap();
-    let (status, body) = http_get(addr, "/healthz").await;
+    let mut command = Binary::command();
+    command.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data.path());
+    command.stderr(Stdio::null());
+    let binary = Binary::spawn(command).await;
+    let (status, body) = http_get(binary.addr, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 
-    let mut a = Client::connect_url(&format!("ws://{addr}/ws")).await;
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(killed.success());
+    let mut a = Client::connect_url(&binary.ws_url).await;
+    let exited = tokio::spawn(binary.terminate());
     a.expect_error("shutting_down").await;
-    let status = within("the server to exit", child.wait()).await.unwrap();
-    assert!(status.success(), "{status}");
+    exited.await.unwrap();
 }
 
 #[tokio::test]
@@ -145,37 +129,22 @@ async fn a_connection_that_never_sends_its_handshake_is_dropped() {
 
 #[tokio::test]
 async fn boolean_settings_take_1_and_logs_to_a_pipe_carry_no_colours() {
-    use tokio::io::AsyncReadExt;
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("d");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&dir)
-        .env("CONCORD_MEMORY", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    within("the address line", lines.next_line()).await.unwrap().unwrap();
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let mut log = String::new();
-    let mut stderr = child.stderr.take().unwrap();
-    within("the log", stderr.read_to_string(&mut log)).await.unwrap();
-    assert!(within("the server to exit", child.wait()).await.unwrap().success());
+    let mut command = Binary::command();
+    command.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(&dir);
+    command.env("CONCORD_MEMORY", "1").env("RUST_LOG", "info").stderr(Stdio::piped());
+    let log = Binary::spawn(command).await.terminate().await;
     // CONCORD_MEMORY=1 means in memory: no data directory was made.
     assert!(!dir.exists(), "{} exists", dir.display());
     assert!(log.contains("listening"), "{log}");
     assert!(!log.contains('\u{1b}'), "escape codes in a log written to a pipe: {log:?}");
 
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+    let refused = Binary::command()
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("CONCORD_MEMORY", "maybe")
         .output()
+        .await
         .unwrap();
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
@@ -218,22 +187,12 @@ fn every_command_line_option_says_what_it_does() {
 
 #[tokio::test]
 async fn port_sets_the_port_of_the_listen_address() {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
-        .args(["serve", "--memory", "--listen", "127.0.0.1:1", "--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = within("the address line", lines.next_line()).await.unwrap();
-    let line = line.unwrap_or_else(|| panic!("concord exited: --port was not taken"));
-    let addr = line
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let mut command = Binary::command();
+    command.args(["serve", "--memory", "--listen", "127.0.0.1:1", "--port", "0"]);
+    command.stderr(Stdio::null());
+    // It exits before listening if --port is not taken (port 1 is not ours).
+    let binary = Binary::spawn(command).await;
+    let addr = binary.addr;
     // The host of --listen, the port of --port (0: a free one, not 1).
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
     assert_ne!(addr.port(), 1);
@@ -243,30 +202,16 @@ async fn port_sets_the_port_of_the_listen_address() {
 
 #[tokio::test]
 async fn the_access_log_has_a_line_when_a_session_opens_and_when_it_closes() {
-    use tokio::io::AsyncReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
-        .args(["serve", "--memory", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "concord::access=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = within("the address line", lines.next_line()).await.unwrap().unwrap();
-    let addr = line.split_whitespace().find_map(|word| word.strip_prefix("http://")).unwrap();
-    let mut client = Client::connect_url(&format!("ws://{addr}/ws")).await;
+    let mut command = Binary::command();
+    command.args(["serve", "--memory", "--listen", "127.0.0.1:0"]);
+    command.env("RUST_LOG", "concord::access=info").stderr(Stdio::piped());
+    let binary = Binary::spawn(command).await;
+    let mut client = Client::connect_url(&binary.ws_url).await;
     let session = client.session.clone();
     client.ws.close(None).await.unwrap();
     // The server answers the close: the session has ended when it does.
     assert_eq!(client.until_end().await, End::Close(None));
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let mut log = String::new();
-    let mut stderr = child.stderr.take().unwrap();
-    within("the log", stderr.read_to_string(&mut log)).await.unwrap();
-    assert!(within("the server to exit", child.wait()).await.unwrap().success());
+    let log = binary.terminate().await;
     let of_session: Vec<&str> = log.lines().filter(|line| line.contains(&session)).collect();
     assert_eq!(of_session.len(), 2, "{log}");
     assert!(of_session[0].contains("session opened") && of_session[0].contains("peer=127.0.0.1:"));

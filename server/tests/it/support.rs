@@ -209,20 +209,31 @@ impl Binary {
     /// Starts `concord serve --listen 127.0.0.1:0` with `args` and waits for
     /// its address line.
     pub async fn start(args: &[&str]) -> Binary {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+        let mut command = Binary::command();
+        command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+            .stderr(std::process::Stdio::inherit());
+        Binary::spawn(command).await
+    }
+
+    /// The `concord` binary, to start with [`Binary::spawn`].
+    pub fn command() -> tokio::process::Command {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+    }
+
+    /// Starts `command` (a `concord serve`; its standard error is left as
+    /// the command says) and waits for its address line.
+    pub async fn spawn(mut command: tokio::process::Command) -> Binary {
+        use tokio::io::AsyncBufReadExt;
+        let described = format!("{command:?}");
+        let mut child =
+            command.stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let line = within("the address line", lines.next_line()).await.unwrap();
-        let line = line.unwrap_or_else(|| panic!("concord {args:?} exited before listening"));
+        let line = line.unwrap_or_else(|| panic!("{described} exited before listening"));
         let (scheme, addr) = line
             .split_whitespace()
             .find_map(|word| {
@@ -232,5 +243,21 @@ impl Binary {
             .unwrap_or_else(|| panic!("no address in {line:?}"));
         let addr: std::net::SocketAddr = addr.parse().unwrap();
         Binary { child, addr, ws_url: format!("{scheme}://{addr}/ws"), line }
+    }
+
+    /// Sends SIGTERM, checks the process exits cleanly, and returns its
+    /// standard error (empty unless it was piped).
+    pub async fn terminate(mut self) -> String {
+        use tokio::io::AsyncReadExt;
+        let pid = self.child.id().unwrap().to_string();
+        let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(killed.success());
+        let mut log = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            within("the log", stderr.read_to_string(&mut log)).await.unwrap();
+        }
+        let status = within("the server to exit", self.child.wait()).await.unwrap();
+        assert!(status.success(), "{status}");
+        log
     }
 }
